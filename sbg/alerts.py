@@ -1,0 +1,387 @@
+"""Alert rules, the per-(rule, entity) state machine, and the SQLite alert log.
+
+A :class:`Rule` says which detector flags on which signals raise an alert, at
+what severity, and how long the condition must hold. The :class:`AlertEngine`
+runs a state machine per (rule, entity)::
+
+    normal --(flag)--> pending --(held pending_rows / pending_for)--> firing
+    firing --(clear_rows rows without a flag)--> resolved
+    resolved --(fires again within dedup)--> firing, same alert reopened
+
+Alert ids hash the source, rule, entity and start time, so replaying the same
+data gives the same ids, and the :class:`AlertLog` upserts on the id: a log
+re-run is unchanged, and a process killed mid-replay leaves a readable WAL
+database.
+
+>>> rule = Rule(name="hot", detectors=["limits"], pending_rows=2, clear_rows=2)
+>>> rule.matches("limits", "temperature_c"), rule.matches("zscore", "temperature_c")
+(True, False)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import param
+
+__all__ = ["Rule", "Alert", "AlertEngine", "AlertLog", "default_rules", "SEVERITIES"]
+
+SEVERITIES = ("info", "warning", "critical")
+
+
+class Rule(param.Parameterized):
+    """Maps detector flags on some signals to alerts of one severity."""
+
+    name = param.String(default="rule", doc="Unique rule name, used in alert ids.")
+    title = param.String(default="", doc="Human title used in alert messages.")
+    detectors = param.List(default=[], item_type=str, doc="Detector labels that count; empty for all.")
+    signals = param.String(default="", doc="Regular expression on signal names; empty for all.")
+    severity = param.Selector(default="warning", objects=list(SEVERITIES), doc="Severity of the alert.")
+    min_score = param.Number(default=0.5, bounds=(0, 1), doc="Score at which a row meets the condition.")
+    pending_rows = param.Integer(default=1, bounds=(1, None), doc="Consecutive flagged rows before firing.")
+    pending_for = param.String(default="0s", doc="Duration the condition must hold before firing.")
+    clear_rows = param.Integer(default=10, bounds=(1, None), doc="Consecutive clear rows that resolve an alert.")
+    dedup = param.String(default="5min", doc="A re-fire within this time of resolution reopens the same alert.")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        if not self.title:
+            self.title = self.name.replace("_", " ")
+        self._re = re.compile(self.signals) if self.signals else None
+        self.pending_ns = pd.Timedelta(self.pending_for).value
+        self.dedup_ns = pd.Timedelta(self.dedup).value
+
+    def matches(self, detector: str, signal: str) -> bool:
+        if self.detectors and detector not in self.detectors:
+            return False
+        return self._re is None or bool(self._re.search(signal))
+
+
+def default_rules() -> list[Rule]:
+    """The documented default rules (see README)."""
+    return [
+        Rule(name="limit_breach", title="limit breached", detectors=["limits"], severity="critical",
+             pending_rows=3, clear_rows=30),
+        Rule(name="outlier", title="outlier", detectors=["zscore", "robust"], severity="warning",
+             pending_rows=2, clear_rows=30),
+        Rule(name="spike", title="spike", detectors=["spike"], severity="warning", clear_rows=30),
+        Rule(name="stuck_sensor", title="stuck sensor", detectors=["flatline"], severity="warning",
+             clear_rows=5),
+        Rule(name="data_gap", title="data gap", detectors=["gap"], severity="warning", clear_rows=1),
+        Rule(name="baseline_drift", title="drift from baseline", detectors=["baseline"], severity="warning",
+             pending_rows=10, clear_rows=60),
+    ]
+
+
+@dataclass
+class Alert:
+    """One alert: what fired, where, when, and how bad it got."""
+
+    id: str
+    rule: str
+    entity: str
+    signal: str
+    detector: str
+    severity: str
+    start: pd.Timestamp
+    end: pd.Timestamp | None
+    peak: float
+    peak_score: float
+    peak_time: pd.Timestamp
+    message: str
+    state: str = "firing"
+    source: str = ""
+    reopened: int = 0
+
+    def as_record(self) -> dict:
+        rec = asdict(self)
+        for key in ("start", "end", "peak_time"):
+            rec[key] = None if rec[key] is None else pd.Timestamp(rec[key]).isoformat()
+        rec["peak"] = None if rec["peak"] is None or not np.isfinite(rec["peak"]) else float(rec["peak"])
+        rec["peak_score"] = float(rec["peak_score"])
+        return rec
+
+
+@dataclass
+class _Track:
+    """State of one (rule, entity) machine."""
+
+    run_len: int = 0
+    run_start_ts: int = 0
+    last_true_pos: int = -(10**18)
+    alert: Alert | None = None
+    last_resolved: Alert | None = None
+    last_end_ns: int = 0
+    history: list = field(default_factory=list)
+
+
+class AlertEngine:
+    """Evaluates rules on scored chunks and keeps one state machine per (rule, entity).
+
+    Parameters
+    ----------
+    rules : list of Rule
+    source : str
+        Name of the data source; part of every alert id.
+    """
+
+    def __init__(self, rules=None, source: str = ""):
+        self.rules = list(rules) if rules is not None else default_rules()
+        names = [r.name for r in self.rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rule names must be unique: {names}")
+        self.source = source
+        self.tracks: dict[tuple[str, str], _Track] = {}
+        self.alerts: dict[str, Alert] = {}
+        self._subscribers: list[Callable] = []
+        self._pairs_cache = None
+
+    def subscribe(self, callback: Callable) -> Callable:
+        """Call ``callback(event, alert)`` on ``fired``, ``reopened`` and ``resolved``; returns an unsubscriber."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    @property
+    def firing(self) -> list[Alert]:
+        return [a for a in self.alerts.values() if a.state == "firing"]
+
+    def reset(self):
+        self.tracks.clear()
+        self.alerts.clear()
+
+    def _rule_pairs(self, pairs):
+        if self._pairs_cache is None or self._pairs_cache[0] != pairs:
+            per_rule = {r.name: np.array([i for i, (d, s) in enumerate(pairs) if r.matches(d, s)], dtype=int)
+                        for r in self.rules}
+            self._pairs_cache = (pairs, per_rule)
+        return self._pairs_cache[1]
+
+    def update(self, frame: pd.DataFrame, pairs, S: np.ndarray, codes, positions, labels) -> list[tuple[str, Alert]]:
+        """Advance every state machine over one scored chunk.
+
+        ``pairs`` names the ``(detector, signal)`` of each column of the score
+        matrix ``S``; ``positions`` is each row's index in its entity's stream.
+        Returns the ``(event, alert)`` list, also sent to subscribers.
+        """
+        events: list[tuple[str, Alert]] = []
+        if len(frame) == 0:
+            return events
+        ts = frame["timestamp"].to_numpy(dtype="datetime64[ns]").view("int64")
+        per_rule = self._rule_pairs(pairs)
+        order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[order]
+        bounds = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1, len(order)]
+        groups = {int(sorted_codes[a]): order[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)}
+        for rule in self.rules:
+            cols = per_rule[rule.name]
+            if len(cols) == 0:
+                continue
+            sub = S[:, cols]
+            best = sub.argmax(axis=1)
+            best_score = sub[np.arange(len(sub)), best]
+            cond = best_score >= rule.min_score
+            for code, rows in groups.items():
+                label = labels[code]
+                key = (rule.name, label)
+                track = self.tracks.get(key)
+                if track is None:
+                    if not cond[rows].any():
+                        continue
+                    track = self.tracks[key] = _Track()
+                self._advance(rule, label, track, rows, cond, best, best_score, cols, pairs, frame, ts,
+                              positions, events)
+        for event, alert in events:
+            for cb in list(self._subscribers):
+                cb(event, alert)
+        return events
+
+    def _advance(self, rule, label, track, rows, cond, best, best_score, cols, pairs, frame, ts, positions, events):
+        pos = positions[rows]
+        pos0 = pos[0]
+        true_idx = rows[cond[rows]]
+        for i in true_idx:
+            p = positions[i]
+            if p == track.last_true_pos + 1:
+                track.run_len += 1
+            else:
+                if track.alert is not None and p - track.last_true_pos - 1 >= rule.clear_rows:
+                    clear_pos = track.last_true_pos + rule.clear_rows
+                    self._resolve(track, int(ts[rows[clear_pos - pos0]]), events)
+                track.run_len = 1
+                track.run_start_ts = int(ts[i])
+            track.last_true_pos = p
+            det, sig = pairs[cols[best[i]]]
+            score = float(best_score[i])
+            value = float(frame[sig].iat[i]) if sig in frame.columns else float("nan")
+            if track.alert is None:
+                if track.run_len >= rule.pending_rows and ts[i] - track.run_start_ts >= rule.pending_ns:
+                    self._fire(rule, label, track, det, sig, value, score, int(ts[i]), events)
+            elif score > track.alert.peak_score:
+                a = track.alert
+                a.peak, a.peak_score, a.peak_time, a.signal, a.detector = value, score, pd.Timestamp(int(ts[i])), sig, det
+                a.message = self._message(rule, a)
+        if track.alert is not None:
+            last_pos = pos[-1]
+            if last_pos - track.last_true_pos >= rule.clear_rows:
+                clear_pos = track.last_true_pos + rule.clear_rows
+                self._resolve(track, int(ts[rows[clear_pos - pos0]]), events)
+
+    def _message(self, rule, a: Alert) -> str:
+        peak = "n/a" if not np.isfinite(a.peak) else f"{a.peak:.6g}"
+        return f"{rule.title} on {a.signal}: {peak} ({a.detector}, score {a.peak_score:.2f})"
+
+    def _fire(self, rule, label, track, det, sig, value, score, now_ns, events):
+        start_ns = track.run_start_ts
+        prev = track.last_resolved
+        if prev is not None and start_ns - track.last_end_ns <= rule.dedup_ns:
+            prev.state, prev.end = "firing", None
+            prev.reopened += 1
+            track.alert = prev
+            track.last_resolved = None
+            if score > prev.peak_score:
+                prev.peak, prev.peak_score, prev.peak_time = value, score, pd.Timestamp(now_ns)
+                prev.signal, prev.detector = sig, det
+                prev.message = self._message(rule, prev)
+            events.append(("reopened", prev))
+            return
+        ident = hashlib.sha1(f"{self.source}|{rule.name}|{label}|{start_ns}".encode()).hexdigest()[:16]
+        alert = Alert(
+            id=ident, rule=rule.name, entity=str(label), signal=sig, detector=det, severity=rule.severity,
+            start=pd.Timestamp(start_ns), end=None, peak=value, peak_score=score,
+            peak_time=pd.Timestamp(now_ns), message="", source=self.source,
+        )
+        alert.message = self._message(rule, alert)
+        track.alert = alert
+        self.alerts[ident] = alert
+        events.append(("fired", alert))
+
+    def _resolve(self, track, end_ns, events):
+        a = track.alert
+        a.state, a.end = "resolved", pd.Timestamp(end_ns)
+        track.alert = None
+        track.last_resolved = a
+        track.last_end_ns = end_ns
+        events.append(("resolved", a))
+
+    def table(self) -> pd.DataFrame:
+        """All alerts so far, newest first."""
+        return alerts_frame([a.as_record() for a in self.alerts.values()])
+
+
+_COLUMNS = ["id", "rule", "entity", "signal", "detector", "severity", "start", "end", "peak", "peak_score",
+            "peak_time", "message", "state", "source", "reopened"]
+
+
+def alerts_frame(records) -> pd.DataFrame:
+    df = pd.DataFrame(list(records), columns=_COLUMNS)
+    for col in ("start", "end", "peak_time"):
+        df[col] = pd.to_datetime(df[col])
+    return df.sort_values(["start", "id"], ascending=False, kind="stable").reset_index(drop=True)
+
+
+class AlertLog:
+    """The alert log: a SQLite file in WAL mode, upserted on the alert id.
+
+    >>> import tempfile, os
+    >>> log = AlertLog(os.path.join(tempfile.mkdtemp(), "alerts.sqlite"))
+    >>> len(log.read())
+    0
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(
+            """CREATE TABLE IF NOT EXISTS alerts (
+                id TEXT PRIMARY KEY, rule TEXT NOT NULL, entity TEXT NOT NULL, signal TEXT,
+                detector TEXT, severity TEXT NOT NULL, start TEXT NOT NULL, end TEXT,
+                peak REAL, peak_score REAL, peak_time TEXT, message TEXT, state TEXT NOT NULL,
+                source TEXT, reopened INTEGER DEFAULT 0)"""
+        )
+        self._conn.execute(
+            """CREATE TABLE IF NOT EXISTS progress (
+                source TEXT PRIMARY KEY, rows_done INTEGER NOT NULL, sim_time TEXT, updated TEXT)"""
+        )
+
+    def write(self, alerts, progress: tuple[str, int, str | None] | None = None):
+        """Upsert alerts (and optionally the replay position) in one transaction."""
+        recs = [a.as_record() for a in alerts]
+        if not recs and progress is None:
+            return
+        cols = _COLUMNS
+        sql = (f"INSERT INTO alerts ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+               f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c}=excluded.{c}' for c in cols[1:])}")
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(sql, [[r[c] for c in cols] for r in recs])
+                if progress is not None:
+                    self._conn.execute(
+                        "INSERT INTO progress VALUES (?, ?, ?, datetime('now')) ON CONFLICT(source) "
+                        "DO UPDATE SET rows_done=excluded.rows_done, sim_time=excluded.sim_time, updated=excluded.updated",
+                        progress,
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def read(self, limit: int | None = None, source: str | None = None) -> pd.DataFrame:
+        """Alerts in the log, newest first."""
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM alerts"
+        args: list = []
+        if source is not None:
+            sql += " WHERE source = ?"
+            args.append(source)
+        sql += " ORDER BY start DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return alerts_frame(dict(zip(_COLUMNS, r, strict=True)) for r in rows)
+
+    def progress(self, source: str):
+        with self._lock:
+            row = self._conn.execute("SELECT rows_done, sim_time FROM progress WHERE source = ?", (source,)).fetchone()
+        return row
+
+    def to_csv(self, path):
+        self.read().to_csv(path, index=False)
+
+    def to_json(self, path):
+        Path(path).write_text(json.dumps(_records(self.read()), indent=1))
+
+    def close(self):
+        with self._lock:
+            self._conn.close()
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    out = []
+    for rec in df.to_dict(orient="records"):
+        for k, v in rec.items():
+            if isinstance(v, pd.Timestamp):
+                rec[k] = v.isoformat()
+            elif v is pd.NaT or (isinstance(v, float) and not np.isfinite(v)):
+                rec[k] = None
+        out.append(rec)
+    return out
+
+
+def alerts_json(df: pd.DataFrame) -> str:
+    """Alerts as a JSON array, timestamps in ISO 8601."""
+    return json.dumps(_records(df), indent=1)

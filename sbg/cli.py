@@ -1,0 +1,397 @@
+"""The ``sbg`` command line.
+
+Exit codes: 0 success; 1 alerts at or above ``--fail-on`` fired; 2 usage
+error; 3 unreadable input; 4 bad configuration; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import EXIT_USAGE, SbgError
+
+__all__ = ["main"]
+
+_SEV_RANK = {"info": 0, "warning": 1, "critical": 2}
+_COLOURS = {"info": "\033[36m", "warning": "\033[33m", "critical": "\033[1;31m", "ok": "\033[32m",
+            "dim": "\033[2m", "reset": "\033[0m"}
+
+
+class _Out:
+    """Writes to stdout, in colour only on a terminal (and never with NO_COLOR)."""
+
+    def __init__(self, stream=None, colour=None):
+        self.stream = stream or sys.stdout
+        if colour is None:
+            colour = self.stream.isatty() and not os.environ.get("NO_COLOR")
+        self.colour = colour
+        self.status_shown = False
+
+    def paint(self, text, kind):
+        return f"{_COLOURS[kind]}{text}{_COLOURS['reset']}" if self.colour else text
+
+    def line(self, text=""):
+        self.clear_status()
+        print(text, file=self.stream, flush=True)
+
+    def status(self, text):
+        if self.stream.isatty():
+            self.stream.write("\r\033[2K" + text)
+            self.stream.flush()
+            self.status_shown = True
+
+    def clear_status(self):
+        if self.status_shown:
+            self.stream.write("\r\033[2K")
+            self.status_shown = False
+
+
+def _schema_args(p):
+    g = p.add_argument_group("schema (overrides inference)")
+    g.add_argument("--time", metavar="COLUMN", help="timestamp column")
+    g.add_argument("--entity", metavar="COLUMN", help="entity column (long format)")
+    g.add_argument("--wide", action="store_true", help="no entity column: one entity per file")
+    g.add_argument("--signals", metavar="A,B,...", help="comma-separated signal columns to analyse")
+    g.add_argument("--date", metavar="YYYY-MM-DD",
+                   help="date for HH:MM:SS-only or relative-seconds timestamps (default 1970-01-01)")
+    g.add_argument("--time-format", metavar="FMT", help="strftime format of the timestamps")
+    g.add_argument("--delimiter", metavar="CHAR", help="field delimiter (default: sniffed)")
+    g.add_argument("--encoding", default="utf-8", help="text encoding (default utf-8; BOM accepted)")
+
+
+def _schema_options(args) -> dict:
+    opts = {}
+    if args.time:
+        opts["time"] = args.time
+    if args.wide:
+        opts["entity"] = False
+    elif args.entity:
+        opts["entity"] = args.entity
+    if args.signals:
+        opts["signals"] = [s.strip() for s in args.signals.split(",") if s.strip()]
+    if args.date:
+        opts["date"] = args.date
+    if args.time_format:
+        opts["time_format"] = args.time_format
+    if args.delimiter:
+        opts["delimiter"] = args.delimiter
+    if args.encoding and args.encoding.lower() not in ("utf-8", "utf8"):
+        opts["encoding"] = args.encoding
+    return opts
+
+
+def _speed(text):
+    from .replay import parse_speed
+
+    try:
+        parse_speed(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sbg",
+        description="Smart Battery Guardian: replay telemetry files as live streams, "
+                    "flag anomalies and raise alerts.",
+        epilog="Run 'sbg COMMAND --help' for a command's options. "
+               "Exit codes: 0 ok, 1 alerts at --fail-on, 2 usage, 3 bad input, 4 bad config.",
+    )
+    parser.add_argument("--version", action="version", version=f"sbg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("replay", help="replay files in the terminal, printing alerts as they fire",
+                       description="Replay files on a simulated clock through the pipeline. Prints progress "
+                                   "and alerts, and a summary whose counts reconcile. On a terminal, type "
+                                   "start, pause, resume, stop, status, help or exit.")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="CSV, CSV.gz or Parquet files")
+    p.add_argument("--speed", default="max", type=_speed, help="speed over real time, e.g. 1, 10x, 1000x, or max (default)")
+    p.add_argument("--baseline", type=Path, metavar="REF", help="known-good reference file")
+    p.add_argument("--config", type=Path, metavar="SBG.YAML", help="settings file")
+    p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log to write")
+    p.add_argument("--loop", action="store_true", help="start again when the data ends")
+    p.add_argument("--fail-on", choices=["warning", "critical"], help="exit 1 if an alert of this severity or worse fired")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
+    _schema_args(p)
+
+    p = sub.add_parser("detect", help="score a file in batch and write flags per row",
+                       description="Run the pipeline over a file as fast as possible and write one output row "
+                                   "per accepted input row: the input columns, then anomaly_score, is_anomaly "
+                                   "and reason. The output does not depend on --chunk-size and equals what "
+                                   "the streaming pipeline computes.")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.csv", help="output CSV")
+    p.add_argument("--baseline", type=Path, metavar="REF")
+    p.add_argument("--config", type=Path, metavar="SBG.YAML")
+    p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log to write")
+    p.add_argument("--chunk-size", type=int, default=65536, metavar="N", help="rows per pipeline chunk (default 65536)")
+    p.add_argument("--quarantine", type=Path, metavar="Q.csv", help="write quarantined rows as line,raw,reason")
+    p.add_argument("--summary-json", type=Path, metavar="S.json", help="write counts, alerts and settings used")
+    p.add_argument("--fail-on", choices=["warning", "critical"])
+    _schema_args(p)
+
+    p = sub.add_parser("validate", help="print the inferred schema and check every row",
+                       description="Infer the schema, read the whole file and report quarantined rows.")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--show", type=int, default=10, metavar="N", help="quarantined rows to list (default 10)")
+    p.add_argument("--schema-only", action="store_true", help="do not read past the sample")
+    _schema_args(p)
+
+    p = sub.add_parser("data", help="sample datasets", description="Manage the bundled sample datasets.")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    g = dsub.add_parser("generate", help="regenerate the sample data byte for byte",
+                        description="Rewrite the bundled datasets deterministically from the seed.")
+    g.add_argument("--out", type=Path, default=None, metavar="DIR", help="output directory (default: the bundled data/)")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: the bundled data's)")
+    dsub.add_parser("list", help="list the bundled datasets")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        handler = {"replay": cmd_replay, "detect": cmd_detect, "validate": cmd_validate, "data": cmd_data}
+        return handler[args.command](args)
+    except SbgError as exc:
+        print(f"sbg: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\nsbg: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _settings(path):
+    from .config import Settings
+
+    return Settings.from_yaml(path) if path else Settings()
+
+
+def _fail_code(alerts, fail_on) -> int:
+    if not fail_on or alerts is None or alerts.empty:
+        return 0
+    worst = max(_SEV_RANK[s] for s in alerts["severity"])
+    return 1 if worst >= _SEV_RANK[fail_on] else 0
+
+
+def _summary_lines(monitor, out: _Out, elapsed: float):
+    m = monitor.metrics
+    alerts = monitor.alerts
+    by_sev = alerts["severity"].value_counts().to_dict() if not alerts.empty else {}
+    ok = m.reconciles
+    lines = [
+        out.paint("summary", "dim"),
+        f"  rows in           {m.rows_in:>12,}",
+        f"  rows ok           {m.rows_ok:>12,}",
+        f"  rows quarantined  {m.rows_quarantined:>12,}",
+        f"  reconciles        {'yes' if ok else 'NO':>12}   (rows in = ok + quarantined)",
+        f"  entities          {m.entities:>12,}",
+        f"  chunks analysed   {m.analyses:>12,}",
+        f"  pipeline errors   {m.errors:>12,}",
+        f"  alerts            {len(alerts):>12,}   "
+        + ", ".join(f"{out.paint(str(by_sev.get(s, 0)) + ' ' + s, s)}" for s in ("critical", "warning", "info")),
+        f"  wall time         {elapsed:>11.2f}s   ({m.rows_in / max(elapsed, 1e-9):,.0f} rows/s)",
+    ]
+    if monitor.quarantine:
+        reasons = {}
+        for q in monitor.quarantine:
+            key = q.reason.split(":")[0] if q.reason.startswith("column") else q.reason.split(" (")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        lines.append("  quarantine reasons (recent " + str(len(monitor.quarantine)) + "):")
+        lines += [f"    {n:>6}  {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:8]]
+    return lines
+
+
+def _alert_line(out: _Out, event, alert):
+    when = alert.start.strftime("%Y-%m-%d %H:%M:%S") if event != "resolved" else alert.end.strftime("%Y-%m-%d %H:%M:%S")
+    tag = {"fired": "FIRE", "reopened": "AGAIN", "resolved": "CLEAR"}[event]
+    sev = alert.severity if event != "resolved" else "ok"
+    return f"{out.paint(f'{tag:<5} {alert.severity:<8}', sev)} {when}  {alert.entity:<12} {alert.message}"
+
+
+def cmd_replay(args) -> int:
+    from .monitor import Monitor
+
+    out = _Out(colour=False if args.no_color else None)
+    monitor = Monitor(args.files, baseline=args.baseline, settings=_settings(args.config),
+                      alerts_db=args.alerts_db, speed=args.speed, loop=args.loop, **_schema_options(args))
+    if not args.quiet:
+        monitor.engine.subscribe(lambda event, alert: out.line(_alert_line(out, event, alert)))
+    names = ", ".join(str(p) for p in args.files)
+    out.line(f"sbg {__version__}: replaying {names} at {args.speed}"
+             + (f" with baseline {args.baseline}" if args.baseline else ""))
+    t0 = time.monotonic()
+    last = [0.0]
+
+    def progress():
+        now = time.monotonic()
+        if now - last[0] < 0.2:
+            return
+        last[0] = now
+        r = monitor.replay
+        m = monitor.metrics
+        out.status(f"{r.state:<8} {r.percent:5.1f}%  sim {str(r.sim_time or '-')[:19]}  rows {m.rows_in:,}  "
+                   f"quarantined {m.rows_quarantined:,}  alerts firing {m.alerts_firing}")
+
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if interactive:
+        out.line(out.paint("commands: start, pause, resume, stop, status, help, exit", "dim"))
+        asyncio.run(_interactive(monitor, out, progress))
+    else:
+        monitor.run_to_end(on_tick=None if args.quiet else progress)
+    elapsed = time.monotonic() - t0
+    for line in _summary_lines(monitor, out, elapsed):
+        out.line(line)
+    if args.alerts_db:
+        out.line(f"  alert log         {args.alerts_db}")
+    code = _fail_code(monitor.alerts, args.fail_on)
+    monitor.close()
+    return code
+
+
+async def _interactive(monitor, out: _Out, progress):
+    loop = asyncio.get_running_loop()
+    replay = monitor.replay
+    done = asyncio.Event()
+    help_text = ("start   start (again) from the beginning\npause   hold the clock\nresume  carry on\n"
+                 "stop    end the run (start begins again)\nstatus  counts and progress\nhelp    this text\n"
+                 "exit    leave, printing the summary")
+
+    def on_input():
+        line = sys.stdin.readline()
+        if not line:
+            done.set()
+            return
+        cmd = line.strip().lower()
+        if cmd in ("exit", "quit", "q"):
+            replay.stop()
+            done.set()
+        elif cmd == "start":
+            replay.start()
+        elif cmd == "pause":
+            replay.pause()
+        elif cmd == "resume":
+            replay.resume()
+        elif cmd == "stop":
+            replay.stop()
+        elif cmd == "status":
+            out.line(json.dumps({**replay.progress, **{k: monitor.metrics.as_dict()[k] for k in (
+                "rows_in", "rows_ok", "rows_quarantined", "alerts_firing", "errors")}}, default=str))
+        elif cmd in ("help", "?"):
+            out.line(help_text)
+        elif cmd:
+            out.line(f"unknown command {cmd!r}; type help")
+        out.line(out.paint(f"[{replay.state}]", "dim"))
+
+    loop.add_reader(sys.stdin.fileno(), on_input)
+    replay.start()
+    try:
+        while not done.is_set():
+            progress()
+            if replay.state == "finished":
+                out.line(out.paint("finished; type start to replay again or exit", "dim"))
+                while replay.state == "finished" and not done.is_set():
+                    await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
+    finally:
+        loop.remove_reader(sys.stdin.fileno())
+        replay.stop()
+
+
+def cmd_detect(args) -> int:
+    from .batch import run_detect
+
+    if args.chunk_size < 1:
+        raise SbgError("--chunk-size must be at least 1")
+    result = run_detect(
+        args.file, args.output, baseline=args.baseline, settings=_settings(args.config),
+        alerts_db=args.alerts_db, chunk_size=args.chunk_size, quarantine_path=args.quarantine,
+        summary_path=args.summary_json, schema_options=_schema_options(args),
+    )
+    s = result["summary"]
+    print(f"{args.output}: {s['rows_ok']:,} rows scored, {s['rows_flagged']:,} flagged; "
+          f"{s['rows_quarantined']:,} quarantined of {s['rows_in']:,}; {s['alerts']} alerts "
+          f"({result['seconds']:.2f}s)")
+    return _fail_code(result["alerts"], args.fail_on)
+
+
+def cmd_validate(args) -> int:
+    from .sources import Source
+
+    src = Source(args.file, **_schema_options(args))
+    if args.schema_only:
+        if args.json:
+            print(json.dumps(src.schema.as_dict(), indent=1))
+        else:
+            print(src.schema.describe())
+        return 0
+    rows_in = rows_q = 0
+    shown = []
+    entities = set()
+    first = last = None
+    for batch in src.batches():
+        rows_in += batch.rows_in
+        rows_q += batch.rows_quarantined
+        if len(shown) < args.show:
+            shown += batch.quarantined[: args.show - len(shown)]
+        if len(batch.frame):
+            entities.update(batch.frame["entity"].unique().tolist())
+            lo, hi = batch.frame["timestamp"].min(), batch.frame["timestamp"].max()
+            first = lo if first is None else min(first, lo)
+            last = hi if last is None else max(last, hi)
+    report = {"schema": src.schema.as_dict(), "rows_in": rows_in, "rows_ok": rows_in - rows_q,
+              "rows_quarantined": rows_q, "entities": len(entities),
+              "first": None if first is None else str(first), "last": None if last is None else str(last),
+              "quarantined": [q.as_dict() for q in shown]}
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(src.schema.describe())
+        print(f"rows:      {rows_in:,} in, {rows_in - rows_q:,} ok, {rows_q:,} quarantined")
+        print(f"entities:  {len(entities):,}")
+        print(f"span:      {first} .. {last}")
+        for q in shown:
+            print(f"  {Path(q.source).name}:{q.line}: {q.reason}\n      {q.raw[:200]}")
+        if rows_q > len(shown):
+            print(f"  ... {rows_q - len(shown):,} more quarantined rows (use sbg detect --quarantine Q.csv)")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from . import datasets
+
+    if args.data_command == "generate":
+        out_dir = args.out or datasets.DATA_DIR
+        seed = datasets.DEFAULT_SEED if args.seed is None else args.seed
+        t0 = time.monotonic()
+        paths = datasets.generate(out_dir, seed)
+        for p in paths:
+            print(f"{p}  {p.stat().st_size:>10,} bytes")
+        print(f"generated {len(paths)} files with seed {seed} in {time.monotonic() - t0:.1f}s")
+        return 0
+    if args.data_command == "list":
+        for p in sorted(datasets.DATA_DIR.glob("*")):
+            if p.is_file():
+                print(f"{p}  {p.stat().st_size:>10,} bytes")
+        return 0
+    print("usage: sbg data {generate,list}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

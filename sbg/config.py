@@ -1,0 +1,147 @@
+"""Settings from YAML, loaded into the ``param`` objects they configure.
+
+One declaration serves everywhere: a detector's ``param`` parameters are its
+YAML keys, its dashboard widgets and its row in the "settings used" table.
+
+.. code-block:: yaml
+
+    stats:
+      window: 120          # rows, or a duration such as 60s
+    detectors:
+      zscore: {threshold: 6}
+      robust: {enabled: true}
+      limits: {limits: {temperature_c: [5, 45]}}
+    rules:                 # given rules replace the defaults
+      - {name: hot, detectors: [limits], severity: critical, pending_rows: 3}
+    history: {max_rows: 500000}
+
+>>> s = Settings.from_dict({"detectors": {"zscore": {"threshold": 4}}})
+>>> [d.threshold for d in s.make_detectors() if d.label == "zscore"]
+[4.0]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import param
+import yaml
+
+from .alerts import Rule, default_rules
+from .detect import Baseline, default_detectors, detector_classes
+from .errors import ConfigError
+from .history import History
+from .stats import Stats
+
+__all__ = ["Settings", "settings_table"]
+
+_SECTIONS = ("stats", "detectors", "rules", "history", "replay")
+
+
+class Settings:
+    """Parsed configuration; builds fresh step objects on demand."""
+
+    def __init__(self, data: dict | None = None, origin: str = "settings"):
+        self.data = data or {}
+        self.origin = origin
+        unknown = set(self.data) - set(_SECTIONS)
+        if unknown:
+            raise ConfigError(f"{origin}: unknown section(s) {sorted(unknown)}; known: {', '.join(_SECTIONS)}")
+        labels = detector_classes()
+        for label in self.data.get("detectors") or {}:
+            if label not in labels:
+                raise ConfigError(f"{origin}: unknown detector {label!r}; known: {', '.join(sorted(labels))}")
+        # Build once now so that every error shows up at load time.
+        self.make_stats()
+        self.make_detectors()
+        self.make_rules()
+        self.make_history()
+
+    @classmethod
+    def from_yaml(cls, path) -> Settings:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        return cls(data, origin=str(path))
+
+    @classmethod
+    def from_dict(cls, data) -> Settings:
+        return cls(data)
+
+    def _build(self, cls, where, values, **extra):
+        values = values or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{self.origin}: {where} must be a mapping")
+        unknown = set(values) - set(cls.param) - {"name"}
+        if unknown:
+            known = ", ".join(sorted(p for p in cls.param if p != "name"))
+            raise ConfigError(f"{self.origin}: {where}: unknown setting(s) {sorted(unknown)}; known: {known}")
+        try:
+            return cls(**extra, **values)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{self.origin}: {where}: {exc}") from None
+
+    def make_stats(self) -> Stats:
+        stats = self._build(Stats, "stats", self.data.get("stats"))
+        return stats
+
+    def make_detectors(self, reference=None):
+        conf = self.data.get("detectors") or {}
+        dets = []
+        for det in default_detectors(reference):
+            values = conf.get(det.label)
+            if values:
+                extra = {"reference": reference} if isinstance(det, Baseline) else {}
+                det = self._build(type(det), f"detectors.{det.label}", values, **extra)
+            dets.append(det)
+        return dets
+
+    def make_rules(self):
+        rules = self.data.get("rules")
+        if rules is None:
+            return default_rules()
+        if not isinstance(rules, list):
+            raise ConfigError(f"{self.origin}: rules must be a list")
+        out = [self._build(Rule, f"rules[{i}]", r) for i, r in enumerate(rules)]
+        names = [r.name for r in out]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{self.origin}: rule names must be unique")
+        return out
+
+    def make_history(self) -> History:
+        return self._build(History, "history", self.data.get("history"))
+
+    def replay_options(self) -> dict:
+        return dict(self.data.get("replay") or {})
+
+
+def settings_table(objects) -> list[dict]:
+    """Every parameter of the given param objects as rows: object, parameter, value, doc."""
+    rows = []
+    for obj in objects:
+        owner = getattr(obj, "label", None) or type(obj).__name__
+        if isinstance(obj, Rule):
+            owner = f"rule {obj.name}"
+        for name, p in obj.param.objects("existing").items():
+            if name == "name":
+                continue
+            value = getattr(obj, name)
+            rows.append({"object": owner, "parameter": name, "value": value if isinstance(value, (int, float, bool, str)) or value is None else str(value), "doc": p.doc or ""})
+    return rows
+
+
+def describe(settings: Settings) -> dict:
+    """A JSON-ready summary of the settings in force."""
+    return {"origin": settings.origin, "rows": settings_table(
+        [settings.make_stats(), *settings.make_detectors(), *settings.make_rules()])}
+
+
+param.parameterized.docstring_signature = False

@@ -1,0 +1,367 @@
+"""Anomaly detectors: plain objects that score pandas chunks.
+
+A detector knows nothing of streams, Panel or clocks. Given a chunk it returns,
+for every row and signal, a score in ``[0, 1]``; a score of at least ``0.5``
+is a flag. All detectors share one convention: a statistic ``z`` compared
+with a threshold ``t`` scores ``z / (z + t)``, so the flag is exactly
+``z >= t`` and the score still ranks how far past the line a value is.
+
+Every detector carries its state between chunks (through
+:class:`~sbg.stats.Features`), so scores do not depend on how the input was
+chunked.
+
+The defaults are meant for data sbg has never seen: windows are counted in
+rows, not seconds, so they adapt to any sampling rate; scales have a floor
+taken from the signal's longer history, so a quiet spell followed by normal
+activity is not an anomaly; and each detector needs a warm-up before it
+speaks.
+
+>>> import numpy as np, pandas as pd
+>>> t = pd.date_range("2024-01-01", periods=400, freq="s")
+>>> v = np.sin(np.arange(400) / 20) + np.random.default_rng(0).normal(0, 0.01, 400)
+>>> v[300] += 5
+>>> df = pd.DataFrame({"timestamp": t, "entity": "a", "v": v})
+>>> flags = Spike().score(df)["v"] >= 0.5
+>>> np.flatnonzero(flags).tolist()  # the jump up and the jump back
+[300, 301]
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import param
+
+from .stats import Chunk, Features
+
+__all__ = [
+    "Detector",
+    "Limits",
+    "ZScore",
+    "Robust",
+    "Spike",
+    "Flatline",
+    "Gap",
+    "Baseline",
+    "default_detectors",
+    "detector_classes",
+    "BATTERY_LIMITS",
+]
+
+#: Limits applied by name when a signal looks like a battery cell quantity.
+BATTERY_LIMITS = {
+    r"^(cell_?)?temp(erature)?(_c|_degc)?$": (5.0, 50.0),
+    r"^(soc|state_of_charge)(_pct|_percent)?$": (15.0, 95.0),
+    r"^(cell_?)?volt(age)?(_v)?$": (2.5, 4.25),  # NMC/graphite cell window
+    r"co_ppm$": (None, 35.0),  # a common carbon-monoxide alarm level
+}
+
+
+def ratio_score(z, threshold):
+    """Map a non-negative statistic to ``[0, 1)`` so that ``z >= threshold`` scores ``>= 0.5``.
+
+    >>> ratio_score(np.array([0.0, 3.0, 9.0]), 3.0).tolist()
+    [0.0, 0.5, 0.75]
+    """
+    z = np.nan_to_num(np.abs(z), nan=0.0, posinf=1e300)
+    return z / (z + threshold)
+
+
+class Detector(param.Parameterized):
+    """Base class: ``scores(chunk, features)`` returns an ``(n, k)`` array in ``[0, 1]``."""
+
+    enabled = param.Boolean(default=True, doc="Run this detector.")
+    label = "detector"
+
+    __abstract = True
+
+    def scores(self, chunk: Chunk, features: Features) -> np.ndarray:
+        raise NotImplementedError
+
+    def score(self, frame: pd.DataFrame, signals=None) -> pd.DataFrame:
+        """Score a frame with ``timestamp`` and ``entity`` columns (standalone use).
+
+        State carries over between calls, so feeding a series in pieces gives
+        the same scores as feeding it whole.
+        """
+        if signals is None:
+            signals = [c for c in frame.columns if c not in ("timestamp", "entity")
+                       and pd.api.types.is_numeric_dtype(frame[c])]
+        features = getattr(self, "_standalone", None)
+        if features is None or features.signals != tuple(signals):
+            features = self._standalone = Features(signals)
+        chunk = features.chunk(frame)
+        return pd.DataFrame(self.scores(chunk, features), columns=list(signals), index=frame.index)
+
+    def reset(self):
+        self._standalone = None
+
+
+class Limits(Detector):
+    """Static lower and upper limits per signal.
+
+    ``limits`` maps a signal to ``[low, high]`` (either may be null). With
+    ``battery_defaults``, signals named like cell temperature, state of charge,
+    cell voltage or CO concentration get :data:`BATTERY_LIMITS`.
+    """
+
+    label = "limits"
+    limits = param.Dict(default={}, doc="Signal name to [low, high]; null for no bound.")
+    battery_defaults = param.Boolean(default=True, doc="Apply BATTERY_LIMITS to signals whose names match.")
+
+    def bounds_for(self, signal):
+        if signal in self.limits:
+            low, high = self.limits[signal]
+            return low, high
+        if self.battery_defaults:
+            for pattern, bounds in BATTERY_LIMITS.items():
+                if re.search(pattern, signal.lower()):
+                    return bounds
+        return None, None
+
+    def scores(self, chunk, features):
+        out = np.zeros(chunk.X.shape)
+        for j, s in enumerate(chunk.signals):
+            low, high = self.bounds_for(s)
+            if low is None and high is None:
+                continue
+            x = chunk.X[:, j]
+            scale = 0.05 * max(abs(v) for v in (low, high) if v is not None)
+            if low is not None and high is not None:
+                scale = max(0.05 * (high - low), 1e-12)
+            excess = np.zeros(len(x))
+            with np.errstate(invalid="ignore"):
+                if high is not None:
+                    excess = np.where(x > high, x - high, excess)
+                if low is not None:
+                    excess = np.where(x < low, low - x, excess)
+            outside = excess > 0
+            out[:, j] = np.where(outside, 0.5 + 0.5 * (1 - np.exp(-excess / scale)), 0.0)
+        return out
+
+
+class _Windowed(Detector):
+    """Shared knobs of the detectors that compare a row with its recent past."""
+
+    __abstract = True
+    window = param.Integer(default=120, bounds=(3, None), doc="Rows of recent history a row is compared with.")
+    min_periods = param.Integer(default=30, bounds=(2, None), doc="Rows needed before the detector speaks.")
+    threshold = param.Number(default=5.0, bounds=(0, None), inclusive_bounds=(False, True),
+                             doc="Statistic at which a row is flagged.")
+    floor_window = param.Integer(default=1800, bounds=(3, None),
+                                 doc="Rows of longer history whose spread floors the scale.")
+    floor_ratio = param.Number(default=0.5, bounds=(0, None),
+                               doc="Scale floor as a fraction of the longer history's spread; "
+                                   "stops a quiet spell from making normal activity look anomalous.")
+
+    def _floor(self, std_long):
+        return np.where(np.isnan(std_long), 0.0, self.floor_ratio * std_long)
+
+
+class ZScore(_Windowed):
+    """Distance from the rolling mean of the previous ``window`` rows, in rolling standard deviations."""
+
+    label = "zscore"
+    threshold = param.Number(default=6.0, bounds=(0, None), inclusive_bounds=(False, True),
+                             doc="Standard deviations at which a row is flagged.")
+
+    def scores(self, chunk, features):
+        mean, std, _, _ = features.moments(chunk, self.window, self.min_periods, prior=True)
+        _, std_long, _, _ = features.moments(chunk, self.floor_window, self.min_periods, prior=True)
+        scale = np.maximum(std, self._floor(std_long))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.abs(chunk.X - mean) / scale
+        z[~np.isfinite(z) | (scale <= 0)] = 0.0
+        return ratio_score(z, self.threshold)
+
+
+class Robust(_Windowed):
+    """Distance from the rolling median in robust spreads (IQR / 1.349); outliers in the window do not mask new ones."""
+
+    label = "robust"
+    enabled = param.Boolean(default=False, doc="Run this detector (off by default: it costs more than the z-score).")
+    threshold = param.Number(default=7.0, bounds=(0, None), inclusive_bounds=(False, True),
+                             doc="Robust standard deviations at which a row is flagged.")
+
+    def scores(self, chunk, features):
+        med, q1, q3 = features.quantiles(chunk, self.window, self.min_periods, prior=True)
+        _, std_long, _, _ = features.moments(chunk, self.floor_window, self.min_periods, prior=True)
+        scale = np.maximum((q3 - q1) / 1.349, self._floor(std_long))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.abs(chunk.X - med) / scale
+        z[~np.isfinite(z) | (scale <= 0)] = 0.0
+        return ratio_score(z, self.threshold)
+
+
+class Spike(_Windowed):
+    """A jump between consecutive rows far larger than recent jumps.
+
+    With ``isolated_only``, a jump that coincides with a jump in another signal
+    of the same entity (a load step moves current and voltage together) is
+    taken as a change of regime, not a glitch.
+    """
+
+    label = "spike"
+    threshold = param.Number(default=8.0, bounds=(0, None), inclusive_bounds=(False, True),
+                             doc="Jump size, in recent jump spreads, at which a row is flagged.")
+    isolated_only = param.Boolean(default=True, doc="Ignore jumps shared with another signal of the entity.")
+    co_threshold = param.Number(default=3.0, bounds=(0, None), doc="Jump size that counts as shared.")
+
+    def scores(self, chunk, features):
+        d = features.diff(chunk)
+        _, std, _, _ = features.diff_moments(chunk, self.window, self.min_periods, prior=True)
+        _, std_long, _, _ = features.diff_moments(chunk, self.floor_window, self.min_periods, prior=True)
+        scale = np.maximum(std, self._floor(std_long))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.abs(d) / scale
+        z[~np.isfinite(z) | (scale <= 0)] = 0.0
+        if self.isolated_only and z.shape[1] > 1:
+            moving = z >= self.co_threshold
+            others = moving.sum(axis=1, keepdims=True) - moving
+            z = np.where(others > 0, 0.0, z)
+        return ratio_score(z, self.threshold)
+
+
+class Flatline(_Windowed):
+    """A stuck sensor: the same value repeated while the rest of the entity keeps moving.
+
+    A run is flagged once it is ``min_run`` rows long and ``ratio`` times longer
+    than any earlier run of the signal. When the entity has other signals, one
+    of them must be active (its recent spread at least ``activity`` of its
+    longer-run spread): a battery at rest has a flat state of charge for good
+    reason.
+    """
+
+    label = "flatline"
+    min_run = param.Integer(default=120, bounds=(2, None), doc="Shortest run of equal values that can be flagged.")
+    ratio = param.Number(default=3.0, bounds=(1, None), doc="How much longer than any earlier run a flagged run must be.")
+    activity = param.Number(default=0.25, bounds=(0, None),
+                            doc="Recent/longer-run spread ratio above which another signal counts as active.")
+    warmup = param.Integer(default=600, bounds=(0, None), doc="Rows of an entity before it can be flagged.")
+
+    def scores(self, chunk, features):
+        run, longest = features.runs(chunk)
+        need = np.maximum(self.min_run, self.ratio * longest)
+        # Count repeats, not rows: a single value is no run at all.
+        score = ratio_score(run - 1.0, need - 1.0)
+        seen = features.rows_seen(chunk)
+        score[seen < self.warmup] = np.minimum(score[seen < self.warmup], 0.49)
+        if chunk.X.shape[1] > 1:
+            _, std, _, _ = features.moments(chunk, self.window, self.min_periods, prior=True)
+            _, std_long, _, _ = features.moments(chunk, self.floor_window, self.min_periods, prior=True)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                active = np.nan_to_num(std / std_long) >= self.activity
+            others_active = (active.sum(axis=1, keepdims=True) - active) > 0
+            score = np.where(others_active, score, np.minimum(score, 0.49))
+        return score
+
+
+class Gap(Detector):
+    """Missing data: a gap before a row far longer than the entity's usual sampling interval."""
+
+    label = "gap"
+    factor = param.Number(default=10.0, bounds=(1, None), doc="Gap, in usual intervals, at which a row is flagged.")
+    min_gap = param.String(default="0s", doc="Gaps shorter than this are never flagged (a duration).")
+    window = param.Integer(default=60, bounds=(3, None), doc="Intervals the usual interval is the median of.")
+    min_periods = param.Integer(default=10, bounds=(2, None), doc="Intervals needed before the detector speaks.")
+
+    def scores(self, chunk, features):
+        dt, _ = features.lag(chunk)
+        med, _, _ = features.dt_quantiles(chunk, self.window, self.min_periods)
+        secs = np.where(dt >= 0, dt / 1e9, np.nan)
+        usual = med[:, 0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = secs / np.maximum(usual, 1e-9)
+        ratio = np.nan_to_num(ratio, nan=0.0, posinf=0.0)
+        ratio[secs < pd.Timedelta(self.min_gap).total_seconds()] = 0.0
+        col = ratio_score(ratio, self.factor)
+        # A gap is a property of the row, not of one signal: every signal shares it.
+        return np.repeat(col[:, None], max(chunk.X.shape[1], 1), axis=1)[:, : chunk.X.shape[1]]
+
+
+class Baseline(Detector):
+    """Departure from a known-good reference, per signal.
+
+    Each value is mapped to its quantile in the reference distribution. A row
+    is flagged when it lies beyond the reference by ``threshold`` robust
+    spreads, or when the mean quantile of the last ``window`` rows has moved
+    ``shift`` away from one half (the whole distribution has shifted), or the
+    mean distance from the median quantile has grown to ``spread``.
+    """
+
+    label = "baseline"
+    window = param.Integer(default=300, bounds=(10, None), doc="Rows over which a distribution shift is judged.")
+    threshold = param.Number(default=6.0, bounds=(0, None), inclusive_bounds=(False, True),
+                             doc="Robust spreads from the reference median at which a single row is flagged.")
+    shift = param.Number(default=0.3, bounds=(0.0, 0.5), inclusive_bounds=(False, False),
+                         doc="Move of the window's mean quantile away from 0.5 that flags a shift.")
+    spread = param.Number(default=0.85, bounds=(0.5, 1.0), inclusive_bounds=(False, False),
+                          doc="Mean of |2u-1| over the window that flags a widening (0.5 for no change).")
+
+    def __init__(self, reference: pd.DataFrame | None = None, **params):
+        super().__init__(**params)
+        self.reference = None
+        if reference is not None:
+            self.set_reference(reference)
+
+    def set_reference(self, reference: pd.DataFrame):
+        """Learn the reference distribution of every numeric column."""
+        probs = np.linspace(0, 1, 1001)
+        self.reference = {}
+        for col in reference.columns:
+            if col in ("timestamp", "entity") or not pd.api.types.is_numeric_dtype(reference[col]):
+                continue
+            vals = reference[col].to_numpy(dtype=float)
+            vals = vals[np.isfinite(vals)]
+            if len(vals) < 10:
+                continue
+            grid = np.quantile(vals, probs)
+            q1, med, q3 = np.quantile(vals, [0.25, 0.5, 0.75])
+            scale = max((q3 - q1) / 1.349, np.std(vals) * 0.1, 1e-12)
+            self.reference[col] = (grid, probs, med, scale)
+
+    def scores(self, chunk, features):
+        out = np.zeros(chunk.X.shape)
+        if not self.reference:
+            return out
+        cols = [j for j, s in enumerate(chunk.signals) if s in self.reference]
+        if not cols:
+            return out
+        U = np.full(chunk.X.shape, np.nan)
+        for j in cols:
+            grid, probs, med, scale = self.reference[chunk.signals[j]]
+            x = chunk.X[:, j]
+            u = np.interp(x, grid, probs, left=0.0, right=1.0)
+            U[:, j] = np.where(np.isnan(x), np.nan, u)
+            z = np.abs(x - med) / scale
+            out[:, j] = ratio_score(z, self.threshold)
+        key = ("baseline_u", self.window)
+        state = features._state.get(key)
+        if state is None:
+            from ._kernels import RollingMoments
+
+            state = features._state[key] = (RollingMoments(features.k, self.window, self.window // 2),
+                                            RollingMoments(features.k, self.window, self.window // 2))
+        mean_u, _, _, _ = state[0].update(chunk.codes, chunk.ts, U)
+        mean_w, _, _, _ = state[1].update(chunk.codes, chunk.ts, np.abs(2 * U - 1))
+        shift = np.nan_to_num(np.abs(mean_u - 0.5))
+        widen = np.nan_to_num(np.maximum(mean_w - 0.5, 0))
+        out = np.maximum(out, ratio_score(shift, self.shift))
+        out = np.maximum(out, ratio_score(widen, self.spread - 0.5))
+        return out
+
+
+def detector_classes() -> dict[str, type[Detector]]:
+    """Every concrete detector, by label."""
+    return {cls.label: cls for cls in param.concrete_descendents(Detector).values()
+            if not cls.__name__.startswith("_")}
+
+
+def default_detectors(reference: pd.DataFrame | None = None) -> list[Detector]:
+    """The default detector set; ``Baseline`` joins when a reference is given."""
+    dets = [Limits(), ZScore(), Robust(), Spike(), Flatline(), Gap()]
+    if reference is not None:
+        dets.append(Baseline(reference))
+    return dets

@@ -1,0 +1,184 @@
+"""A monitor: sources, replay, pipeline, history, metrics and alert log in one object.
+
+The monitor is the model every view takes (dashboard, report, CLI). One
+monitor runs per data source; views subscribe to it and never own its state.
+
+>>> from sbg.datasets import DATA_DIR
+>>> m = Monitor([DATA_DIR / "machine_monitor.csv"], speed="max")
+>>> m.run_to_end()
+>>> m.metrics.reconciles, m.metrics.rows_in
+(True, 10800)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from .alerts import AlertEngine, AlertLog
+from .config import Settings
+from .errors import SbgError
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .replay import Replay, parse_speed
+from .sources import Batch, Source
+
+__all__ = ["Monitor", "load_reference"]
+
+
+def load_reference(path, **schema_options) -> pd.DataFrame:
+    """Read a whole baseline file (validated) into one frame."""
+    src = Source(path, **schema_options)
+    parts = [b.frame for b in src.batches()]
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if frame.empty:
+        raise SbgError(f"{path}: baseline has no valid rows")
+    return frame
+
+
+class Monitor:
+    """Replay one or more files through the pipeline, keeping history, metrics and alerts.
+
+    Parameters
+    ----------
+    paths : list of path-like
+        Data files, merged by time.
+    baseline : path-like, optional
+        Known-good reference for the baseline detector.
+    settings : Settings or path-like, optional
+        Configuration (YAML path or parsed).
+    alerts_db : path-like, optional
+        SQLite alert log.
+    speed, loop : replay options.
+    schema_options : passed to every :class:`~sbg.sources.Source`.
+    """
+
+    def __init__(self, paths, baseline=None, settings=None, alerts_db=None, speed="max", loop=False,
+                 max_chunk_rows=None, quarantine_keep: int = 1000, **schema_options):
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        if not paths:
+            raise SbgError("no data file given")
+        if settings is None or isinstance(settings, (str, Path)):
+            settings = Settings.from_yaml(settings) if settings else Settings()
+        parse_speed(speed)
+        self.settings = settings
+        self.paths = [Path(p) for p in paths]
+        self.sources = [Source(p, **schema_options) for p in self.paths]
+        self.baseline_path = Path(baseline) if baseline else None
+        self.reference = load_reference(baseline, **schema_options) if baseline else None
+        signals, carried = [], []
+        for s in self.sources:
+            signals += [c for c in s.schema.signals if c not in signals]
+            carried += [c for c in s.schema.carried if c not in carried and c not in signals]
+        self.signals, self.carried = signals, carried
+        self.source_key = "+".join(s.name for s in self.sources)
+        self.metrics = Metrics()
+        self.log = AlertLog(alerts_db) if alerts_db else None
+        self.engine = AlertEngine(settings.make_rules(), source=self.source_key)
+        self.pipeline = Pipeline(
+            stats=settings.make_stats(), detectors=settings.make_detectors(self.reference), engine=self.engine,
+            metrics=self.metrics, log=self.log, signals=signals, carried=carried,
+        )
+        self.history = settings.make_history()
+        self.quarantine: deque = deque(maxlen=quarantine_keep)
+        replay_opts = settings.replay_options()
+        if max_chunk_rows:
+            replay_opts["max_chunk_rows"] = max_chunk_rows
+        self.replay = Replay(self.sources, speed=speed, loop=loop, **replay_opts)
+        self.replay.on_batch(self._on_batch)
+        self.replay.on_restart(self._on_restart)
+        self._chunk_subscribers: list[Callable[[pd.DataFrame], None]] = []
+        self.enriched = self.pipeline.connect(self.replay.stream.map(self._align))
+        self.enriched.stream.sink(self._sink)
+
+    @property
+    def events(self):
+        return self.pipeline.events
+
+    @property
+    def alerts(self) -> pd.DataFrame:
+        """Alerts so far, newest first."""
+        return self.engine.table()
+
+    def _align(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in (*self.signals, *self.carried) if c not in chunk.columns]
+        for c in missing:
+            chunk[c] = float("nan") if c in self.signals else ""
+        return chunk[["timestamp", "entity", *self.signals, *self.carried]]
+
+    def _on_batch(self, batch: Batch):
+        if batch.quarantined:
+            self.quarantine.extend(batch.quarantined)
+            for q in batch.quarantined[:20]:
+                self.pipeline.emit_event("quarantine", f"{Path(q.source).name}:{q.line}: {q.reason}", "warning")
+            if len(batch.quarantined) > 20:
+                self.pipeline.emit_event("quarantine", f"... and {len(batch.quarantined) - 20} more rows quarantined",
+                                         "warning")
+        self.metrics.count_batch(batch.rows_quarantined, 0, batch.rows_quarantined)
+
+    def _sink(self, enriched: pd.DataFrame):
+        self.metrics.count_batch(len(enriched), len(enriched), 0)
+        try:
+            self.history.append(enriched[self.history_columns(enriched)])
+        except Exception as exc:
+            self.metrics.record_error("history", exc)
+        for cb in list(self._chunk_subscribers):
+            try:
+                cb(enriched)
+            except Exception as exc:
+                self.metrics.record_error("chunk subscriber", exc)
+                self.pipeline.emit_event("error", f"view failed: {type(exc).__name__}: {exc}", "critical")
+        if self.log is not None:
+            progress = self.replay.rows_emitted + self.replay.rows_quarantined
+            self.log.write([], progress=(self.source_key, progress, str(self.replay.sim_time)))
+
+    def history_columns(self, frame):
+        keep = ["timestamp", "entity", *self.signals, *self.carried]
+        for s in self.signals:
+            keep += [f"{s}__mean", f"{s}__std", f"{s}__score"]
+        keep += ["anomaly_score", "is_anomaly", "reason"]
+        return [c for c in keep if c in frame.columns]
+
+    def _on_restart(self, reason: str):
+        self.pipeline.reset_state()
+        if reason != "loop":
+            self.history.clear()
+            self.metrics.reset()
+            self.quarantine.clear()
+        self.pipeline.emit_event("replay", f"data starts over ({reason})")
+
+    def subscribe(self, callback: Callable[[pd.DataFrame], None]) -> Callable[[], None]:
+        """``callback(enriched_chunk)`` after each chunk; returns an unsubscriber."""
+        self._chunk_subscribers.append(callback)
+
+        def unsubscribe():
+            if callback in self._chunk_subscribers:
+                self._chunk_subscribers.remove(callback)
+
+        return unsubscribe
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._chunk_subscribers)
+
+    def run_to_end(self, on_tick=None):
+        """Replay synchronously to the end of the data."""
+        self.replay.run_to_end(on_tick=on_tick)
+
+    def status(self) -> dict:
+        return {
+            "source": self.source_key,
+            "files": [str(p) for p in self.paths],
+            "baseline": str(self.baseline_path) if self.baseline_path else None,
+            "metrics": self.metrics.as_dict(),
+            "replay": self.replay.progress,
+        }
+
+    def close(self):
+        self.replay.stop()
+        if self.log is not None:
+            self.log.close()

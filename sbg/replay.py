@@ -1,0 +1,372 @@
+"""Time-faithful replay of one or more sources on a simulated clock.
+
+The simulated clock runs at ``speed`` times wall time from the first row's
+timestamp. On every tick, all rows whose timestamps are due go out as one
+chunk on :attr:`Replay.stream` (a streamz ``Stream``). ``speed="max"`` emits
+``max_chunk_rows`` rows at a time as fast as the consumer takes them.
+
+Several sources are merged by timestamp. The replay runs as an asyncio task
+on the current loop (Jupyter's kernel loop, or the Tornado loop under
+``panel serve``), or synchronously with :meth:`Replay.run_to_end`.
+
+>>> import pathlib, tempfile
+>>> p = pathlib.Path(tempfile.mkdtemp()) / "r.csv"
+>>> _ = p.write_text("time,v\\n" + "".join(f"2024-01-01T00:00:{i:02d},{i}\\n" for i in range(10)))
+>>> from sbg.sources import Source
+>>> r = Replay([Source(p)], speed="max", max_chunk_rows=4)
+>>> sizes = []
+>>> _ = r.stream.sink(lambda df: sizes.append(len(df)))
+>>> r.run_to_end(); sizes, r.state, r.percent
+([4, 4, 2], 'finished', 100.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import param
+from streamz import Stream
+
+from .sources import Batch, Source
+
+__all__ = ["Replay", "parse_speed", "SPEEDS"]
+
+SPEEDS = ("1x", "10x", "100x", "1000x", "max")
+
+
+def parse_speed(speed) -> float:
+    """``'max'`` or a positive factor (``10``, ``'10x'``) as a float; ``inf`` for max.
+
+    >>> parse_speed("100x"), parse_speed("max")
+    (100.0, inf)
+    """
+    if isinstance(speed, str):
+        text = speed.strip().lower()
+        if text == "max":
+            return float("inf")
+        text = text.rstrip("x")
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"speed must be a positive number or 'max', not {speed!r}") from None
+    else:
+        value = float(speed)
+    if not value > 0:
+        raise ValueError(f"speed must be positive, not {speed!r}")
+    return value
+
+
+class _Cursor:
+    """Read position in one source: the current validated batch and an offset into it."""
+
+    def __init__(self, source: Source, on_batch: Callable[[Batch], None]):
+        self.source = source
+        self.on_batch = on_batch
+        self.restart()
+
+    def restart(self):
+        self._it = self.source.batches()
+        self.frame = None
+        self.ts = None
+        self.pos = 0
+        self.done = False
+
+    def fill(self, need: int):
+        """Make sure at least ``need`` unread rows are buffered (or the source is exhausted)."""
+        while not self.done and (self.frame is None or len(self.frame) - self.pos < need):
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self.done = True
+                break
+            self.on_batch(batch)
+            rest = None if self.frame is None else self.frame.iloc[self.pos:]
+            frame = batch.frame if rest is None or len(rest) == 0 else pd.concat([rest, batch.frame], ignore_index=True)
+            self.frame = frame.reset_index(drop=True)
+            self.ts = self.frame["timestamp"].to_numpy(dtype="datetime64[ns]").view("int64")
+            self.pos = 0
+
+    @property
+    def remaining(self) -> int:
+        return 0 if self.frame is None else len(self.frame) - self.pos
+
+    def head_ts(self):
+        return None if self.remaining == 0 else int(self.ts[self.pos])
+
+    def take_until(self, t_ns: int, limit: int):
+        """Rows due at ``t_ns`` (at most ``limit``), advancing the cursor."""
+        if self.remaining == 0:
+            return None
+        end = self.pos + int(np.searchsorted(self.ts[self.pos:], t_ns, side="right"))
+        # Unsorted input: a row older than the clock is due at once, so never stall on one.
+        end = min(max(end, self.pos), self.pos + limit)
+        if end == self.pos:
+            return None
+        out = self.frame.iloc[self.pos:end]
+        self.pos = end
+        return out
+
+
+class Replay(param.Parameterized):
+    """Replay sources as chunks on a simulated clock, with transport controls."""
+
+    speed = param.Parameter(default="max", doc="Speed factor over wall time, or 'max'.")
+    loop = param.Boolean(default=False, doc="Start again from the beginning when the data ends.")
+    tick = param.Number(default=0.1, bounds=(0.005, 5), doc="Wall seconds between clock ticks.")
+    max_chunk_rows = param.Integer(default=1000, bounds=(1, None), doc="Largest chunk emitted at once.")
+    state = param.Selector(default="idle", objects=["idle", "running", "paused", "stopped", "finished"],
+                           doc="Transport state.")
+    rows_emitted = param.Integer(default=0, doc="Validated rows emitted this run.")
+    rows_total = param.Integer(default=None, allow_None=True, doc="Data rows in all sources, when known.")
+    sim_time = param.Date(default=None, allow_None=True, doc="Current simulated time.")
+    loops = param.Integer(default=0, doc="Times the data has been looped.")
+
+    def __init__(self, sources: list[Source], **params):
+        super().__init__(**params)
+        parse_speed(self.speed)
+        self.sources = list(sources)
+        self.stream = Stream(stream_name="replay")
+        self.rows_read = 0
+        self.rows_quarantined = 0
+        self._batch_callbacks: list[Callable[[Batch], None]] = []
+        self._restart_callbacks: list[Callable[[str], None]] = []
+        self._cursors = [_Cursor(s, self._on_batch) for s in self.sources]
+        self._task = None
+        self._clock = None
+        self._wall = None
+        self._skip_until = None
+        self.rows_skipped = 0
+        self.first_ts = None
+        self.last_ts = None
+
+    def on_batch(self, callback: Callable[[Batch], None]):
+        """``callback(batch)`` when a source batch is read (for quarantine and counts)."""
+        self._batch_callbacks.append(callback)
+
+    def on_restart(self, callback: Callable[[str], None]):
+        """``callback(reason)`` before the data starts over (``'reset'``, ``'loop'`` or ``'seek'``)."""
+        self._restart_callbacks.append(callback)
+
+    def _on_batch(self, batch: Batch):
+        self.rows_read += batch.rows_in
+        self.rows_quarantined += batch.rows_quarantined
+        for cb in self._batch_callbacks:
+            cb(batch)
+
+    def scan(self):
+        """Count rows and find the time span of the data (a fast pass; cached)."""
+        if self.rows_total is None:
+            self.rows_total = sum(s.count_rows() for s in self.sources)
+        return self.rows_total
+
+    @property
+    def percent(self) -> float:
+        total = self.rows_total
+        if not total:
+            return 100.0 if self.state == "finished" else 0.0
+        done = self.rows_emitted + self.rows_skipped + self.rows_quarantined
+        if self.state == "finished":
+            done = total
+        return round(min(100.0, 100.0 * done / total), 2)
+
+    @property
+    def progress(self) -> dict:
+        return {
+            "state": self.state, "rows_emitted": self.rows_emitted, "rows_read": self.rows_read,
+            "rows_total": self.rows_total, "percent": self.percent,
+            "sim_time": None if self.sim_time is None else str(pd.Timestamp(self.sim_time)),
+            "speed": str(self.speed), "loops": self.loops, "rows_skipped": self.rows_skipped,
+        }
+
+    def _restart_sources(self, reason):
+        for cb in self._restart_callbacks:
+            cb(reason)
+        for c in self._cursors:
+            c.restart()
+        self.rows_read = 0
+        self.rows_quarantined = 0
+        self.rows_emitted = 0
+        self._clock = None
+
+    def _next_chunk(self, until_ns: int | None):
+        """The next chunk due at ``until_ns`` (``None``: the next ``max_chunk_rows`` rows)."""
+        limit = self.max_chunk_rows
+        for c in self._cursors:
+            c.fill(limit)
+        live = [c for c in self._cursors if c.remaining]
+        if not live:
+            return None
+        if until_ns is None:
+            if len(live) == 1:
+                c = live[0]
+                until_ns = int(c.ts[min(c.pos + limit, len(c.ts)) - 1])
+            else:
+                until_ns = min(int(c.ts[min(c.pos + limit, len(c.ts)) - 1]) for c in live)
+        parts = [p for c in live if (p := c.take_until(until_ns, limit)) is not None]
+        if not parts:
+            return pd.DataFrame()
+        if len(parts) == 1:
+            return parts[0].reset_index(drop=True)
+        merged = pd.concat(parts, ignore_index=True)
+        return merged.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+    def _exhausted(self):
+        return all(c.done and c.remaining == 0 for c in self._cursors)
+
+    def _emit(self, chunk: pd.DataFrame):
+        if self._skip_until is not None:
+            ts = chunk["timestamp"].to_numpy(dtype="datetime64[ns]").view("int64")
+            keep = ts >= self._skip_until
+            self.rows_skipped += int((~keep).sum())
+            chunk = chunk[keep].reset_index(drop=True)
+            if keep.any():
+                self._skip_until = None
+        if len(chunk) == 0:
+            return
+        self.rows_emitted += len(chunk)
+        self.sim_time = pd.Timestamp(chunk["timestamp"].iat[-1]).to_pydatetime()
+        self.stream.emit(chunk)
+
+    def step(self, now: float | None = None) -> bool:
+        """Advance the clock to wall time ``now`` and emit what is due; ``False`` once finished."""
+        speed = parse_speed(self.speed)
+        now = time.monotonic() if now is None else now
+        if speed == float("inf"):
+            chunk = self._next_chunk(None)
+        else:
+            if self._clock is None:
+                for c in self._cursors:
+                    c.fill(1)
+                heads = [h for c in self._cursors if (h := c.head_ts()) is not None]
+                if not heads:
+                    return self._finish_or_loop()
+                start = min(heads) if self._skip_until is None else max(min(heads), self._skip_until)
+                self._clock = start
+                self._wall = now
+            self._clock += int((now - self._wall) * speed * 1e9)
+            self._wall = now
+            chunk = self._next_chunk(self._clock)
+            if chunk is not None and len(chunk):
+                # Emit everything due, even past max_chunk_rows, in one chunk per tick.
+                more = [chunk]
+                while (nxt := self._next_chunk(self._clock)) is not None and len(nxt):
+                    more.append(nxt)
+                chunk = pd.concat(more, ignore_index=True) if len(more) > 1 else chunk
+            self.sim_time = pd.Timestamp(self._clock).to_pydatetime()
+        if chunk is None:
+            return self._finish_or_loop()
+        if len(chunk):
+            self._emit(chunk)
+        return True
+
+    def _finish_or_loop(self) -> bool:
+        if not self._exhausted():
+            return True
+        if self.loop:
+            self.loops += 1
+            self._restart_sources("loop")
+            return True
+        self.state = "finished"
+        return False
+
+    def run_to_end(self, on_tick: Callable[[], None] | None = None):
+        """Run synchronously until the data ends (or ``stop()``/``pause()`` is called from a callback)."""
+        self.scan()
+        self.state = "running"
+        speed = parse_speed(self.speed)
+        while self.state == "running":
+            if not self.step():
+                break
+            if on_tick is not None:
+                on_tick()
+            if speed != float("inf"):
+                time.sleep(self.tick)
+
+    async def _run(self):
+        speed = parse_speed(self.speed)
+        try:
+            while self.state == "running":
+                if not self.step():
+                    break
+                await asyncio.sleep(0 if speed == float("inf") else self.tick)
+        except asyncio.CancelledError:
+            pass
+
+    def start(self):
+        """Start (or restart after stop/finish) as a task on the running event loop."""
+        if self.state == "running":
+            return
+        if self.state in ("stopped", "finished"):
+            self._restart_sources("reset")
+        self.state = "running"
+        self._wall = time.monotonic()
+        self._launch()
+
+    def _launch(self):
+        loop = asyncio.get_event_loop()
+        self._task = loop.create_task(self._run())
+
+    def pause(self):
+        if self.state == "running":
+            self.state = "paused"
+            self._cancel()
+
+    def resume(self):
+        if self.state == "paused":
+            self.state = "running"
+            self._wall = time.monotonic()
+            self._launch()
+
+    def stop(self):
+        if self.state in ("running", "paused"):
+            self.state = "stopped"
+            self._cancel()
+
+    def reset(self):
+        """Stop and rewind to the start, forgetting all state."""
+        self._cancel()
+        self._restart_sources("reset")
+        self.rows_skipped = 0
+        self.loops = 0
+        self.sim_time = None
+        self.state = "idle"
+
+    def seek(self, to):
+        """Start over from a time (``Timestamp`` or string) or a fraction ``0..1`` of the time span."""
+        if isinstance(to, (int, float)) and not isinstance(to, bool):
+            if not 0 <= to <= 1:
+                raise ValueError("a seek fraction must be between 0 and 1")
+            first, last = self.time_span()
+            target = int(first + (last - first) * float(to))
+        else:
+            target = pd.Timestamp(to).value
+        was = self.state
+        self._cancel()
+        self._restart_sources("seek")
+        self.rows_skipped = 0
+        self._skip_until = target
+        if was == "running":
+            self.state = "idle"
+            self.start()
+        else:
+            self.state = "paused" if was in ("running", "paused") else "idle"
+
+    def time_span(self):
+        """``(first_ns, last_ns)`` of the data (reads the first and last rows of each source)."""
+        if self.first_ts is None:
+            firsts, lasts = [], []
+            for s in self.sources:
+                f, l = s.time_span()
+                firsts.append(f)
+                lasts.append(l)
+            self.first_ts, self.last_ts = min(firsts), max(lasts)
+        return self.first_ts, self.last_ts
+
+    def _cancel(self):
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None

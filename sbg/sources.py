@@ -1,0 +1,928 @@
+"""Chunked readers, schema inference, validation and quarantine.
+
+A :class:`Source` reads one CSV, CSV.gz or Parquet file in blocks, never
+whole, and yields :class:`Batch` objects: a clean, typed frame plus the rows
+it quarantined. The frame always has the columns ``timestamp`` (naive
+datetime64, UTC for zoned input), ``entity`` (string), then the signal
+columns (float64), then carried status columns (text, not analysed).
+
+Contracts
+---------
+* ``rows_in == rows_ok + rows_quarantined`` after every batch.
+* A quarantined row keeps its source line number, raw text and a reason; the
+  stream goes on.
+* Validation is chunk-invariant: the result does not depend on
+  ``block_bytes``, because the order and duplicate checks carry their state.
+* A file that cannot be read at all raises :class:`~sbg.errors.SourceError`
+  naming the file (and the line and column when there is one).
+
+>>> import io, pathlib, tempfile
+>>> p = pathlib.Path(tempfile.mkdtemp()) / "tiny.csv"
+>>> _ = p.write_text("time,id,v\\n2024-01-01T00:00:00,a,1.5\\n2024-01-01T00:00:01,a,x\\n")
+>>> src = Source(p)
+>>> src.schema.signals, src.schema.entity
+(('v',), 'id')
+>>> batches = list(src.batches())
+>>> sum(len(b.frame) for b in batches), [q.reason for b in batches for q in b.quarantined]
+(1, ["column 3 'v': 'x' is not a number"])
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from .errors import SourceError
+
+__all__ = [
+    "Schema",
+    "Source",
+    "Batch",
+    "QuarantinedRow",
+    "infer_schema",
+    "open_sources",
+    "DEFAULT_CLOCK_DATE",
+    "MAX_LINE_BYTES",
+]
+
+#: Date given to ``HH:MM:SS``-only timestamps unless ``date=`` says otherwise.
+DEFAULT_CLOCK_DATE = "1970-01-01"
+#: Longest physical line accepted; a longer one is quarantined unread.
+MAX_LINE_BYTES = 10 * 1024 * 1024
+#: Raw text kept per quarantined row.
+MAX_RAW_CHARS = 2000
+
+_TIME_NAMES = (
+    "timestamp", "datetime", "date_time", "time_stamp", "time", "ts", "date",
+    "epoch", "unix_time", "time_s", "test_time", "t",
+)
+_ENTITY_NAMES = (
+    "entity", "battery_id", "cell_id", "device_id", "unit_id", "asset_id", "sensor_id",
+    "machine_id", "meter_id", "node_id", "pack_id", "id", "battery", "cell", "device",
+    "unit", "asset", "machine", "meter", "node", "host", "site", "pack",
+)
+_CLOCK_RE = re.compile(r"^\s*\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?\s*$")
+_NULLS = ("", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "null", "NULL", "None", "-nan", "#N/A")
+_SAMPLE_BYTES = 256 * 1024
+_SAMPLE_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class QuarantinedRow:
+    """A rejected input row: where it was, what it said, why it was refused."""
+
+    source: str
+    line: int
+    raw: str
+    reason: str
+
+    def as_dict(self):
+        return {"source": self.source, "line": self.line, "raw": self.raw, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What each column of a file means. Every field can be forced by an option."""
+
+    path: str
+    columns: tuple[str, ...]
+    time: str
+    time_kind: str  # "datetime" | "epoch_s" | "epoch_ms" | "seconds" | "clock"
+    entity: str | None
+    signals: tuple[str, ...]
+    carried: tuple[str, ...] = ()
+    delimiter: str = ","
+    encoding: str = "utf-8"
+    date: str = DEFAULT_CLOCK_DATE
+    time_format: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Short source name: the file name without its suffixes."""
+        name = Path(self.path).name
+        for suffix in (".gz", ".csv", ".parquet", ".pq", ".tsv", ".txt"):
+            if name.lower().endswith(suffix):
+                name = name[: -len(suffix)]
+        return name
+
+    def describe(self) -> str:
+        lines = [
+            f"file:      {self.path}",
+            f"time:      {self.time!r} ({_TIME_KIND_TEXT[self.time_kind]}"
+            + (f", date {self.date}" if self.time_kind in ("clock", "seconds") else "")
+            + ")",
+            f"entity:    {self.entity!r}" if self.entity else f"entity:    none (wide format; entity is {self.name!r})",
+            f"signals:   {', '.join(self.signals)}",
+            f"carried:   {', '.join(self.carried) or 'none'} (kept, not analysed)",
+            f"delimiter: {self.delimiter!r}   encoding: {self.encoding}",
+        ]
+        return "\n".join(lines)
+
+    def as_dict(self):
+        return {
+            "path": self.path, "columns": list(self.columns), "time": self.time,
+            "time_kind": self.time_kind, "entity": self.entity, "signals": list(self.signals),
+            "carried": list(self.carried), "delimiter": self.delimiter,
+            "encoding": self.encoding, "date": self.date,
+        }
+
+
+_TIME_KIND_TEXT = {
+    "datetime": "date and time",
+    "epoch_s": "epoch seconds",
+    "epoch_ms": "epoch milliseconds",
+    "seconds": "seconds since the start date",
+    "clock": "HH:MM:SS without a date",
+}
+
+
+@dataclass
+class Batch:
+    """One block of a source after validation."""
+
+    frame: pd.DataFrame
+    quarantined: list[QuarantinedRow] = field(default_factory=list)
+    rows_in: int = 0
+    source: str = ""
+
+    @property
+    def rows_ok(self) -> int:
+        return len(self.frame)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return len(self.quarantined)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+
+
+def _open_binary(path: Path):
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _sniff_delimiter(header: str) -> str:
+    counts = {d: header.count(d) for d in (",", ";", "\t", "|")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def _decode_error(path, data: bytes, err: UnicodeDecodeError, first_line=1, delimiter=","):
+    before = data[: err.start]
+    line = first_line + before.count(b"\n")
+    line_start = before.rfind(b"\n") + 1
+    column = before[line_start:].count(delimiter.encode()) + 1
+    return SourceError(
+        path,
+        f"not valid UTF-8 (byte 0x{data[err.start]:02x}); re-save the file as UTF-8 "
+        "or pass --encoding (for example latin-1)",
+        line=line,
+        column=column,
+    )
+
+
+def _read_sample(path: Path, encoding: str):
+    """Header and the first rows of a text file, as decoded text."""
+    if not path.exists():
+        raise SourceError(path, "no such file")
+    if path.is_dir():
+        raise SourceError(path, "is a directory, not a file")
+    try:
+        with _open_binary(path) as fh:
+            raw = fh.read(_SAMPLE_BYTES)
+            # Never cut the sample mid-line: finish the line that spills over.
+            if len(raw) == _SAMPLE_BYTES:
+                rest = fh.readline(MAX_LINE_BYTES)
+                raw += rest
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise SourceError(path, f"cannot read: {exc}") from None
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise SourceError(path, "is UTF-16 encoded; re-save it as UTF-8", line=1)
+    if not raw.strip():
+        raise SourceError(path, "is empty")
+    if b"\x00" in raw.split(b"\n", 1)[0]:
+        raise SourceError(path, "header contains NUL bytes; is this a binary file?", line=1)
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        # A multi-byte char cut by the sample limit is not an error.
+        if err.start >= len(raw) - 4 and len(raw) >= _SAMPLE_BYTES:
+            text = raw[: err.start].decode(encoding)
+        else:
+            raise _decode_error(path, raw, err) from None
+    return text
+
+
+def infer_schema(
+    path,
+    *,
+    time: str | None = None,
+    entity: str | None | bool = None,
+    signals: Sequence[str] | None = None,
+    date: str | None = None,
+    delimiter: str | None = None,
+    encoding: str = "utf-8",
+    time_format: str | None = None,
+) -> Schema:
+    """Infer the schema of a file from its header and first rows.
+
+    Parameters
+    ----------
+    path : path-like
+        CSV, CSV.gz or Parquet file.
+    time, entity, signals : optional
+        Force a column's role. ``entity=False`` forces wide format.
+    date : str, optional
+        Date for ``HH:MM:SS``-only or relative-seconds timestamps
+        (default :data:`DEFAULT_CLOCK_DATE`).
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        header, rows = _parquet_sample(path)
+        delimiter = ","
+    else:
+        text = _read_sample(path, encoding)
+        first = text.split("\n", 1)[0]
+        delimiter = delimiter or _sniff_delimiter(first)
+        reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+        try:
+            header = next(reader)
+        except (StopIteration, csv.Error) as exc:
+            raise SourceError(path, f"cannot read the header: {exc}", line=1) from None
+        rows = []
+        for row in reader:
+            if row:
+                rows.append(row)
+            if len(rows) >= _SAMPLE_ROWS:
+                break
+        # The last sampled row may be cut by the sample limit.
+        if len(text) >= _SAMPLE_BYTES and rows:
+            rows.pop()
+    header = [h.strip() for h in header]
+    if not any(header):
+        raise SourceError(path, "has an empty header line", line=1)
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise SourceError(path, f"duplicate column names in the header: {', '.join(map(repr, dupes))}", line=1)
+    if not rows:
+        raise SourceError(path, "has a header but no data rows")
+    ncol = len(header)
+    good = [r for r in rows if len(r) == ncol]
+    if not good:
+        raise SourceError(path, f"no row in the first {len(rows)} has the {ncol} fields of the header", line=2)
+    sample = {h: [r[i].strip() for r in good] for i, h in enumerate(header)}
+
+    for name, what in ((time, "time"), (entity if isinstance(entity, str) else None, "entity")):
+        if name is not None and name not in header:
+            raise SourceError(path, f"no column named {name!r} (asked for as the {what} column); columns are {', '.join(header)}")
+    for name in signals or ():
+        if name not in header:
+            raise SourceError(path, f"no column named {name!r} (asked for as a signal); columns are {', '.join(header)}")
+
+    time_col, kind = _infer_time(path, header, sample, time, time_format)
+    if entity is False:
+        entity_col = None
+    elif isinstance(entity, str):
+        entity_col = entity
+    else:
+        entity_col = _infer_entity(header, sample, exclude={time_col})
+    rest = [h for h in header if h not in (time_col, entity_col)]
+    if signals:
+        sigs = tuple(signals)
+    else:
+        sigs = tuple(h for h in rest if _numeric_share(sample[h]) >= 0.5)
+    if not sigs:
+        raise SourceError(path, "no numeric signal column found; columns are " + ", ".join(header))
+    carried = tuple(h for h in rest if h not in sigs)
+    for reserved in ("timestamp", "entity"):
+        role = {"timestamp": time_col, "entity": entity_col}[reserved]
+        if reserved in header and role != reserved:
+            raise SourceError(
+                path,
+                f"column {reserved!r} would clash with sbg's own {reserved!r}; "
+                f"pass --{'time' if reserved == 'timestamp' else 'entity'} {reserved} to use it",
+            )
+    return Schema(
+        path=str(path), columns=tuple(header), time=time_col, time_kind=kind, entity=entity_col,
+        signals=sigs, carried=carried, delimiter=delimiter, encoding=encoding,
+        date=date or DEFAULT_CLOCK_DATE, time_format=time_format,
+    )
+
+
+def _parquet_sample(path: Path):
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        raise SourceError(path, "no such file")
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for bad files
+        raise SourceError(path, f"not a readable Parquet file: {exc}") from None
+    header = list(pf.schema_arrow.names)
+    if pf.metadata.num_rows == 0:
+        raise SourceError(path, "has a schema but no data rows")
+    first = next(pf.iter_batches(batch_size=_SAMPLE_ROWS)).to_pandas()
+    rows = [["" if pd.isna(v) else str(v) for v in row] for row in first.itertuples(index=False)]
+    return header, rows
+
+
+def _numeric_share(values) -> float:
+    present = [v for v in values if v not in _NULLS]
+    if not present:
+        return 0.0
+    return sum(_is_number(v) for v in present) / len(present)
+
+
+def _time_kind_of(values, named: bool):
+    present = [v for v in values if v not in _NULLS]
+    if not present:
+        return None
+    # A named column may hold some bad rows (they get quarantined); an
+    # unnamed one must look like time almost everywhere to be chosen.
+    share = 0.5 if named else 0.9
+    if sum(bool(_CLOCK_RE.match(v)) for v in present) >= share * len(present):
+        return "clock"
+    if _numeric_share(present) >= share:
+        if not named:
+            return None
+        nums = np.array([float(v) for v in present if _is_number(v)])
+        med = float(np.nanmedian(np.abs(nums)))
+        if med >= 1e11:
+            return "epoch_ms"
+        if med >= 1e8:
+            return "epoch_s"
+        return "seconds"
+    parsed = pd.to_datetime(pd.Series(present), errors="coerce", format="ISO8601", utc=True)
+    if parsed.notna().mean() < share:
+        parsed = pd.to_datetime(pd.Series(present), errors="coerce", format="mixed", utc=True)
+    if parsed.notna().mean() >= share:
+        return "datetime"
+    return None
+
+
+def _infer_time(path, header, sample, forced, time_format):
+    if forced is not None:
+        kind = _time_kind_of(sample[forced], named=True)
+        if time_format:
+            kind = "datetime"
+        if kind is None:
+            raise SourceError(path, f"column {forced!r} does not hold timestamps (e.g. {sample[forced][0]!r})")
+        return forced, kind
+    by_norm = {_norm(h): h for h in header}
+    named = [by_norm[n] for n in _TIME_NAMES if n in by_norm]
+    named += [h for h in header if h not in named and re.search(r"time|date", _norm(h))]
+    for h in named:
+        kind = _time_kind_of(sample[h], named=True)
+        if kind:
+            return h, kind
+    for h in header:
+        if h in named or _numeric_share(sample[h]) > 0.5:
+            continue
+        kind = _time_kind_of(sample[h], named=False)
+        if kind:
+            return h, kind
+    raise SourceError(
+        path,
+        "no usable timestamp column (looked for timestamp/time/datetime/date and for "
+        "date-like values); pass --time COLUMN",
+    )
+
+
+def _infer_entity(header, sample, exclude):
+    by_norm = {_norm(h): h for h in header if h not in exclude}
+    candidates = [by_norm[n] for n in _ENTITY_NAMES if n in by_norm]
+    candidates += [h for n, h in by_norm.items() if n.endswith("_id") and h not in candidates]
+    for h in candidates:
+        values = [v for v in sample[h] if v not in _NULLS]
+        if not values:
+            continue
+        numeric = [v for v in values if _is_number(v)]
+        if numeric and any(not float(v).is_integer() for v in numeric):
+            continue  # a measured quantity, not an id
+        if len(set(values)) <= max(1, len(values) // 2):
+            return h
+    return None
+
+
+class _Validator:
+    """Turns raw or typed rows into a clean frame, carrying order/duplicate state."""
+
+    def __init__(self, schema: Schema):
+        self.schema = schema
+        self.source = schema.path
+        self.last_ts: dict[str, int] = {}
+        self.last_hashes: dict[str, set[int]] = {}
+        self.day_offset = 0
+        self.last_clock: int | None = None
+        self._date_ns = pd.Timestamp(schema.date).value
+        self._col_index = {c: i + 1 for i, c in enumerate(schema.columns)}
+
+    def reset(self):
+        self.__init__(self.schema)
+
+    def _times(self, col: pd.Series, bad: np.ndarray, reasons: dict):
+        """Return int64 ns timestamps; mark unparsable rows in ``bad``."""
+        kind = self.schema.time_kind
+        name = self.schema.time
+        cidx = self._col_index[name]
+        if pd.api.types.is_datetime64_any_dtype(col):
+            if getattr(col.dt, "tz", None) is not None:
+                col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+            ns = col.astype("datetime64[ns]").to_numpy().view("int64").copy()
+            nat = col.isna().to_numpy()
+        elif kind in ("epoch_s", "epoch_ms", "seconds") or pd.api.types.is_numeric_dtype(col):
+            num = pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64")
+            scale = 1e6 if kind == "epoch_ms" else 1e9
+            nat = ~np.isfinite(num) | (np.abs(num * scale) > 9.2e18)
+            with np.errstate(invalid="ignore", over="ignore"):
+                ns = np.where(nat, 0, np.round(num * scale)).astype("int64")
+            if kind == "seconds":
+                ns = ns + self._date_ns
+        elif kind == "clock":
+            ns, nat = self._clock(col)
+        else:
+            fmt = self.schema.time_format or "ISO8601"
+            parsed = pd.to_datetime(col, errors="coerce", format=fmt, utc=True)
+            retry = parsed.isna().to_numpy() & col.notna().to_numpy()
+            if retry.any() and self.schema.time_format is None:
+                parsed[retry] = pd.to_datetime(col[retry], errors="coerce", format="mixed", utc=True)
+            parsed = parsed.dt.tz_localize(None)
+            ns = parsed.astype("datetime64[ns]").to_numpy().view("int64").copy()
+            nat = parsed.isna().to_numpy()
+        newly = nat & ~bad
+        if newly.any():
+            raw = col.astype("string").to_numpy(dtype=object, na_value="")
+            for i in np.flatnonzero(newly):
+                text = raw[i]
+                reasons[i] = (
+                    f"column {cidx} {name!r}: missing timestamp" if text == ""
+                    else f"column {cidx} {name!r}: unparsable timestamp {_short(text)!r}"
+                )
+            bad |= newly
+        return ns
+
+    def _clock(self, col: pd.Series):
+        """``HH:MM:SS`` to ns on the configured date, rolling over at midnight."""
+        if isinstance(col.dtype, pd.ArrowDtype) and pa.types.is_time(col.dtype.pyarrow_dtype):
+            tod = col.array._pa_array.cast(pa.time64("ns")).cast(pa.int64())
+            tod = pd.Series(tod.to_pandas(), index=col.index).astype("float64")
+        else:
+            td = pd.to_timedelta(col.astype("string").str.strip(), errors="coerce")
+            tod = pd.Series(td.to_numpy().view("int64").astype("float64"), index=col.index)
+            tod[td.isna().to_numpy()] = np.nan
+        tod = tod.to_numpy()
+        nat = ~np.isfinite(tod) | (tod < 0) | (tod >= 86400e9)
+        tod_i = np.where(nat, 0, tod).astype("int64")
+        # A jump back of more than 12 h is the next day, not disorder.
+        valid_idx = np.flatnonzero(~nat)
+        day = np.zeros(len(tod_i), dtype="int64")
+        if len(valid_idx):
+            seq = tod_i[valid_idx]
+            prev = np.concatenate([[self.last_clock if self.last_clock is not None else seq[0]], seq[:-1]])
+            roll = (prev - seq) > 12 * 3600 * 10**9
+            days = self.day_offset + np.cumsum(roll)
+            day[valid_idx] = days
+            self.day_offset = int(days[-1])
+            self.last_clock = int(seq[-1])
+        ns = self._date_ns + day * 86400 * 10**9 + tod_i
+        return ns, nat
+
+    def validate(self, frame: pd.DataFrame, lines: np.ndarray, raw_of, prior: list[QuarantinedRow]) -> Batch:
+        """Validate a parsed block.
+
+        ``frame`` has the file's columns, either typed or as text; ``lines``
+        gives each row's source line; ``raw_of(i)`` returns row ``i``'s raw text.
+        """
+        s = self.schema
+        n = len(frame)
+        bad = np.zeros(n, dtype=bool)
+        reasons: dict[int, str] = {}
+        ts = self._times(frame[s.time], bad, reasons)
+
+        if s.entity is not None:
+            ent = frame[s.entity].astype("string").str.strip()
+            missing = ent.isna().to_numpy() | (ent == "").fillna(True).to_numpy()
+            newly = missing & ~bad
+            for i in np.flatnonzero(newly):
+                reasons[i] = f"column {self._col_index[s.entity]} {s.entity!r}: missing entity id"
+            bad |= newly
+            entity = ent.fillna("").to_numpy(dtype=object)
+        else:
+            entity = np.full(n, s.name, dtype=object)
+
+        values = {}
+        for name in s.signals:
+            col = frame[name]
+            cidx = self._col_index[name]
+            if pd.api.types.is_float_dtype(col) or pd.api.types.is_integer_dtype(col) or pd.api.types.is_bool_dtype(col):
+                arr = col.to_numpy(dtype="float64", na_value=np.nan)
+            else:
+                text = col.astype("string").str.strip()
+                num = pd.to_numeric(text.where(~text.isin(_NULLS)), errors="coerce")
+                arr = num.to_numpy(dtype="float64", na_value=np.nan)
+                notnum = np.isnan(arr) & text.notna().to_numpy() & ~text.isin(_NULLS).to_numpy()
+                for i in np.flatnonzero(notnum & ~bad):
+                    reasons[i] = f"column {cidx} {name!r}: {_short(text.iloc[i])!r} is not a number"
+                bad |= notnum
+            inf = np.isinf(arr)
+            for i in np.flatnonzero(inf & ~bad):
+                reasons[i] = f"column {cidx} {name!r}: infinite value"
+            bad |= inf
+            values[name] = arr
+
+        ok = np.flatnonzero(~bad)
+        ts_ok = ts[ok]
+        ent_ok = entity[ok]
+        order_bad, dup_of = self._order_and_duplicates(ts_ok, ent_ok, frame.iloc[ok], values, ok)
+        for j in np.flatnonzero(order_bad):
+            i = ok[j]
+            reasons[i] = (
+                f"timestamp goes backwards for entity {_short(str(ent_ok[j]))!r}"
+                f" ({pd.Timestamp(ts_ok[j])} after {pd.Timestamp(self._max_before[j])})"
+            )
+        for j in np.flatnonzero(dup_of):
+            reasons[ok[j]] = "exact duplicate of an earlier row"
+        keep = ok[~(order_bad | dup_of)]
+
+        quarantined = list(prior)
+        for i in sorted(reasons):
+            quarantined.append(QuarantinedRow(self.source, int(lines[i]), raw_of(i), reasons[i]))
+        quarantined.sort(key=lambda q: q.line)
+
+        out = {"timestamp": ts[keep].view("datetime64[ns]"), "entity": entity[keep]}
+        for name in s.signals:
+            out[name] = values[name][keep]
+        for name in s.carried:
+            out[name] = frame[name].astype("string").to_numpy(dtype=object, na_value="")[keep]
+        clean = pd.DataFrame(out)
+        clean["entity"] = clean["entity"].astype(object)
+        return Batch(frame=clean, quarantined=quarantined, rows_in=n + len(prior), source=self.source)
+
+    def _order_and_duplicates(self, ts, ent, frame, values, ok):
+        n = len(ts)
+        order_bad = np.zeros(n, dtype=bool)
+        dup = np.zeros(n, dtype=bool)
+        self._max_before = np.zeros(n, dtype="int64")
+        if n == 0:
+            return order_bad, dup
+        parts = [pd.Series(ts), pd.Series(ent, dtype=object)]
+        parts += [pd.Series(values[s][ok]) for s in self.schema.signals]
+        parts += [frame[c].reset_index(drop=True).astype("string") for c in self.schema.carried]
+        hashes = pd.util.hash_pandas_object(pd.concat(parts, axis=1, ignore_index=True), index=False).to_numpy()
+        codes, uniques = pd.factorize(pd.Series(ent, dtype=object), sort=False)
+        for g, name in enumerate(uniques):
+            idx = np.flatnonzero(codes == g)
+            t = ts[idx]
+            carried = self.last_ts.get(name)
+            start = t[0] if carried is None else carried
+            prev_max = np.maximum.accumulate(np.concatenate([[start], t[:-1]]))
+            # A backwards row never raises the running max, so the plain cummax is exact.
+            back = t < prev_max
+            self._max_before[idx] = prev_max
+            order_bad[idx] = back
+            keep_idx = idx[~back]
+            kt = ts[keep_idx]
+            kh = hashes[keep_idx]
+            seen = self.last_hashes.get(name, set())
+            key = pd.DataFrame({"t": kt, "h": kh})
+            d = key.duplicated(keep="first").to_numpy()
+            if carried is not None and seen:
+                d |= (kt == carried) & np.isin(kh, np.fromiter(seen, dtype="uint64", count=len(seen)))
+            dup[keep_idx] = d
+            acc_t = kt[~d]
+            acc_h = kh[~d]
+            if len(acc_t):
+                new_max = int(acc_t.max())
+                at_max = set(acc_h[acc_t == new_max].tolist())
+                if carried is not None and new_max == carried:
+                    at_max |= seen
+                self.last_ts[name] = new_max
+                self.last_hashes[name] = at_max
+        return order_bad, dup
+
+
+def _short(text: str, limit: int = 60) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _raw_text(data: bytes, encoding: str) -> str:
+    text = data.decode(encoding, errors="replace").rstrip("\r\n")
+    if len(text) > MAX_RAW_CHARS:
+        text = text[:MAX_RAW_CHARS] + f"… ({len(data)} bytes)"
+    return text
+
+
+class Source:
+    """A file read in blocks, validated row by row, never loaded whole.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.csv``, ``.csv.gz`` or ``.parquet`` file.
+    block_bytes : int
+        Bytes read per block (rows per block for Parquet is derived from it).
+    **schema_options
+        Passed to :func:`infer_schema` (``time``, ``entity``, ``signals``, ``date``...).
+    """
+
+    def __init__(self, path, *, block_bytes: int = 4 << 20, schema: Schema | None = None, **schema_options):
+        self.path = Path(path)
+        self.schema = schema or infer_schema(self.path, **schema_options)
+        self.block_bytes = int(block_bytes)
+        self.is_parquet = self.path.suffix.lower() in (".parquet", ".pq")
+        self._validator = _Validator(self.schema)
+        self._total_rows: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.schema.name
+
+    def count_rows(self) -> int:
+        """Number of data records, counted by a fast pass over the file (cached)."""
+        if self._total_rows is None:
+            if self.is_parquet:
+                import pyarrow.parquet as pq
+
+                self._total_rows = pq.ParquetFile(self.path).metadata.num_rows
+            else:
+                count = 0
+                tail = b""
+                blank = 0
+                with _open_binary(self.path) as fh:
+                    while chunk := fh.read(1 << 22):
+                        count += chunk.count(b"\n")
+                        blank += chunk.count(b"\n\n")
+                        tail = (tail + chunk)[-65536:]
+                if tail and not tail.endswith(b"\n"):
+                    count += 1
+                self._total_rows = max(count - 1 - blank, 0)
+                lines = [ln for ln in tail.split(b"\n") if ln.strip()]
+                self._last_line = lines[-1] if lines else b""
+        return self._total_rows
+
+    def time_span(self):
+        """``(first_ns, last_ns)`` from the first and last data rows (approximate for unsorted files)."""
+        if self.is_parquet:
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(self.path)
+            col = pf.read(columns=[self.schema.time]).column(0).to_pandas()
+            values = pd.Series([col.iloc[0], col.iloc[-1]])
+        else:
+            self.count_rows()
+            with _open_binary(self.path) as fh:
+                fh.readline(MAX_LINE_BYTES)
+                first = fh.readline(MAX_LINE_BYTES)
+            idx = list(self.schema.columns).index(self.schema.time)
+            fields = []
+            for line in (first, getattr(self, "_last_line", b"")):
+                parts = line.decode(self.schema.encoding, errors="replace").rstrip("\r\n").split(self.schema.delimiter)
+                fields.append(parts[idx].strip().strip('"') if idx < len(parts) else "")
+            values = pd.Series(fields, dtype="string")
+        bad = np.zeros(2, dtype=bool)
+        ns = _Validator(self.schema)._times(values, bad, {})
+        if bad.any():
+            raise SourceError(self.path, "cannot read the time span (first or last row has no valid timestamp)")
+        return int(ns[0]), int(ns[1])
+
+    def batches(self) -> Iterator[Batch]:
+        """Yield validated batches from the start of the file."""
+        self._validator.reset()
+        if self.is_parquet:
+            yield from self._parquet_batches()
+        else:
+            yield from self._csv_batches()
+
+    def _parquet_batches(self):
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(self.path)
+        rows = max(1024, self.block_bytes // 64)
+        row0 = 1
+        cols = list(self.schema.columns)
+        for rb in pf.iter_batches(batch_size=rows, columns=cols):
+            frame = rb.to_pandas()
+            lines = np.arange(row0, row0 + len(frame))
+            row0 += len(frame)
+
+            def raw_of(i, frame=frame):
+                return _short(",".join("" if pd.isna(v) else str(v) for v in frame.iloc[i]), MAX_RAW_CHARS)
+
+            yield self._validator.validate(frame, lines, raw_of, [])
+
+    def _csv_batches(self):
+        s = self.schema
+        with _open_binary(self.path) as fh:
+            header = fh.readline(MAX_LINE_BYTES + 1)
+            line_no = 2  # the next line to be read
+            if len(header) > MAX_LINE_BYTES:
+                raise SourceError(self.path, "header line longer than 10 MB", line=1)
+            pending = b""
+            eof = False
+            while not eof:
+                data = fh.read(self.block_bytes)
+                if not data:
+                    eof = True
+                    block = pending
+                    if block and not block.endswith(b"\n"):
+                        block += b"\n"
+                    pending = b""
+                else:
+                    buf = pending + data
+                    cut = buf.rfind(b"\n") + 1
+                    if cut == 0:
+                        if len(buf) > MAX_LINE_BYTES:
+                            yield self._oversized(fh, buf, line_no)
+                            line_no += 1
+                            pending = b""
+                            continue
+                        pending = buf
+                        continue
+                    block, pending = buf[:cut], buf[cut:]
+                    if b'"' in block and block.count(b'"') % 2:
+                        # A quoted field spans the cut: read on until the quotes balance.
+                        pending = block + pending
+                        if len(pending) > 8 * MAX_LINE_BYTES:
+                            raise SourceError(self.path, "unbalanced quote runs past 80 MB", line=line_no)
+                        continue
+                if not block:
+                    continue
+                batch = self._parse_block(block, line_no)
+                line_no += block.count(b"\n")
+                if batch.rows_in:
+                    yield batch
+        del s
+
+    def _oversized(self, fh, buf, line_no):
+        while True:  # skip to the end of the monster line
+            more = fh.readline(1 << 20)
+            if not more or more.endswith(b"\n"):
+                break
+        q = QuarantinedRow(self.schema.path, line_no, _raw_text(buf[:MAX_RAW_CHARS], self.schema.encoding),
+                           f"line longer than {MAX_LINE_BYTES // (1024 * 1024)} MB")
+        return Batch(frame=self._validator.validate(self._empty(), np.array([], dtype=int), None, []).frame,
+                     quarantined=[q], rows_in=1, source=self.schema.path)
+
+    def _empty(self):
+        return pd.DataFrame({c: pd.Series([], dtype="string") for c in self.schema.columns})
+
+    def _parse_block(self, block: bytes, first_line: int) -> Batch:
+        s = self.schema
+        arr = np.frombuffer(block, dtype=np.uint8)
+        nl = np.flatnonzero(arr == 10)
+        starts = np.concatenate([[0], nl[:-1] + 1])
+        ends = nl.copy()
+        has_cr = (ends > starts) & (arr[np.maximum(ends - 1, 0)] == 13)
+        ends[has_cr] -= 1
+        nonblank = ends > starts
+        line_numbers = first_line + np.arange(len(nl))
+        if b'"' in block or s.encoding.lower().replace("-", "") not in ("utf8", "ascii", "latin1", "iso88591", "cp1252"):
+            return self._parse_slow(block, first_line)
+        delim = ord(s.delimiter)
+        cum = np.concatenate([[0], np.cumsum(arr == delim)])
+        nfields = cum[ends] - cum[starts] + 1
+        expected = len(s.columns)
+        wrong = nonblank & (nfields != expected)
+        has_nul = np.zeros(len(nl), dtype=bool)
+        if 0 in block:
+            nul_cum = np.concatenate([[0], np.cumsum(arr == 0)])
+            has_nul = (nul_cum[ends] - nul_cum[starts]) > 0
+        prior = []
+        for i in np.flatnonzero(wrong | (has_nul & nonblank)):
+            raw = _raw_text(block[starts[i]: ends[i]], s.encoding)
+            reason = ("contains NUL bytes" if has_nul[i]
+                      else f"expected {expected} fields, found {nfields[i]}")
+            prior.append(QuarantinedRow(s.path, int(line_numbers[i]), raw, reason))
+        good = nonblank & ~wrong & ~has_nul
+        if not good.any():
+            return self._validator.validate(self._empty(), np.array([], dtype=int), None, prior)
+        if good.sum() == nonblank.sum():
+            text = block
+        else:
+            text = b"\n".join(block[a:b] for a, b in zip(starts[good], ends[good], strict=True)) + b"\n"
+        rows_lines = line_numbers[good]
+        rstarts, rends = starts[good], ends[good]
+
+        def raw_of(i):
+            return _raw_text(block[rstarts[i]: rends[i]], s.encoding)
+
+        try:
+            frame = self._arrow_parse(text, typed=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            try:
+                frame = self._arrow_parse(text, typed=False)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                return self._parse_slow(block, first_line)
+        if len(frame) != len(rows_lines):
+            return self._parse_slow(block, first_line)
+        return self._validator.validate(frame, rows_lines, raw_of, prior)
+
+    def _arrow_parse(self, text: bytes, typed: bool) -> pd.DataFrame:
+        s = self.schema
+        types = {c: pa.string() for c in s.columns}
+        if typed:
+            for c in s.signals:
+                types[c] = pa.float64()
+            if s.time_kind == "datetime" and s.time_format is None:
+                types[s.time] = pa.timestamp("ns")
+            elif s.time_kind == "clock":
+                types[s.time] = pa.time32("s")
+            elif s.time_kind in ("epoch_s", "epoch_ms", "seconds"):
+                types[s.time] = pa.float64()
+        table = pacsv.read_csv(
+            io.BytesIO(text),
+            read_options=pacsv.ReadOptions(column_names=list(s.columns), encoding=s.encoding, use_threads=True),
+            parse_options=pacsv.ParseOptions(delimiter=s.delimiter, quote_char=False, newlines_in_values=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, null_values=list(_NULLS), strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+            ),
+        )
+        if typed and s.time_kind == "clock":
+            return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_time(t) else None)
+        return table.to_pandas()
+
+    def _parse_slow(self, block: bytes, first_line: int) -> Batch:
+        """Row-by-row parsing for quoted fields, odd encodings and broken bytes."""
+        s = self.schema
+        prior = []
+        decoded_lines = []
+        physical = block.split(b"\n")
+        if physical and physical[-1] == b"":
+            physical.pop()
+        for k, raw in enumerate(physical):
+            try:
+                decoded_lines.append((first_line + k, raw.decode(s.encoding)))
+            except UnicodeDecodeError as err:
+                column = raw[: err.start].count(s.delimiter.encode()) + 1
+                prior.append(QuarantinedRow(
+                    s.path, first_line + k, _raw_text(raw, s.encoding),
+                    f"column {column}: not valid {s.encoding} (byte 0x{raw[err.start]:02x})",
+                ))
+        records, lines, raws = [], [], []
+        expected = len(s.columns)
+        it = iter(decoded_lines)
+        for line_no, text in it:
+            if not text.strip("\r"):
+                continue
+            buf = text
+            # Keep joining physical lines while a quoted field is open.
+            while buf.count('"') % 2:
+                nxt = next(it, None)
+                if nxt is None:
+                    break
+                buf += "\n" + nxt[1]
+            try:
+                row = next(csv.reader([buf.rstrip("\r")], delimiter=s.delimiter))
+            except csv.Error as exc:
+                prior.append(QuarantinedRow(s.path, line_no, _short(buf, MAX_RAW_CHARS), f"malformed CSV: {exc}"))
+                continue
+            if "\x00" in buf:
+                prior.append(QuarantinedRow(s.path, line_no, _short(buf, MAX_RAW_CHARS), "contains NUL bytes"))
+            elif len(row) != expected:
+                prior.append(QuarantinedRow(s.path, line_no, _short(buf, MAX_RAW_CHARS),
+                                            f"expected {expected} fields, found {len(row)}"))
+            else:
+                records.append(row)
+                lines.append(line_no)
+                raws.append(buf)
+        frame = pd.DataFrame(records, columns=list(s.columns), dtype="string") if records else self._empty()
+        frame = frame.replace({c: {v: pd.NA for v in _NULLS} for c in s.columns})
+        return self._validator.validate(
+            frame, np.asarray(lines, dtype=int), lambda i: _short(raws[i].rstrip("\r"), MAX_RAW_CHARS), prior
+        )
+
+
+def open_sources(paths: Sequence, **schema_options) -> list[Source]:
+    """Open several files; each becomes one :class:`Source`."""
+    return [Source(p, **schema_options) for p in paths]
+
+
+def with_schema(schema: Schema, **changes) -> Schema:
+    """A copy of ``schema`` with some fields changed."""
+    return replace(schema, **changes)

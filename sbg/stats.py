@@ -1,0 +1,192 @@
+"""Rolling statistics per entity and signal, with state carried across chunks.
+
+:class:`Features` is the shared, stateful feature store a pipeline feeds each
+chunk to once: rolling moments, quantiles, lags and run lengths are computed
+by compiled kernels (see ``sbg._kernels``) and cached per chunk, so several
+detectors asking for the same window pay for it once.
+
+:class:`Stats` is the pipeline step that adds ``{signal}__mean``, ``__std``,
+``__min``, ``__max`` and ``__ewm`` columns. Its results equal pandas'
+``groupby(entity).rolling(window)`` on the whole frame, for any chunking.
+
+>>> import pandas as pd
+>>> df = pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=4, freq="s"),
+...                    "entity": ["a"] * 4, "v": [1.0, 2.0, 3.0, 4.0]})
+>>> Stats(signals=["v"], window=2).process(df)["v__mean"].tolist()
+[nan, 1.5, 2.5, 3.5]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import param
+
+from ._kernels import EWM, EntityIndex, Lag, RollingMoments, RollingQuantiles, RunLength, parse_window
+
+__all__ = ["Chunk", "Features", "Stats", "STAT_SUFFIXES"]
+
+STAT_SUFFIXES = ("mean", "std", "min", "max", "ewm")
+
+
+class Chunk:
+    """A pipeline chunk as arrays: entity codes, int64 ns times, signal matrix."""
+
+    __slots__ = ("frame", "codes", "ts", "X", "signals", "_cache")
+
+    def __init__(self, frame: pd.DataFrame, signals, index: EntityIndex):
+        self.frame = frame
+        self.signals = tuple(signals)
+        self.codes = index.codes(frame["entity"].to_numpy(dtype=object))
+        self.ts = frame["timestamp"].to_numpy(dtype="datetime64[ns]").view("int64")
+        if self.signals:
+            self.X = np.column_stack([frame[s].to_numpy(dtype="float64", na_value=np.nan) for s in self.signals])
+        else:
+            self.X = np.zeros((len(frame), 0))
+        self._cache = {}
+
+    def __len__(self):
+        return len(self.ts)
+
+
+class Features:
+    """Stateful rolling features over a fixed set of signals, computed once per chunk.
+
+    Parameters
+    ----------
+    signals : sequence of str
+        Column order of the signal matrix.
+    """
+
+    def __init__(self, signals):
+        self.signals = tuple(signals)
+        self.k = len(self.signals)
+        self.index = EntityIndex()
+        self._state = {}
+        self._chunk_id = 0
+        self._chunk = None
+
+    def chunk(self, frame: pd.DataFrame) -> Chunk:
+        """Wrap a frame; each feature is then computed at most once for it."""
+        self._chunk = Chunk(frame, self.signals, self.index)
+        return self._chunk
+
+    def _get(self, chunk, key, make, run):
+        if key not in chunk._cache:
+            state = self._state.get(key)
+            if state is None:
+                state = self._state[key] = make()
+            chunk._cache[key] = run(state)
+        return chunk._cache[key]
+
+    def moments(self, chunk, window, min_periods=None, prior=False):
+        """``(mean, std, min, max)`` over ``window`` for each row."""
+        key = ("moments", str(window), min_periods, prior)
+        return self._get(chunk, key, lambda: RollingMoments(self.k, window, min_periods, prior),
+                         lambda s: s.update(chunk.codes, chunk.ts, chunk.X))
+
+    def quantiles(self, chunk, window: int, min_periods=None, prior=False):
+        """``(median, q25, q75)`` over the last ``window`` rows."""
+        key = ("quantiles", int(window), min_periods, prior)
+        return self._get(chunk, key, lambda: RollingQuantiles(self.k, window, min_periods, prior),
+                         lambda s: s.update(chunk.codes, chunk.X))
+
+    def ewm(self, chunk, alpha, min_periods=1):
+        key = ("ewm", float(alpha), min_periods)
+        return self._get(chunk, key, lambda: EWM(self.k, alpha, min_periods),
+                         lambda s: s.update(chunk.codes, chunk.X))
+
+    def lag(self, chunk):
+        """``(dt_ns, previous valid value)`` per row."""
+        return self._get(chunk, ("lag",), lambda: Lag(self.k), lambda s: s.update(chunk.codes, chunk.ts, chunk.X))
+
+    def diff(self, chunk):
+        """First difference against the entity's previous valid value."""
+        if ("diff",) not in chunk._cache:
+            _, prev = self.lag(chunk)
+            chunk._cache[("diff",)] = chunk.X - prev
+        return chunk._cache[("diff",)]
+
+    def diff_moments(self, chunk, window, min_periods=None, prior=True):
+        """Rolling moments of the first difference."""
+        key = ("diff_moments", str(window), min_periods, prior)
+
+        def run(state):
+            return state.update(chunk.codes, chunk.ts, self.diff(chunk))
+
+        return self._get(chunk, key, lambda: RollingMoments(self.k, window, min_periods, prior), run)
+
+    def dt_quantiles(self, chunk, window: int, min_periods=None):
+        """Median and quartiles of the previous ``window`` sampling intervals (seconds)."""
+        key = ("dt_quantiles", int(window), min_periods)
+
+        def run(state):
+            dt, _ = self.lag(chunk)
+            secs = np.where(dt >= 0, dt / 1e9, np.nan)
+            return state.update(chunk.codes, secs.reshape(-1, 1))
+
+        return self._get(chunk, key, lambda: RollingQuantiles(1, window, min_periods, prior=True), run)
+
+    def runs(self, chunk, tol=0.0):
+        """``(current run length, longest finished run)`` of equal values."""
+        key = ("runs", float(tol))
+        return self._get(chunk, key, lambda: RunLength(self.k, tol), lambda s: s.update(chunk.codes, chunk.X))
+
+    def rows_seen(self, chunk):
+        """How many rows each row's entity had before it (its position in the entity's stream)."""
+        if ("rows_seen",) not in chunk._cache:
+            counts = self._state.setdefault(("rows_seen",), np.zeros(0, dtype=np.int64))
+            n = int(chunk.codes.max()) + 1 if len(chunk) else 0
+            if counts.shape[0] < n:
+                counts = np.concatenate([counts, np.zeros(n - counts.shape[0], dtype=np.int64)])
+            # Position within the chunk per entity, offset by what came before.
+            order = np.argsort(chunk.codes, kind="stable")
+            sorted_codes = chunk.codes[order]
+            starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
+            run_start = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+            pos = np.empty(len(order), dtype=np.int64)
+            pos[order] = np.arange(len(order)) - run_start + counts[sorted_codes]
+            np.add.at(counts, chunk.codes, 1)
+            self._state[("rows_seen",)] = counts
+            chunk._cache[("rows_seen",)] = pos
+        return chunk._cache[("rows_seen",)]
+
+
+class Stats(param.Parameterized):
+    """Rolling mean, std, min, max and EWM per entity and signal.
+
+    The window is a row count (``120``) or a duration (``'60s'``, ``'10min'``).
+    """
+
+    signals = param.List(default=[], item_type=str, doc="Signal columns to describe (set by the pipeline).")
+    window = param.Parameter(default=120, doc="Rolling window: a row count such as 120, or a duration such as '60s'.")
+    min_periods = param.Integer(default=2, bounds=(1, None), doc="Observations needed before a statistic is given.")
+    ewm_alpha = param.Number(default=0.05, bounds=(0.0, 1.0), inclusive_bounds=(False, True),
+                             doc="Smoothing factor of the exponentially weighted mean.")
+
+    def __init__(self, features: Features | None = None, **params):
+        super().__init__(**params)
+        parse_window(self.window)
+        self.features = features or Features(self.signals)
+        self.signals = list(self.signals)
+
+    def columns(self):
+        return [f"{s}__{suffix}" for s in self.signals for suffix in STAT_SUFFIXES]
+
+    def compute(self, chunk: Chunk) -> dict:
+        """Stats for a chunk as a dict of column name to array."""
+        mean, std, mn, mx = self.features.moments(chunk, self.window, self.min_periods)
+        ewm = self.features.ewm(chunk, self.ewm_alpha)
+        out = {}
+        for j, s in enumerate(self.signals):
+            out[f"{s}__mean"] = mean[:, j]
+            out[f"{s}__std"] = std[:, j]
+            out[f"{s}__min"] = mn[:, j]
+            out[f"{s}__max"] = mx[:, j]
+            out[f"{s}__ewm"] = ewm[:, j]
+        return out
+
+    def process(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The frame with the statistic columns added (standalone use)."""
+        chunk = self.features.chunk(frame)
+        return frame.assign(**self.compute(chunk))
