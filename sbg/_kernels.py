@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["EntityIndex", "RollingMoments", "RollingQuantiles", "EWM", "Lag", "RunLength"]
+__all__ = ["EntityIndex", "RollingMoments", "RollingQuantiles", "EWM", "EWSpread", "Lag", "RunLength"]
 
 _RESYNC = 4096  # rows between exact recomputations of the window sums
 
@@ -431,7 +431,7 @@ class EWM:
 
 
 @njit(cache=True, nogil=True)
-def _lag_kernel(codes, ts, X, last_t, last_x, has_t, out_dt, out_prev):
+def _lag_kernel(codes, ts, X, last_t, last_x, has_t, quantum, out_dt, out_prev, out_quantum):
     n, k = X.shape
     for i in range(n):
         e = codes[i]
@@ -440,23 +440,33 @@ def _lag_kernel(codes, ts, X, last_t, last_x, has_t, out_dt, out_prev):
         last_t[e] = ts[i]
         has_t[e] = True
         for c in range(k):
-            out_prev[i, c] = last_x[e, c]
+            p = last_x[e, c]
+            out_prev[i, c] = p
+            out_quantum[i, c] = quantum[e, c]
             x = X[i, c]
             if x == x:
+                d = abs(x - p)
+                if d > 0 and (d < quantum[e, c] or quantum[e, c] != quantum[e, c]):
+                    quantum[e, c] = d
                 last_x[e, c] = x
 
 
 class Lag:
-    """Previous timestamp gap and previous valid value per entity and column."""
+    """Previous timestamp gap, previous valid value and resolution per entity and column.
+
+    The resolution is the smallest non-zero change seen before the row: the
+    quantisation step of a logged signal, below which no change means anything.
+    """
 
     def __init__(self, ncols):
         self.k = int(ncols)
         self.last_t = np.zeros(0, dtype=np.int64)
         self.has_t = np.zeros(0, dtype=np.bool_)
         self.last_x = np.full((0, self.k), np.nan)
+        self.quantum = np.full((0, self.k), np.nan)
 
     def update(self, codes, ts, X):
-        """Return ``(dt_ns, previous_values)``; ``dt_ns`` is -1 for an entity's first row."""
+        """Return ``(dt_ns, previous_values, resolution)``; ``dt_ns`` is -1 for an entity's first row."""
         X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
         codes = np.ascontiguousarray(codes, dtype=np.int64)
         if len(codes):
@@ -464,15 +474,17 @@ class Lag:
             self.last_t = _grow_rows(self.last_t, n, 0)
             self.has_t = _grow_rows(self.has_t, n, False)
             self.last_x = _grow_rows(self.last_x, n, np.nan)
+            self.quantum = _grow_rows(self.quantum, n, np.nan)
         dt = np.full(len(codes), -1, dtype=np.int64)
         prev = np.full(X.shape, np.nan)
+        quantum = np.full(X.shape, np.nan)
         _lag_kernel(codes, np.ascontiguousarray(ts, dtype=np.int64), X, self.last_t, self.last_x,
-                    self.has_t, dt, prev)
-        return dt, prev
+                    self.has_t, self.quantum, dt, prev, quantum)
+        return dt, prev, quantum
 
 
 @njit(cache=True, nogil=True)
-def _run_kernel(codes, X, tol, last, run, longest, out_run, out_longest):
+def _run_kernel(codes, X, tol, alpha, last, run, longest, sign, jitter, out_run, out_longest, out_jitter):
     n, k = X.shape
     for i in range(n):
         e = codes[i]
@@ -482,23 +494,39 @@ def _run_kernel(codes, X, tol, last, run, longest, out_run, out_longest):
                 if run[e, c] > 0 and abs(x - last[e, c]) <= tol:
                     run[e, c] += 1
                 else:
+                    if run[e, c] > 0:
+                        s = 1 if x > last[e, c] else -1
+                        if sign[e, c] != 0:
+                            flip = 1.0 if s != sign[e, c] else 0.0
+                            jitter[e, c] += alpha * (flip - jitter[e, c])
+                        sign[e, c] = s
                     if run[e, c] > longest[e, c]:
                         longest[e, c] = run[e, c]
                     run[e, c] = 1
                     last[e, c] = x
             out_run[i, c] = run[e, c]
             out_longest[i, c] = longest[e, c]
+            out_jitter[i, c] = jitter[e, c]
 
 
 class RunLength:
-    """Length of the current run of equal values, and the longest finished run, per entity."""
+    """Runs of equal values per entity: current length, longest finished run, and jitter.
 
-    def __init__(self, ncols, tol=0.0):
+    Jitter is an exponentially weighted share of changes that reverse the
+    previous change's direction: about 2/3 for a noisy reading, near 0 for a
+    smooth one (an integrated state of charge). It is not updated during a
+    run, so it remembers how the signal behaved before it went flat.
+    """
+
+    def __init__(self, ncols, tol=0.0, alpha=0.02):
         self.k = int(ncols)
         self.tol = float(tol)
+        self.alpha = float(alpha)
         self.last = np.full((0, self.k), np.nan)
         self.run = np.zeros((0, self.k), dtype=np.int64)
         self.longest = np.zeros((0, self.k), dtype=np.int64)
+        self.sign = np.zeros((0, self.k), dtype=np.int64)
+        self.jitter = np.zeros((0, self.k))
 
     def update(self, codes, X):
         X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
@@ -508,10 +536,75 @@ class RunLength:
             self.last = _grow_rows(self.last, n, np.nan)
             self.run = _grow_rows(self.run, n, 0)
             self.longest = _grow_rows(self.longest, n, 0)
+            self.sign = _grow_rows(self.sign, n, 0)
+            self.jitter = _grow_rows(self.jitter, n, 0.0)
         run = np.zeros(X.shape, dtype=np.int64)
         longest = np.zeros(X.shape, dtype=np.int64)
-        _run_kernel(codes, X, self.tol, self.last, self.run, self.longest, run, longest)
-        return run, longest
+        jitter = np.zeros(X.shape)
+        _run_kernel(codes, X, self.tol, self.alpha, self.last, self.run, self.longest, self.sign, self.jitter,
+                    run, longest, jitter)
+        return run, longest, jitter
+
+
+@njit(cache=True, nogil=True)
+def _ewvar_kernel(codes, X, alpha, env_alpha, min_periods, mean, var, lo, hi, nobs, out, out_lo, out_hi):
+    n, k = X.shape
+    for i in range(n):
+        e = codes[i]
+        for c in range(k):
+            if nobs[e, c] >= min_periods:
+                out[i, c] = np.sqrt(var[e, c])
+                out_lo[i, c] = lo[e, c]
+                out_hi[i, c] = hi[e, c]
+            x = X[i, c]
+            if x == x:
+                if nobs[e, c] == 0:
+                    mean[e, c] = x
+                    var[e, c] = 0.0
+                    lo[e, c] = x
+                    hi[e, c] = x
+                else:
+                    d = x - mean[e, c]
+                    mean[e, c] += alpha * d
+                    var[e, c] = (1.0 - alpha) * (var[e, c] + alpha * d * d)
+                    lo[e, c] = min(x, lo[e, c] + env_alpha * (mean[e, c] - lo[e, c]))
+                    hi[e, c] = max(x, hi[e, c] - env_alpha * (hi[e, c] - mean[e, c]))
+                nobs[e, c] += 1
+
+
+class EWSpread:
+    """Long-memory spread and envelope of the rows *before* each row, in constant space.
+
+    Returns the exponentially weighted standard deviation (span ``span``) and
+    a low/high envelope: the extremes seen, relaxing towards the weighted mean
+    four times more slowly than the spread forgets. Used as a floor under
+    short-window scales and as "the range this signal has been covering".
+    """
+
+    def __init__(self, ncols, span: int, min_periods: int = 2):
+        self.k = int(ncols)
+        self.alpha = 2.0 / (float(span) + 1.0)
+        self.env_alpha = self.alpha / 8.0
+        self.min_periods = int(min_periods)
+        self.mean = np.zeros((0, self.k))
+        self.var = np.zeros((0, self.k))
+        self.lo = np.zeros((0, self.k))
+        self.hi = np.zeros((0, self.k))
+        self.nobs = np.zeros((0, self.k), dtype=np.int64)
+
+    def update(self, codes, X):
+        """Return ``(std, low envelope, high envelope)`` before each row."""
+        X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        if len(codes):
+            n = int(codes.max()) + 1
+            for name in ("mean", "var", "lo", "hi"):
+                setattr(self, name, _grow_rows(getattr(self, name), n, 0.0))
+            self.nobs = _grow_rows(self.nobs, n, 0)
+        outs = [np.full(X.shape, np.nan) for _ in range(3)]
+        _ewvar_kernel(codes, X, self.alpha, self.env_alpha, self.min_periods, self.mean, self.var, self.lo,
+                      self.hi, self.nobs, *outs)
+        return tuple(outs)
 
 
 def parse_window(window):

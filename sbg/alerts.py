@@ -72,7 +72,7 @@ def default_rules() -> list[Rule]:
         Rule(name="limit_breach", title="limit breached", detectors=["limits"], severity="critical",
              pending_rows=3, clear_rows=30),
         Rule(name="outlier", title="outlier", detectors=["zscore", "robust"], severity="warning",
-             pending_rows=2, clear_rows=30),
+             clear_rows=30),
         Rule(name="spike", title="spike", detectors=["spike"], severity="warning", clear_rows=30),
         Rule(name="stuck_sensor", title="stuck sensor", detectors=["flatline"], severity="warning",
              clear_rows=5),

@@ -150,31 +150,58 @@ class _Windowed(Detector):
     min_periods = param.Integer(default=30, bounds=(2, None), doc="Rows needed before the detector speaks.")
     threshold = param.Number(default=5.0, bounds=(0, None), inclusive_bounds=(False, True),
                              doc="Statistic at which a row is flagged.")
-    floor_window = param.Integer(default=1800, bounds=(3, None),
-                                 doc="Rows of longer history whose spread floors the scale.")
-    floor_ratio = param.Number(default=0.5, bounds=(0, None),
+    floor_span = param.Integer(default=3600, bounds=(3, None),
+                               doc="Span, in rows, of the long-memory spread that floors the scale.")
+    warmup = param.Integer(default=1500, bounds=(0, None),
+                           doc="Rows of an entity before it can be flagged: the long-run spread and range "
+                               "must have seen normal operation first (25 min at 1 Hz, 5 days at 5 min).")
+
+    def _warm(self, score, chunk, features):
+        cold = features.rows_seen(chunk) < self.warmup
+        score[cold] = np.minimum(score[cold], 0.49)
+        return score
+    floor_ratio = param.Number(default=1.0, bounds=(0, None),
                                doc="Scale floor as a fraction of the longer history's spread; "
                                    "stops a quiet spell from making normal activity look anomalous.")
+    resolution_floor = param.Number(default=2.0, bounds=(0, None),
+                                    doc="Scale floor in steps of the signal's resolution (smallest change "
+                                        "seen): a change of a step or two is never news.")
 
-    def _floor(self, std_long):
-        return np.where(np.isnan(std_long), 0.0, self.floor_ratio * std_long)
+    def _floor(self, std_long, chunk, features):
+        _, _, quantum = features.lag(chunk)
+        floor = np.where(np.isnan(std_long), 0.0, self.floor_ratio * std_long)
+        return np.maximum(floor, np.nan_to_num(quantum) * self.resolution_floor)
 
 
 class ZScore(_Windowed):
-    """Distance from the rolling mean of the previous ``window`` rows, in rolling standard deviations."""
+    """Distance from the rolling mean of the previous ``window`` rows, in rolling standard deviations.
+
+    With ``beyond_range``, a row must also lie outside the range the signal has
+    been covering (a slowly relaxing envelope of its extremes) by
+    ``range_margin`` long-run spreads: a bursty load that returns to levels it
+    reached an hour ago is not an outlier, however quiet the last minutes were.
+    """
 
     label = "zscore"
     threshold = param.Number(default=6.0, bounds=(0, None), inclusive_bounds=(False, True),
                              doc="Standard deviations at which a row is flagged.")
+    beyond_range = param.Boolean(default=True, doc="Also require a value outside the range covered so far.")
+    range_margin = param.Number(default=2.0, bounds=(0, None), doc="Margin beyond the range, in long-run spreads.")
 
     def scores(self, chunk, features):
         mean, std, _, _ = features.moments(chunk, self.window, self.min_periods, prior=True)
-        _, std_long, _, _ = features.moments(chunk, self.floor_window, self.min_periods, prior=True)
-        scale = np.maximum(std, self._floor(std_long))
+        std_long, lo, hi = features.spread(chunk, self.floor_span, self.min_periods)
+        scale = np.maximum(std, self._floor(std_long, chunk, features))
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.abs(chunk.X - mean) / scale
         z[~np.isfinite(z) | (scale <= 0)] = 0.0
-        return ratio_score(z, self.threshold)
+        score = ratio_score(z, self.threshold)
+        if self.beyond_range:
+            margin = self.range_margin * np.nan_to_num(std_long)
+            with np.errstate(invalid="ignore"):
+                inside = (chunk.X <= hi + margin) & (chunk.X >= lo - margin)
+            score = np.where(inside, np.minimum(score, 0.49), score)
+        return self._warm(score, chunk, features)
 
 
 class Robust(_Windowed):
@@ -187,12 +214,12 @@ class Robust(_Windowed):
 
     def scores(self, chunk, features):
         med, q1, q3 = features.quantiles(chunk, self.window, self.min_periods, prior=True)
-        _, std_long, _, _ = features.moments(chunk, self.floor_window, self.min_periods, prior=True)
-        scale = np.maximum((q3 - q1) / 1.349, self._floor(std_long))
+        std_long, _, _ = features.spread(chunk, self.floor_span, self.min_periods)
+        scale = np.maximum((q3 - q1) / 1.349, self._floor(std_long, chunk, features))
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.abs(chunk.X - med) / scale
         z[~np.isfinite(z) | (scale <= 0)] = 0.0
-        return ratio_score(z, self.threshold)
+        return self._warm(ratio_score(z, self.threshold), chunk, features)
 
 
 class Spike(_Windowed):
@@ -212,50 +239,49 @@ class Spike(_Windowed):
     def scores(self, chunk, features):
         d = features.diff(chunk)
         _, std, _, _ = features.diff_moments(chunk, self.window, self.min_periods, prior=True)
-        _, std_long, _, _ = features.diff_moments(chunk, self.floor_window, self.min_periods, prior=True)
-        scale = np.maximum(std, self._floor(std_long))
+        std_long, _, _ = features.spread(chunk, self.floor_span, self.min_periods, diff=True)
+        scale = np.maximum(std, self._floor(std_long, chunk, features))
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.abs(d) / scale
         z[~np.isfinite(z) | (scale <= 0)] = 0.0
         if self.isolated_only and z.shape[1] > 1:
-            moving = z >= self.co_threshold
+            # Evidence of a shared move uses the recent scale alone: a long-run
+            # floor would hide the small co-moves a load step causes.
+            _, _, quantum = features.lag(chunk)
+            local = np.maximum(std, np.nan_to_num(quantum) * self.resolution_floor)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                z_co = np.nan_to_num(np.abs(d) / local, nan=0.0, posinf=0.0)
+            moving = z_co >= self.co_threshold
             others = moving.sum(axis=1, keepdims=True) - moving
             z = np.where(others > 0, 0.0, z)
-        return ratio_score(z, self.threshold)
+        return self._warm(ratio_score(z, self.threshold), chunk, features)
 
 
-class Flatline(_Windowed):
-    """A stuck sensor: the same value repeated while the rest of the entity keeps moving.
+class Flatline(Detector):
+    """A stuck sensor: a reading that normally jitters repeats the same value.
 
-    A run is flagged once it is ``min_run`` rows long and ``ratio`` times longer
-    than any earlier run of the signal. When the entity has other signals, one
-    of them must be active (its recent spread at least ``activity`` of its
-    longer-run spread): a battery at rest has a flat state of charge for good
-    reason.
+    A run of equal values is flagged once it is ``min_run`` rows long and
+    ``ratio`` times longer than any earlier run of the signal, but only for
+    a signal whose changes, before the run, kept reversing direction (jitter
+    at least ``min_jitter``): noise is what a live sensor shows and a stuck
+    one loses. A smooth signal, such as an integrated state of charge that
+    stays put while a battery rests, is flat for good reason.
     """
 
     label = "flatline"
     min_run = param.Integer(default=120, bounds=(2, None), doc="Shortest run of equal values that can be flagged.")
     ratio = param.Number(default=3.0, bounds=(1, None), doc="How much longer than any earlier run a flagged run must be.")
-    activity = param.Number(default=0.25, bounds=(0, None),
-                            doc="Recent/longer-run spread ratio above which another signal counts as active.")
+    min_jitter = param.Number(default=0.3, bounds=(0, 1),
+                              doc="Share of direction reversals among earlier changes for the signal to count as noisy.")
     warmup = param.Integer(default=600, bounds=(0, None), doc="Rows of an entity before it can be flagged.")
 
     def scores(self, chunk, features):
-        run, longest = features.runs(chunk)
+        run, longest, jitter = features.runs(chunk)
         need = np.maximum(self.min_run, self.ratio * longest)
         # Count repeats, not rows: a single value is no run at all.
         score = ratio_score(run - 1.0, need - 1.0)
-        seen = features.rows_seen(chunk)
-        score[seen < self.warmup] = np.minimum(score[seen < self.warmup], 0.49)
-        if chunk.X.shape[1] > 1:
-            _, std, _, _ = features.moments(chunk, self.window, self.min_periods, prior=True)
-            _, std_long, _, _ = features.moments(chunk, self.floor_window, self.min_periods, prior=True)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                active = np.nan_to_num(std / std_long) >= self.activity
-            others_active = (active.sum(axis=1, keepdims=True) - active) > 0
-            score = np.where(others_active, score, np.minimum(score, 0.49))
-        return score
+        quiet = (jitter < self.min_jitter) | (features.rows_seen(chunk) < self.warmup)[:, None]
+        return np.where(quiet, np.minimum(score, 0.49), score)
 
 
 class Gap(Detector):
@@ -268,7 +294,7 @@ class Gap(Detector):
     min_periods = param.Integer(default=10, bounds=(2, None), doc="Intervals needed before the detector speaks.")
 
     def scores(self, chunk, features):
-        dt, _ = features.lag(chunk)
+        dt, _, _ = features.lag(chunk)
         med, _, _ = features.dt_quantiles(chunk, self.window, self.min_periods)
         secs = np.where(dt >= 0, dt / 1e9, np.nan)
         usual = med[:, 0]
@@ -285,20 +311,23 @@ class Baseline(Detector):
     """Departure from a known-good reference, per signal.
 
     Each value is mapped to its quantile in the reference distribution. A row
-    is flagged when it lies beyond the reference by ``threshold`` robust
-    spreads, or when the mean quantile of the last ``window`` rows has moved
+    is flagged when it lies beyond the reference's 0.1-99.9 % range by
+    ``threshold`` robust spreads, or when the mean quantile of the last ``window`` rows has moved
     ``shift`` away from one half (the whole distribution has shifted), or the
     mean distance from the median quantile has grown to ``spread``.
     """
 
     label = "baseline"
-    window = param.Integer(default=300, bounds=(10, None), doc="Rows over which a distribution shift is judged.")
-    threshold = param.Number(default=6.0, bounds=(0, None), inclusive_bounds=(False, True),
-                             doc="Robust spreads from the reference median at which a single row is flagged.")
+    window = param.Integer(default=600, bounds=(10, None), doc="Rows over which a distribution shift is judged.")
+    threshold = param.Number(default=3.0, bounds=(0, None), inclusive_bounds=(False, True),
+                             doc="Robust spreads beyond the reference's 0.1-99.9 % range at which a single row is flagged.")
     shift = param.Number(default=0.3, bounds=(0.0, 0.5), inclusive_bounds=(False, False),
-                         doc="Move of the window's mean quantile away from 0.5 that flags a shift.")
-    spread = param.Number(default=0.85, bounds=(0.5, 1.0), inclusive_bounds=(False, False),
-                          doc="Mean of |2u-1| over the window that flags a widening (0.5 for no change).")
+                         doc="Least move of the window's mean quantile away from 0.5 that flags a shift; "
+                             "raised per signal to halfway between the largest move within the reference "
+                             "itself and 0.5, so slowly wandering signals are judged by their own standard.")
+    spread = param.Number(default=0.8, bounds=(0.5, 1.0), inclusive_bounds=(False, False),
+                          doc="Least mean of |2u-1| over the window that flags a widening (0.5 for no change); "
+                              "calibrated on the reference like shift.")
 
     def __init__(self, reference: pd.DataFrame | None = None, **params):
         super().__init__(**params)
@@ -318,9 +347,16 @@ class Baseline(Detector):
             if len(vals) < 10:
                 continue
             grid = np.quantile(vals, probs)
-            q1, med, q3 = np.quantile(vals, [0.25, 0.5, 0.75])
+            lo, q1, q3, hi = np.quantile(vals, [0.001, 0.25, 0.75, 0.999])
             scale = max((q3 - q1) / 1.349, np.std(vals) * 0.1, 1e-12)
-            self.reference[col] = (grid, probs, med, scale)
+            # How far the windowed statistics wander within known-good data.
+            u = pd.Series(np.interp(vals, grid, probs))
+            w = max(2, min(self.window, len(vals) // 4))
+            m_ref = float(np.nanmax(np.abs(u.rolling(w).mean() - 0.5))) if len(vals) > w else 0.0
+            s_ref = float(np.nanmax((2 * u - 1).abs().rolling(w).mean())) if len(vals) > w else 0.5
+            shift = max(self.shift, (m_ref + 0.5) / 2)
+            spread = max(self.spread, (s_ref + 1.0) / 2)
+            self.reference[col] = (grid, probs, (lo, hi), scale, shift, spread)
 
     def scores(self, chunk, features):
         out = np.zeros(chunk.X.shape)
@@ -330,12 +366,16 @@ class Baseline(Detector):
         if not cols:
             return out
         U = np.full(chunk.X.shape, np.nan)
+        shift_t = np.full(chunk.X.shape[1], 0.5)
+        spread_t = np.full(chunk.X.shape[1], 0.5)
         for j in cols:
-            grid, probs, med, scale = self.reference[chunk.signals[j]]
+            grid, probs, (lo, hi), scale, shift_j, spread_j = self.reference[chunk.signals[j]]
+            shift_t[j], spread_t[j] = shift_j, spread_j - 0.5
             x = chunk.X[:, j]
             u = np.interp(x, grid, probs, left=0.0, right=1.0)
             U[:, j] = np.where(np.isnan(x), np.nan, u)
-            z = np.abs(x - med) / scale
+            with np.errstate(invalid="ignore"):
+                z = np.maximum(np.maximum(lo - x, x - hi), 0.0) / scale
             out[:, j] = ratio_score(z, self.threshold)
         key = ("baseline_u", self.window)
         state = features._state.get(key)
@@ -348,8 +388,8 @@ class Baseline(Detector):
         mean_w, _, _, _ = state[1].update(chunk.codes, chunk.ts, np.abs(2 * U - 1))
         shift = np.nan_to_num(np.abs(mean_u - 0.5))
         widen = np.nan_to_num(np.maximum(mean_w - 0.5, 0))
-        out = np.maximum(out, ratio_score(shift, self.shift))
-        out = np.maximum(out, ratio_score(widen, self.spread - 0.5))
+        out = np.maximum(out, ratio_score(shift, shift_t))
+        out = np.maximum(out, ratio_score(widen, spread_t))
         return out
 
 

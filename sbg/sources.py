@@ -274,13 +274,17 @@ def infer_schema(
         except (StopIteration, csv.Error) as exc:
             raise SourceError(path, f"cannot read the header: {exc}", line=1) from None
         rows = []
-        for row in reader:
-            if row:
-                rows.append(row)
-            if len(rows) >= _SAMPLE_ROWS:
-                break
+        cut = len(text) >= _SAMPLE_BYTES
+        try:
+            for row in reader:
+                if row:
+                    rows.append(row)
+                if len(rows) >= _SAMPLE_ROWS:
+                    break
+        except csv.Error:
+            cut = False  # e.g. a huge field: sample the whole rows before it
         # The last sampled row may be cut by the sample limit.
-        if len(text) >= _SAMPLE_BYTES and rows:
+        if cut and rows:
             rows.pop()
     header = [h.strip() for h in header]
     if not any(header):
@@ -580,6 +584,8 @@ class _Validator:
             out[name] = frame[name].astype("string").to_numpy(dtype=object, na_value="")[keep]
         clean = pd.DataFrame(out)
         clean["entity"] = clean["entity"].astype(object)
+        for name in s.carried:  # same dtype whether or not the block kept any row
+            clean[name] = clean[name].astype(object)
         return Batch(frame=clean, quarantined=quarantined, rows_in=n + len(prior), source=self.source)
 
     def _order_and_duplicates(self, ts, ent, frame, values, ok):
@@ -611,7 +617,7 @@ class _Validator:
             key = pd.DataFrame({"t": kt, "h": kh})
             d = key.duplicated(keep="first").to_numpy()
             if carried is not None and seen:
-                d |= (kt == carried) & np.isin(kh, np.fromiter(seen, dtype="uint64", count=len(seen)))
+                d = d | ((kt == carried) & np.isin(kh, np.fromiter(seen, dtype="uint64", count=len(seen))))
             dup[keep_idx] = d
             acc_t = kt[~d]
             acc_h = kh[~d]

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import param
 
-from ._kernels import EWM, EntityIndex, Lag, RollingMoments, RollingQuantiles, RunLength, parse_window
+from ._kernels import EWM, EntityIndex, EWSpread, Lag, RollingMoments, RollingQuantiles, RunLength, parse_window
 
 __all__ = ["Chunk", "Features", "Stats", "STAT_SUFFIXES"]
 
@@ -96,14 +96,23 @@ class Features:
         return self._get(chunk, key, lambda: EWM(self.k, alpha, min_periods),
                          lambda s: s.update(chunk.codes, chunk.X))
 
+    def spread(self, chunk, span, min_periods=2, diff=False):
+        """``(spread, low envelope, high envelope)`` of the values (or first differences) before each row."""
+        key = ("spread", int(span), min_periods, diff)
+
+        def run(state):
+            return state.update(chunk.codes, self.diff(chunk) if diff else chunk.X)
+
+        return self._get(chunk, key, lambda: EWSpread(self.k, span, min_periods), run)
+
     def lag(self, chunk):
-        """``(dt_ns, previous valid value)`` per row."""
+        """``(dt_ns, previous valid value, resolution)`` per row."""
         return self._get(chunk, ("lag",), lambda: Lag(self.k), lambda s: s.update(chunk.codes, chunk.ts, chunk.X))
 
     def diff(self, chunk):
         """First difference against the entity's previous valid value."""
         if ("diff",) not in chunk._cache:
-            _, prev = self.lag(chunk)
+            _, prev, _ = self.lag(chunk)
             chunk._cache[("diff",)] = chunk.X - prev
         return chunk._cache[("diff",)]
 
@@ -121,14 +130,14 @@ class Features:
         key = ("dt_quantiles", int(window), min_periods)
 
         def run(state):
-            dt, _ = self.lag(chunk)
+            dt, _, _ = self.lag(chunk)
             secs = np.where(dt >= 0, dt / 1e9, np.nan)
             return state.update(chunk.codes, secs.reshape(-1, 1))
 
         return self._get(chunk, key, lambda: RollingQuantiles(1, window, min_periods, prior=True), run)
 
     def runs(self, chunk, tol=0.0):
-        """``(current run length, longest finished run)`` of equal values."""
+        """``(current run length, longest finished run, jitter)`` of equal values."""
         key = ("runs", float(tol))
         return self._get(chunk, key, lambda: RunLength(self.k, tol), lambda s: s.update(chunk.codes, chunk.X))
 
@@ -175,7 +184,9 @@ class Stats(param.Parameterized):
 
     def compute(self, chunk: Chunk) -> dict:
         """Stats for a chunk as a dict of column name to array."""
-        mean, std, mn, mx = self.features.moments(chunk, self.window, self.min_periods)
+        rows, _ = parse_window(self.window)
+        min_periods = min(self.min_periods, rows) if rows else self.min_periods
+        mean, std, mn, mx = self.features.moments(chunk, self.window, min_periods)
         ewm = self.features.ewm(chunk, self.ewm_alpha)
         out = {}
         for j, s in enumerate(self.signals):

@@ -1,0 +1,37 @@
+"""Shared fixtures: seeded synthetic telemetry frames for property tests."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+def make_frame(n=600, entities=("a", "b", "c"), signals=("v", "w"), seed=0, nan_share=0.03,
+               spikes=4, flat=True, gaps=True):
+    """A long-format frame with noise, steps, spikes, a flat run, a gap and NaNs."""
+    rng = np.random.default_rng(seed)
+    ent = np.array(entities)[rng.integers(0, len(entities), n)]
+    base = np.datetime64("2024-01-01T00:00:00", "ns").astype("int64")
+    # Irregular sampling with ties, as real loggers produce.
+    ts = base + np.cumsum(rng.choice([0, 1, 1, 1, 2], n)) * 10**9
+    if gaps:
+        ts[n // 2:] += 900 * 10**9
+    data = {"timestamp": ts.view("datetime64[ns]"), "entity": ent.astype(object)}
+    for j, s in enumerate(signals):
+        x = np.cumsum(rng.normal(0, 0.1, n)) + 10 * j
+        x[rng.integers(0, n, spikes)] += rng.choice([-1, 1], spikes) * 8
+        x[rng.random(n) < nan_share] = np.nan
+        if flat and j == 0:
+            x[n // 3: n // 3 + n // 6] = 3.0
+        data[s] = x
+    return pd.DataFrame(data)
+
+
+def chunkings(n, cuts):
+    """Split ``range(n)`` at the sorted unique ``cuts``."""
+    bounds = sorted({0, n, *[c for c in cuts if 0 < c < n]})
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+@pytest.fixture
+def frame():
+    return make_frame()
