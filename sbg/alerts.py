@@ -172,7 +172,7 @@ class AlertEngine:
         matrix ``S``; ``positions`` is each row's index in its entity's stream.
         Returns the ``(event, alert)`` list, also sent to subscribers.
         """
-        events: list[tuple[str, Alert]] = []
+        events: list = []
         if len(frame) == 0:
             return events
         ts = frame["timestamp"].to_numpy(dtype="datetime64[ns]").view("int64")
@@ -199,6 +199,9 @@ class AlertEngine:
                     track = self.tracks[key] = _Track()
                 self._advance(rule, label, track, rows, cond, best, best_score, cols, pairs, frame, ts,
                               positions, events)
+        # Events in arrival order of the rows that caused them, as a row-at-a-time run would see them.
+        events.sort(key=lambda e: e[0])
+        events = [(ev, alert) for _, ev, alert in events]
         for event, alert in events:
             for cb in list(self._subscribers):
                 cb(event, alert)
@@ -214,8 +217,8 @@ class AlertEngine:
                 track.run_len += 1
             else:
                 if track.alert is not None and p - track.last_true_pos - 1 >= rule.clear_rows:
-                    clear_pos = track.last_true_pos + rule.clear_rows
-                    self._resolve(track, int(ts[rows[clear_pos - pos0]]), events)
+                    clear_row = rows[track.last_true_pos + rule.clear_rows - pos0]
+                    self._resolve(track, int(ts[clear_row]), events, clear_row)
                 track.run_len = 1
                 track.run_start_ts = int(ts[i])
             track.last_true_pos = p
@@ -224,7 +227,7 @@ class AlertEngine:
             value = float(frame[sig].iat[i]) if sig in frame.columns else float("nan")
             if track.alert is None:
                 if track.run_len >= rule.pending_rows and ts[i] - track.run_start_ts >= rule.pending_ns:
-                    self._fire(rule, label, track, det, sig, value, score, int(ts[i]), events)
+                    self._fire(rule, label, track, det, sig, value, score, int(ts[i]), events, i)
             elif score > track.alert.peak_score:
                 a = track.alert
                 a.peak, a.peak_score, a.peak_time, a.signal, a.detector = value, score, pd.Timestamp(int(ts[i])), sig, det
@@ -232,14 +235,14 @@ class AlertEngine:
         if track.alert is not None:
             last_pos = pos[-1]
             if last_pos - track.last_true_pos >= rule.clear_rows:
-                clear_pos = track.last_true_pos + rule.clear_rows
-                self._resolve(track, int(ts[rows[clear_pos - pos0]]), events)
+                clear_row = rows[track.last_true_pos + rule.clear_rows - pos0]
+                self._resolve(track, int(ts[clear_row]), events, clear_row)
 
     def _message(self, rule, a: Alert) -> str:
         peak = "n/a" if not np.isfinite(a.peak) else f"{a.peak:.6g}"
         return f"{rule.title} on {a.signal}: {peak} ({a.detector}, score {a.peak_score:.2f})"
 
-    def _fire(self, rule, label, track, det, sig, value, score, now_ns, events):
+    def _fire(self, rule, label, track, det, sig, value, score, now_ns, events, row):
         start_ns = track.run_start_ts
         prev = track.last_resolved
         if prev is not None and start_ns - track.last_end_ns <= rule.dedup_ns:
@@ -251,7 +254,7 @@ class AlertEngine:
                 prev.peak, prev.peak_score, prev.peak_time = value, score, pd.Timestamp(now_ns)
                 prev.signal, prev.detector = sig, det
                 prev.message = self._message(rule, prev)
-            events.append(("reopened", prev))
+            events.append((row, "reopened", prev))
             return
         ident = hashlib.sha1(f"{self.source}|{rule.name}|{label}|{start_ns}".encode()).hexdigest()[:16]
         alert = Alert(
@@ -262,15 +265,15 @@ class AlertEngine:
         alert.message = self._message(rule, alert)
         track.alert = alert
         self.alerts[ident] = alert
-        events.append(("fired", alert))
+        events.append((row, "fired", alert))
 
-    def _resolve(self, track, end_ns, events):
+    def _resolve(self, track, end_ns, events, row):
         a = track.alert
         a.state, a.end = "resolved", pd.Timestamp(end_ns)
         track.alert = None
         track.last_resolved = a
         track.last_end_ns = end_ns
-        events.append(("resolved", a))
+        events.append((row, "resolved", a))
 
     def table(self) -> pd.DataFrame:
         """All alerts so far, newest first."""

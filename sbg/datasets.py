@@ -157,7 +157,9 @@ class _Session:
         # B06's cooling fails.
         self.mass = 1700.0 * (1.5 if heavy else 1.0)
         self.cda = 0.62 * (1.7 if heavy else 1.0)
-        self.climb = rng.uniform(0.04, 0.055) if heavy else 0.0
+        self.climb = rng.uniform(0.05, 0.06) if heavy else 0.0
+        # Towing speed limits: trips run at about 2/3 of the usual speeds.
+        self.pace = 0.68 if heavy else 1.0
         self.aux = rng.uniform(600.0, 1500.0)
         self.scale = 1.0 / (pack_cells * 3.7)
         self.speed = np.zeros(0)
@@ -182,7 +184,7 @@ class _Session:
         while total < minutes * 60:
             trips.append(_micro_trip(self.rng, int(self.rng.choice(3, p=self.mix))))
             total += trips[-1].size
-        speed = np.concatenate(trips)
+        speed = np.concatenate(trips) * self.pace
         grade = self.climb + _ou(self.rng, speed.size, 90.0, 0.02)
         stops = np.zeros(speed.size, dtype=bool)
         stops[np.cumsum([t.size for t in trips]) - 1] = True
@@ -308,7 +310,7 @@ def _simulate_cell(rng: np.random.Generator, p: dict, scen: dict, n: int) -> dic
                     pos = 0
                     if cool_state == 0 and k >= coolfail_after and soc_bms >= 0.85:
                         cool_state = 1
-                        sess = cool_session = new_session(60.0, heavy=True, mix=[0.0, 0.5, 0.5])
+                        sess = cool_session = new_session(60.0, heavy=True, mix=[0.0, 0.2, 0.8])
                         cool_event = k + int(rng.integers(30, 90))
                     else:
                         sess = new_session(rng.uniform(18.0, 40.0))
@@ -352,8 +354,8 @@ def _simulate_cell(rng: np.random.Generator, p: dict, scen: dict, n: int) -> dic
             if rth_goal == rth_base:
                 # Fan stops: air-side resistance jumps and the enclosure air
                 # heats up towards the surrounding hot components.
-                rth_goal = rth_base * rng.uniform(6.5, 7.5)
-                amb_off_goal = rng.uniform(45.0, 48.0) - p["t_amb"]
+                rth_goal = rth_base * rng.uniform(7.0, 8.0)
+                amb_off_goal = rng.uniform(47.0, 50.0) - p["t_amb"]
             else:
                 rth_goal = rth_base
                 amb_off_goal = 0.0

@@ -48,8 +48,9 @@ def evaluate(alerts: pd.DataFrame, labels: pd.DataFrame, tolerance="0s") -> dict
     tol = pd.Timedelta(tolerance)
     labels = labels.reset_index(drop=True)
     alerts = alerts.reset_index(drop=True)
-    a_start = pd.to_datetime(alerts["start"]) if len(alerts) else pd.Series([], dtype="datetime64[ns]")
-    a_end = pd.to_datetime(alerts["end"]).fillna(pd.Timestamp.max) if len(alerts) else a_start
+    a_start = pd.to_datetime(alerts["start"]).astype("datetime64[ns]") if len(alerts) else pd.Series([], dtype="datetime64[ns]")
+    # A firing alert has no end yet: it reaches to the end of time.
+    a_end = pd.to_datetime(alerts["end"]).astype("datetime64[ns]").fillna(pd.Timestamp.max) if len(alerts) else a_start
     caught, delays, true_alert = [], [], np.zeros(len(alerts), dtype=bool)
     for _, lab in labels.iterrows():
         lo, hi = lab["start"] - tol, lab["end"] + tol

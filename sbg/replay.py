@@ -307,7 +307,10 @@ class Replay(param.Parameterized):
         self._launch()
 
     def _launch(self):
-        loop = asyncio.get_event_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop: driven synchronously by run_to_end() or step()
         self._task = loop.create_task(self._run())
 
     def pause(self):

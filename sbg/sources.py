@@ -751,7 +751,8 @@ class Source:
             pending = b""
             eof = False
             while not eof:
-                data = fh.read(self.block_bytes)
+                # Read at least as much as is pending, so a long line costs linear time.
+                data = fh.read(max(self.block_bytes, len(pending)))
                 if not data:
                     eof = True
                     block = pending
@@ -778,18 +779,43 @@ class Source:
                         continue
                 if not block:
                     continue
-                batch = self._parse_block(block, line_no)
+                for batch in self._parse_lines(block, line_no):
+                    if batch.rows_in:
+                        yield batch
                 line_no += block.count(b"\n")
-                if batch.rows_in:
-                    yield batch
         del s
+
+    def _parse_lines(self, block: bytes, first_line: int):
+        """Parse a block of whole lines, quarantining unread any line over the size limit.
+
+        Such a line is usually caught while reading (:meth:`_oversized`), but a large
+        block can hold it whole; quarantining it here too keeps chunk invariance.
+        """
+        if len(block) <= MAX_LINE_BYTES:
+            yield self._parse_block(block, first_line)
+            return
+        arr = np.frombuffer(block, dtype=np.uint8)
+        nl = np.flatnonzero(arr == 10)
+        starts = np.concatenate([[0], nl[:-1] + 1])
+        pos, line = 0, first_line
+        for i in np.flatnonzero(nl - starts > MAX_LINE_BYTES):
+            a, b = int(starts[i]), int(nl[i]) + 1
+            if a > pos:
+                yield self._parse_block(block[pos:a], line)
+            yield self._too_long(block[a:a + MAX_RAW_CHARS], first_line + int(i))
+            pos, line = b, first_line + int(i) + 1
+        if pos < len(block):
+            yield self._parse_block(block[pos:], line)
 
     def _oversized(self, fh, buf, line_no):
         while True:  # skip to the end of the monster line
             more = fh.readline(1 << 20)
             if not more or more.endswith(b"\n"):
                 break
-        q = QuarantinedRow(self.schema.path, line_no, _raw_text(buf[:MAX_RAW_CHARS], self.schema.encoding),
+        return self._too_long(buf[:MAX_RAW_CHARS], line_no)
+
+    def _too_long(self, head: bytes, line_no):
+        q = QuarantinedRow(self.schema.path, line_no, _raw_text(head, self.schema.encoding),
                            f"line longer than {MAX_LINE_BYTES // (1024 * 1024)} MB")
         return Batch(frame=self._validator.validate(self._empty(), np.array([], dtype=int), None, []).frame,
                      quarantined=[q], rows_in=1, source=self.schema.path)
