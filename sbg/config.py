@@ -15,9 +15,9 @@ YAML keys, its dashboard widgets and its row in the "settings used" table.
       - {name: hot, detectors: [limits], severity: critical, pending_rows: 3}
     history: {max_rows: 500000}
 
->>> s = Settings.from_dict({"detectors": {"zscore": {"threshold": 4}}})
+>>> s = Settings.from_dict({"detectors": {"zscore": {"threshold": 4.5}}})
 >>> [d.threshold for d in s.make_detectors() if d.label == "zscore"]
-[4.0]
+[4.5]
 """
 
 from __future__ import annotations

@@ -455,8 +455,8 @@ def battery_fleet(seed: int = DEFAULT_SEED) -> tuple[pd.DataFrame, pd.DataFrame]
         "B03": {
             "park_at": n - 55 * minute,
             "runaway_at": n - 40 * minute - int(fault_rng.integers(0, 91)),
-            "q0": 0.02,
-            "tau_g": fault_rng.uniform(278.0, 286.0),
+            "q0": 0.002,
+            "tau_g": fault_rng.uniform(212.0, 218.0),
         },
         "B05": {
             "park_at": n - 55 * minute,
@@ -705,9 +705,8 @@ def _duty_cycle(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _machine_run(
-    rng: np.random.Generator, start: np.datetime64, drift_at: int | None = None
+    rng: np.random.Generator, start: np.datetime64, drift_at: int | None = None, n: int = _MACHINE_ROWS
 ) -> pd.DataFrame:
-    n = _MACHINE_ROWS
     load = _duty_cycle(rng, n)
     wear = np.zeros(n)
     if drift_at is not None:
@@ -740,7 +739,8 @@ def machine(seed: int = DEFAULT_SEED) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
     """Generate the machine runs; returns ``(baseline, monitor, labels)``."""
     base_rng, mon_rng, drift_rng = _streams(seed, 2, 3)
     drift_at = int(round(drift_rng.uniform(0.53, 0.57) * _MACHINE_ROWS))
-    baseline = _machine_run(base_rng, np.datetime64("2024-05-20T06:00:00"))
+    # A reference should span the process's slow wander: two shifts of known-good running.
+    baseline = _machine_run(base_rng, np.datetime64("2024-05-20T06:00:00"), n=2 * _MACHINE_ROWS)
     monitor = _machine_run(mon_rng, np.datetime64("2024-06-03T06:00:00"), drift_at)
     labels = pd.DataFrame(
         {

@@ -17,13 +17,13 @@ activity is not an anomaly; and each detector needs a warm-up before it
 speaks.
 
 >>> import numpy as np, pandas as pd
->>> t = pd.date_range("2024-01-01", periods=400, freq="s")
->>> v = np.sin(np.arange(400) / 20) + np.random.default_rng(0).normal(0, 0.01, 400)
->>> v[300] += 5
+>>> t = pd.date_range("2024-01-01", periods=2000, freq="s")
+>>> v = np.sin(np.arange(2000) / 20) + np.random.default_rng(0).normal(0, 0.01, 2000)
+>>> v[1800] += 5
 >>> df = pd.DataFrame({"timestamp": t, "entity": "a", "v": v})
 >>> flags = Spike().score(df)["v"] >= 0.5
 >>> np.flatnonzero(flags).tolist()  # the jump up and the jump back
-[300, 301]
+[1800, 1801]
 """
 
 from __future__ import annotations

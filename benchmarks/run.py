@@ -1,0 +1,207 @@
+"""sbg benchmarks: ratios measured side by side in one run.
+
+    python benchmarks/run.py [--rows 2000000] [--quick]
+
+1. pipeline  - stats + detectors + alerts on 8 entities x 4 signals in chunks
+               of 1000 rows, against plain pandas doing the same work on the
+               whole frame (groupby(entity).rolling/ewm/diff/shift).
+2. row       - one row per emit through the same pipeline (coalesced by
+               sbg's row source), against river's rolling mean + variance on
+               one signal.
+3. detect    - `sbg detect` end to end on a generated CSV, against the I/O
+               floor: pyarrow reading the file and writing it back with the
+               three added columns.
+
+Data is generated at bench time under benchmarks/_data (not committed).
+Timings are best of ``--repeat`` runs; the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "_data"
+SIGNALS = ["voltage_v", "current_a", "temperature_c", "soc_pct"]
+
+
+def fleet_frame(rows: int, entities: int = 8, seed: int = 0) -> pd.DataFrame:
+    """A long-format fleet frame, time-major like a logger writes it."""
+    rng = np.random.default_rng(seed)
+    steps = rows // entities
+    ent = np.tile(np.array([f"B{i:02d}" for i in range(entities)], dtype=object), steps)
+    t0 = np.datetime64("2024-01-01T00:00:00", "ns").astype("int64")
+    ts = (t0 + np.repeat(np.arange(steps, dtype="int64"), entities) * 10**9).view("datetime64[ns]")
+    n = steps * entities
+    current = np.round(5 * np.sin(np.arange(n) / 900) + rng.normal(0, 0.5, n), 3)
+    return pd.DataFrame({
+        "timestamp": ts, "entity": ent,
+        "voltage_v": np.round(3.7 - 0.02 * current + rng.normal(0, 0.002, n), 4),
+        "current_a": current,
+        "temperature_c": np.round(25 + 3 * np.sin(np.arange(n) / 5000) + rng.normal(0, 0.05, n), 2),
+        "soc_pct": np.round(np.clip(60 + 20 * np.sin(np.arange(n) / 20000), 0, 100), 2),
+    })
+
+
+def best(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def pandas_same_work(df: pd.DataFrame):
+    """The pipeline's arithmetic, written the plain pandas way on the whole frame."""
+    w, span = 120, 3600
+    g = df.groupby("entity", sort=False)
+    x = df[SIGNALS]
+    out = {}
+    roll = g[SIGNALS].rolling(w, min_periods=2)
+    for name in ("mean", "std", "min", "max"):
+        out[name] = getattr(roll, name)().reset_index(level=0, drop=True).sort_index()
+    out["ewm"] = g[SIGNALS].transform(lambda s: s.ewm(alpha=0.05).mean())
+    prior = g[SIGNALS].shift(1).groupby(df["entity"], sort=False)
+    pm = prior.rolling(w, min_periods=30).mean().reset_index(level=0, drop=True).sort_index()
+    ps = prior.rolling(w, min_periods=30).std().reset_index(level=0, drop=True).sort_index()
+    long = prior.transform(lambda s: s.ewm(span=span).std())
+    hi = prior.cummax()
+    lo = prior.cummin()
+    z = (x - pm).abs() / np.maximum(ps, long)
+    zs = z / (z + 6)
+    zs = zs.where((x > hi) | (x < lo), np.minimum(zs, 0.49))
+    d = g[SIGNALS].diff()
+    dprior = d.groupby(df["entity"], sort=False).shift(1).groupby(df["entity"], sort=False)
+    dstd = dprior.rolling(w, min_periods=30).std().reset_index(level=0, drop=True).sort_index()
+    dz = d.abs() / dstd
+    spike = dz / (dz + 8)
+    change = (x != g[SIGNALS].shift(1)).cumsum()
+    runs = pd.DataFrame({c: change[c].groupby([df["entity"], change[c]]).cumcount() + 1 for c in SIGNALS})
+    flat = runs / (runs + 120)
+    dt = df.groupby("entity", sort=False)["timestamp"].diff().dt.total_seconds()
+    med = dt.groupby(df["entity"], sort=False).shift(1).groupby(df["entity"], sort=False).rolling(60, min_periods=10).median()
+    gap = dt / med.reset_index(level=0, drop=True).sort_index()
+    limits = ((df["temperature_c"] > 50) | (df["temperature_c"] < 5) | (df["soc_pct"] < 15) | (df["soc_pct"] > 95))
+    score = np.maximum.reduce([zs.max(axis=1), spike.max(axis=1), flat.max(axis=1), (gap / (gap + 10)).fillna(0),
+                               limits.astype(float)])
+    flagged = score >= 0.5
+    # Alert runs: consecutive flagged rows per entity.
+    starts = flagged & ~flagged.groupby(df["entity"], sort=False).shift(1, fill_value=False)
+    return score, int(starts.sum())
+
+
+def bench_pipeline(rows, repeat):
+    from sbg.pipeline import Pipeline
+
+    df = fleet_frame(rows)
+
+    def ours():
+        p = Pipeline(signals=SIGNALS)
+        for i in range(0, len(df), 1000):
+            p.process(df.iloc[i:i + 1000])
+
+    Pipeline(signals=SIGNALS).process(df.iloc[:2000])  # compile/load kernels outside the timing
+    t_ours = best(ours, repeat)
+    t_pd = best(lambda: pandas_same_work(df), repeat)
+    return {"rows": len(df), "sbg_rows_s": len(df) / t_ours, "pandas_rows_s": len(df) / t_pd,
+            "ratio": t_pd / t_ours}
+
+
+def bench_row_at_a_time(rows, repeat):
+    from river import stats, utils
+
+    from sbg.pipeline import Pipeline
+    from sbg.sources import RowSource
+
+    rng = np.random.default_rng(1)
+    values = np.round(rng.normal(3.7, 0.01, rows), 4).tolist()
+    t0 = np.datetime64("2024-01-01T00:00:00", "ns").astype("int64")
+    stamps = (t0 + np.arange(rows, dtype="int64") * 10**9).tolist()
+    records = [(t, "cell", v) for t, v in zip(stamps, values, strict=True)]
+
+    def ours():
+        p = Pipeline(signals=["voltage_v"])
+        src = RowSource(["voltage_v"], n=5000)
+        p.connect(src).stream.sink(lambda df: None)
+        emit = src.emit
+        for rec in records:
+            emit(rec)
+        src.flush()
+
+    def river():
+        mean = utils.Rolling(stats.Mean, window_size=120)
+        var = utils.Rolling(stats.Var, window_size=120)
+        for v in values:
+            mean.update(v)
+            var.update(v)
+            mean.get()
+            var.get()
+
+    ours()
+    t_ours = best(ours, repeat)
+    t_river = best(river, repeat)
+    return {"rows": rows, "sbg_rows_s": rows / t_ours, "river_rows_s": rows / t_river, "ratio": t_river / t_ours}
+
+
+def bench_detect(rows, repeat):
+    from sbg.batch import run_detect
+
+    DATA.mkdir(parents=True, exist_ok=True)
+    path = DATA / f"fleet_{rows}.csv"
+    if not path.exists():
+        fleet_frame(rows).rename(columns={"entity": "battery_id"}).to_csv(
+            path, index=False, date_format="%Y-%m-%dT%H:%M:%S")
+    out = DATA / "detect_out.csv"
+    floor_out = DATA / "floor_out.csv"
+
+    def floor():
+        table = pacsv.read_csv(path)
+        n = table.num_rows
+        table = table.append_column("anomaly_score", pa.array(np.zeros(n)))
+        table = table.append_column("is_anomaly", pa.array(np.zeros(n, dtype=bool)))
+        table = table.append_column("reason", pa.array(np.full(n, "", dtype=object), type=pa.string()))
+        pacsv.write_csv(table, floor_out)
+
+    run_detect(path, out, chunk_size=65536)
+    t_ours = best(lambda: run_detect(path, out, chunk_size=65536), repeat)
+    t_floor = best(floor, repeat)
+    return {"rows": rows, "file_mb": path.stat().st_size / 1e6, "sbg_s": t_ours, "floor_s": t_floor,
+            "ratio": t_ours / t_floor}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=2_000_000, help="rows for the detect benchmark (default 2M)")
+    ap.add_argument("--pipeline-rows", type=int, default=1_000_000)
+    ap.add_argument("--row-rows", type=int, default=200_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", choices=["pipeline", "row", "detect"], action="append")
+    args = ap.parse_args(argv)
+    todo = args.only or ["pipeline", "row", "detect"]
+    results = {}
+    if "pipeline" in todo:
+        r = results["pipeline"] = bench_pipeline(args.pipeline_rows, args.repeat)
+        print(f"pipeline vs pandas  {r['rows']:>9,} rows: sbg {r['sbg_rows_s']:>10,.0f} rows/s, "
+              f"pandas {r['pandas_rows_s']:>10,.0f} rows/s  -> {r['ratio']:.2f}x pandas (target >= 1x)")
+    if "row" in todo:
+        r = results["row"] = bench_row_at_a_time(args.row_rows, args.repeat)
+        print(f"row at a time       {r['rows']:>9,} rows: sbg {r['sbg_rows_s']:>10,.0f} rows/s, "
+              f"river  {r['river_rows_s']:>10,.0f} rows/s  -> {r['ratio']:.2f}x river (target >= 3x)")
+    if "detect" in todo:
+        r = results["detect"] = bench_detect(args.rows, args.repeat)
+        print(f"sbg detect          {r['rows']:>9,} rows ({r['file_mb']:.0f} MB): sbg {r['sbg_s']:.2f} s, "
+              f"I/O floor {r['floor_s']:.2f} s  -> {r['ratio']:.2f}x the floor (target <= 2x)")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
