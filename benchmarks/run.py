@@ -37,7 +37,7 @@ def fleet_frame(rows: int, entities: int = 8, seed: int = 0) -> pd.DataFrame:
     """A long-format fleet frame, time-major like a logger writes it."""
     rng = np.random.default_rng(seed)
     steps = rows // entities
-    ent = np.tile(np.array([f"B{i:02d}" for i in range(entities)], dtype=object), steps)
+    ent = pd.Series(np.tile(np.array([f"B{i:02d}" for i in range(entities)], dtype=object), steps), dtype=object)
     t0 = np.datetime64("2024-01-01T00:00:00", "ns").astype("int64")
     ts = (t0 + np.repeat(np.arange(steps, dtype="int64"), entities) * 10**9).view("datetime64[ns]")
     n = steps * entities
@@ -93,7 +93,7 @@ def pandas_same_work(df: pd.DataFrame):
     limits = ((df["temperature_c"] > 50) | (df["temperature_c"] < 5) | (df["soc_pct"] < 15) | (df["soc_pct"] > 95))
     score = np.maximum.reduce([zs.max(axis=1), spike.max(axis=1), flat.max(axis=1), (gap / (gap + 10)).fillna(0),
                                limits.astype(float)])
-    flagged = score >= 0.5
+    flagged = pd.Series(score >= 0.5, index=df.index)
     # Alert runs: consecutive flagged rows per entity.
     starts = flagged & ~flagged.groupby(df["entity"], sort=False).shift(1, fill_value=False)
     return score, int(starts.sum())
@@ -130,7 +130,7 @@ def bench_row_at_a_time(rows, repeat):
 
     def ours():
         p = Pipeline(signals=["voltage_v"])
-        src = RowSource(["voltage_v"], n=5000)
+        src = RowSource(["voltage_v"], n=20000)
         p.connect(src).stream.sink(lambda df: None)
         emit = src.emit
         for rec in records:

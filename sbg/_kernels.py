@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["EntityIndex", "RollingMoments", "RollingQuantiles", "EWM", "EWSpread", "Lag", "RunLength"]
+__all__ = ["EntityIndex", "RollingMoments", "RollingQuantiles", "EWM", "EWSpread", "Lag", "RunLength",
+           "Positions", "UsualInterval"]
 
 _RESYNC = 4096  # rows between exact recomputations of the window sums
 
@@ -71,11 +72,12 @@ def _grow_rows(arr, n, fill):
 
 
 @njit(cache=True, nogil=True)
-def _moments_kernel(codes, ts, X, win_rows, win_ns, min_periods, prior, start,
+def _moments_kernel(codes, ts, X, win_rows, win_ns, min_periods, prior, minmax, start,
                     buf_t, buf_x, lo, hi, nobs, mean, ssq, prev, same,
                     dqx, dqx_lo, dqx_hi, dqn, dqn_lo, dqn_hi,
                     out_mean, out_std, out_min, out_max):
-    cap = buf_t.shape[1]
+    # Capacities are powers of two: "& mask" instead of "% cap" in the hot loop.
+    mask = buf_t.shape[1] - 1
     n, k = X.shape
     limit = win_rows if prior else win_rows - 1
     for i in range(start, n):
@@ -85,9 +87,9 @@ def _moments_kernel(codes, ts, X, win_rows, win_ns, min_periods, prior, start,
             if win_rows > 0:
                 if hi[e] - lo[e] <= limit:
                     break
-            elif buf_t[e, lo[e] % cap] > t - win_ns:
+            elif buf_t[e, lo[e] & mask] > t - win_ns:
                 break
-            slot = lo[e] % cap
+            slot = lo[e] & mask
             for c in range(k):
                 x = buf_x[e, slot, c]
                 if x == x:
@@ -100,18 +102,19 @@ def _moments_kernel(codes, ts, X, win_rows, win_ns, min_periods, prior, start,
                         d = x - mean[e, c]
                         mean[e, c] -= d / nobs[e, c]
                         ssq[e, c] -= d * (x - mean[e, c])
-                while dqx_lo[e, c] < dqx_hi[e, c] and dqx[e, c, dqx_lo[e, c] % cap] <= lo[e]:
-                    dqx_lo[e, c] += 1
-                while dqn_lo[e, c] < dqn_hi[e, c] and dqn[e, c, dqn_lo[e, c] % cap] <= lo[e]:
-                    dqn_lo[e, c] += 1
+                if minmax:
+                    while dqx_lo[e, c] < dqx_hi[e, c] and dqx[e, c, dqx_lo[e, c] & mask] <= lo[e]:
+                        dqx_lo[e, c] += 1
+                    while dqn_lo[e, c] < dqn_hi[e, c] and dqn[e, c, dqn_lo[e, c] & mask] <= lo[e]:
+                        dqn_lo[e, c] += 1
             lo[e] += 1
         if prior:
-            _moments_out(e, i, k, cap, min_periods, buf_x, nobs, mean, ssq, prev, same,
-                         dqx, dqx_lo, dqx_hi, dqn, dqn_lo, dqn_hi, out_mean, out_std, out_min, out_max)
-        if hi[e] - lo[e] >= cap:
+            _moments_out(e, i, k, mask, min_periods, minmax, buf_x, nobs, mean, ssq, same,
+                         dqx, dqx_lo, dqn, dqn_lo, out_mean, out_std, out_min, out_max)
+        if hi[e] - lo[e] > mask:
             return i
         s = hi[e]
-        slot = s % cap
+        slot = s & mask
         buf_t[e, slot] = t
         for c in range(k):
             x = X[i, c]
@@ -126,14 +129,15 @@ def _moments_kernel(codes, ts, X, win_rows, win_ns, min_periods, prior, start,
                 else:
                     same[e, c] = 1
                     prev[e, c] = x
-                while dqx_lo[e, c] < dqx_hi[e, c] and buf_x[e, dqx[e, c, (dqx_hi[e, c] - 1) % cap] % cap, c] <= x:
-                    dqx_hi[e, c] -= 1
-                dqx[e, c, dqx_hi[e, c] % cap] = s
-                dqx_hi[e, c] += 1
-                while dqn_lo[e, c] < dqn_hi[e, c] and buf_x[e, dqn[e, c, (dqn_hi[e, c] - 1) % cap] % cap, c] >= x:
-                    dqn_hi[e, c] -= 1
-                dqn[e, c, dqn_hi[e, c] % cap] = s
-                dqn_hi[e, c] += 1
+                if minmax:
+                    while dqx_lo[e, c] < dqx_hi[e, c] and buf_x[e, dqx[e, c, (dqx_hi[e, c] - 1) & mask] & mask, c] <= x:
+                        dqx_hi[e, c] -= 1
+                    dqx[e, c, dqx_hi[e, c] & mask] = s
+                    dqx_hi[e, c] += 1
+                    while dqn_lo[e, c] < dqn_hi[e, c] and buf_x[e, dqn[e, c, (dqn_hi[e, c] - 1) & mask] & mask, c] >= x:
+                        dqn_hi[e, c] -= 1
+                    dqn[e, c, dqn_hi[e, c] & mask] = s
+                    dqn_hi[e, c] += 1
         hi[e] += 1
         if hi[e] % _RESYNC == 0:
             # Exact two-pass recomputation at fixed row counts stops drift
@@ -142,7 +146,7 @@ def _moments_kernel(codes, ts, X, win_rows, win_ns, min_periods, prior, start,
                 cnt = 0
                 tot = 0.0
                 for q in range(lo[e], hi[e]):
-                    x = buf_x[e, q % cap, c]
+                    x = buf_x[e, q & mask, c]
                     if x == x:
                         cnt += 1
                         tot += x
@@ -150,20 +154,20 @@ def _moments_kernel(codes, ts, X, win_rows, win_ns, min_periods, prior, start,
                     m = tot / cnt
                     acc = 0.0
                     for q in range(lo[e], hi[e]):
-                        x = buf_x[e, q % cap, c]
+                        x = buf_x[e, q & mask, c]
                         if x == x:
                             acc += (x - m) * (x - m)
                     mean[e, c] = m
                     ssq[e, c] = acc
         if not prior:
-            _moments_out(e, i, k, cap, min_periods, buf_x, nobs, mean, ssq, prev, same,
-                         dqx, dqx_lo, dqx_hi, dqn, dqn_lo, dqn_hi, out_mean, out_std, out_min, out_max)
+            _moments_out(e, i, k, mask, min_periods, minmax, buf_x, nobs, mean, ssq, same,
+                         dqx, dqx_lo, dqn, dqn_lo, out_mean, out_std, out_min, out_max)
     return n
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _moments_out(e, i, k, cap, min_periods, buf_x, nobs, mean, ssq, prev, same,
-                 dqx, dqx_lo, dqx_hi, dqn, dqn_lo, dqn_hi, out_mean, out_std, out_min, out_max):
+def _moments_out(e, i, k, mask, min_periods, minmax, buf_x, nobs, mean, ssq, same,
+                 dqx, dqx_lo, dqn, dqn_lo, out_mean, out_std, out_min, out_max):
     for c in range(k):
         m = nobs[e, c]
         if m >= min_periods and m > 0:
@@ -174,8 +178,9 @@ def _moments_out(e, i, k, cap, min_periods, buf_x, nobs, mean, ssq, prev, same,
                 else:
                     v = ssq[e, c] / (m - 1)
                     out_std[i, c] = np.sqrt(v) if v > 0 else 0.0
-            out_max[i, c] = buf_x[e, dqx[e, c, dqx_lo[e, c] % cap] % cap, c]
-            out_min[i, c] = buf_x[e, dqn[e, c, dqn_lo[e, c] % cap] % cap, c]
+            if minmax:
+                out_max[i, c] = buf_x[e, dqx[e, c, dqx_lo[e, c] & mask] & mask, c]
+                out_min[i, c] = buf_x[e, dqn[e, c, dqn_lo[e, c] & mask] & mask, c]
 
 
 class RollingMoments:
@@ -193,16 +198,21 @@ class RollingMoments:
     prior : bool
         Describe the window *before* each row (the row itself excluded), as a
         detector's reference needs.
+    minmax : bool
+        Also track min and max (monotonic deques); otherwise they are NaN.
     """
 
-    def __init__(self, ncols, window, min_periods=None, prior=False):
+    def __init__(self, ncols, window, min_periods=None, prior=False, minmax=True):
         self.k = int(ncols)
+        self.minmax = bool(minmax)
         self.win_rows, self.win_ns = parse_window(window)
         if min_periods is None:
             min_periods = self.win_rows if self.win_rows else 1
         self.min_periods = int(min_periods)
         self.prior = bool(prior)
-        cap = self.win_rows + 1 if self.win_rows else 64
+        cap = 64
+        while cap < self.win_rows + 1:
+            cap *= 2
         self._alloc(0, cap)
 
     def _alloc(self, entities, cap):
@@ -257,7 +267,7 @@ class RollingMoments:
         start = 0
         while start < len(codes):
             start = _moments_kernel(
-                codes, ts, X, self.win_rows, self.win_ns, self.min_periods, self.prior, start,
+                codes, ts, X, self.win_rows, self.win_ns, self.min_periods, self.prior, self.minmax, start,
                 self.buf_t, self.buf_x, self.lo, self.hi, self.nobs, self.mean, self.ssq,
                 self.prev, self.same, self.dqx, self.dqx_lo, self.dqx_hi,
                 self.dqn, self.dqn_lo, self.dqn_hi, *outs,
@@ -605,6 +615,140 @@ class EWSpread:
         _ewvar_kernel(codes, X, self.alpha, self.env_alpha, self.min_periods, self.mean, self.var, self.lo,
                       self.hi, self.nobs, *outs)
         return tuple(outs)
+
+
+@njit(cache=True, nogil=True)
+def _position_kernel(codes, counts, out):
+    for i in range(codes.shape[0]):
+        e = codes[i]
+        out[i] = counts[e]
+        counts[e] += 1
+
+
+class Positions:
+    """Each row's index in its entity's stream (0 for an entity's first row)."""
+
+    def __init__(self):
+        self.counts = np.zeros(0, dtype=np.int64)
+
+    def update(self, codes):
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        if len(codes):
+            self.counts = _grow_rows(self.counts, int(codes.max()) + 1, 0)
+        out = np.zeros(len(codes), dtype=np.int64)
+        _position_kernel(codes, self.counts, out)
+        return out
+
+
+@njit(cache=True, nogil=True)
+def _interval_kernel(codes, ts, eta, last_t, has_t, usual, out_dt, out_usual):
+    for i in range(codes.shape[0]):
+        e = codes[i]
+        out_usual[i] = usual[e]
+        if has_t[e]:
+            dt = (ts[i] - last_t[e]) / 1e9
+            out_dt[i] = dt
+            if dt > 0:
+                if usual[e] != usual[e]:
+                    usual[e] = dt
+                elif dt > usual[e]:
+                    usual[e] *= 1.0 + eta
+                elif dt < usual[e]:
+                    usual[e] /= 1.0 + eta
+        last_t[e] = ts[i]
+        has_t[e] = True
+
+
+class UsualInterval:
+    """Seconds since the entity's previous row, and its usual sampling interval.
+
+    The usual interval is a streaming median in log space: it moves by a
+    factor ``1 + eta`` towards each new interval, so one long gap barely moves
+    it, while a lasting change of sampling rate is followed within a few
+    dozen rows.
+    """
+
+    def __init__(self, eta: float = 0.05):
+        self.eta = float(eta)
+        self.last_t = np.zeros(0, dtype=np.int64)
+        self.has_t = np.zeros(0, dtype=np.bool_)
+        self.usual = np.full(0, np.nan)
+
+    def update(self, codes, ts):
+        """Return ``(dt_seconds, usual_seconds_before_row)``; NaN where unknown."""
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        if len(codes):
+            n = int(codes.max()) + 1
+            self.last_t = _grow_rows(self.last_t, n, 0)
+            self.has_t = _grow_rows(self.has_t, n, False)
+            self.usual = _grow_rows(self.usual, n, np.nan)
+        dt = np.full(len(codes), np.nan)
+        usual = np.full(len(codes), np.nan)
+        _interval_kernel(codes, np.ascontiguousarray(ts, dtype=np.int64), self.eta, self.last_t, self.has_t,
+                         self.usual, dt, usual)
+        return dt, usual
+
+
+@njit(cache=True, nogil=True)
+def distance_scores(X, center, std, std_long, quantum, floor_ratio, res_floor, threshold,
+                    lo, hi, margin, use_range, isolated, co_threshold, seen, warmup):
+    """Fused scoring shared by the z-score, robust and spike detectors.
+
+    ``z = |x - center| / max(std, floor_ratio * std_long, res_floor * quantum)``
+    scored ``z / (z + threshold)``; 0 where the reference is not yet known.
+    With ``use_range``, rows inside ``[lo - margin*std_long, hi + margin*std_long]``
+    stay below 0.5. With ``isolated``, a row where another column moved by
+    ``co_threshold`` of its own recent ``std`` scores 0. Rows whose entity has
+    seen fewer than ``warmup`` rows stay below 0.5.
+    """
+    n, k = X.shape
+    out = np.zeros((n, k))
+    moving = np.zeros(k, dtype=np.bool_)
+    for i in range(n):
+        n_moving = 0
+        if isolated and k > 1:
+            for c in range(k):
+                moving[c] = False
+                d = abs(X[i, c] - center[i, c])
+                local = std[i, c]
+                qf = quantum[i, c] * res_floor
+                if local != local or (qf == qf and qf > local):
+                    local = qf
+                if local == local and local > 0 and d == d and d / local >= co_threshold:
+                    moving[c] = True
+                    n_moving += 1
+        cold = seen[i] < warmup
+        for c in range(k):
+            s = std[i, c]
+            x = X[i, c]
+            m = center[i, c]
+            if s != s or x != x or m != m:
+                continue
+            if isolated and k > 1 and n_moving - (1 if moving[c] else 0) > 0:
+                continue
+            floor = floor_ratio * std_long[i, c]
+            if floor != floor:
+                floor = 0.0
+            qf = quantum[i, c] * res_floor
+            if qf == qf and qf > floor:
+                floor = qf
+            scale = s if s > floor else floor
+            if scale <= 0:
+                continue
+            z = abs(x - m) / scale
+            if z > 1e300:
+                z = 1e300
+            score = z / (z + threshold)
+            if use_range:
+                mg = margin * std_long[i, c]
+                if mg != mg:
+                    mg = 0.0
+                if x <= hi[i, c] + mg and x >= lo[i, c] - mg and score > 0.49:
+                    score = 0.49
+            if cold and score > 0.49:
+                score = 0.49
+            out[i, c] = score
+    return out
 
 
 def parse_window(window):

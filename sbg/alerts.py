@@ -140,7 +140,7 @@ class AlertEngine:
         if len(set(names)) != len(names):
             raise ValueError(f"rule names must be unique: {names}")
         self.source = source
-        self.tracks: dict[tuple[str, str], _Track] = {}
+        self.tracks: dict[str, dict[str, _Track]] = {}
         self.alerts: dict[str, Alert] = {}
         self._subscribers: list[Callable] = []
         self._pairs_cache = None
@@ -177,28 +177,38 @@ class AlertEngine:
             return events
         ts = frame["timestamp"].to_numpy(dtype="datetime64[ns]").view("int64")
         per_rule = self._rule_pairs(pairs)
-        order = np.argsort(codes, kind="stable")
-        sorted_codes = codes[order]
-        bounds = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1, len(order)]
-        groups = {int(sorted_codes[a]): order[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)}
+        values = {}
+        groups = None
         for rule in self.rules:
             cols = per_rule[rule.name]
             if len(cols) == 0:
                 continue
             sub = S[:, cols]
-            best = sub.argmax(axis=1)
-            best_score = sub[np.arange(len(sub)), best]
+            best_score = sub.max(axis=1)
             cond = best_score >= rule.min_score
+            tracks = self.tracks.setdefault(rule.name, {})
+            if not cond.any() and not tracks:
+                continue
+            # Which pair scored highest matters only on flagged rows.
+            best = np.zeros(len(sub), dtype=np.intp)
+            best[cond] = sub[cond].argmax(axis=1)
+            if groups is None:
+                order = np.argsort(codes, kind="stable")
+                sorted_codes = codes[order]
+                bounds = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1, len(order)]
+                groups = {int(sorted_codes[lo]): order[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)}
+            flagged_codes = set(np.unique(codes[cond]).tolist())
             for code, rows in groups.items():
                 label = labels[code]
-                key = (rule.name, label)
-                track = self.tracks.get(key)
+                track = tracks.get(label)
                 if track is None:
-                    if not cond[rows].any():
+                    if code not in flagged_codes:
                         continue
-                    track = self.tracks[key] = _Track()
+                    track = tracks[label] = _Track()
+                elif code not in flagged_codes and track.alert is None:
+                    continue
                 self._advance(rule, label, track, rows, cond, best, best_score, cols, pairs, frame, ts,
-                              positions, events)
+                              positions, events, values)
         # Events in arrival order of the rows that caused them, as a row-at-a-time run would see them.
         events.sort(key=lambda e: e[0])
         events = [(ev, alert) for _, ev, alert in events]
@@ -207,35 +217,60 @@ class AlertEngine:
                 cb(event, alert)
         return events
 
-    def _advance(self, rule, label, track, rows, cond, best, best_score, cols, pairs, frame, ts, positions, events):
+    @staticmethod
+    def _value(frame, values, sig, i):
+        if sig not in values:
+            values[sig] = frame[sig].to_numpy(dtype="float64") if sig in frame.columns else None
+        col = values[sig]
+        return float("nan") if col is None else float(col[i])
+
+    def _advance(self, rule, label, track, rows, cond, best, best_score, cols, pairs, frame, ts, positions,
+                 events, values):
+        """Walk the runs of flagged rows of one entity (not its rows one by one)."""
         pos = positions[rows]
         pos0 = pos[0]
-        true_idx = rows[cond[rows]]
-        for i in true_idx:
-            p = positions[i]
-            if p == track.last_true_pos + 1:
-                track.run_len += 1
-            else:
-                if track.alert is not None and p - track.last_true_pos - 1 >= rule.clear_rows:
-                    clear_row = rows[track.last_true_pos + rule.clear_rows - pos0]
-                    self._resolve(track, int(ts[clear_row]), events, clear_row)
-                track.run_len = 1
-                track.run_start_ts = int(ts[i])
-            track.last_true_pos = p
-            det, sig = pairs[cols[best[i]]]
-            score = float(best_score[i])
-            value = float(frame[sig].iat[i]) if sig in frame.columns else float("nan")
-            if track.alert is None:
-                if track.run_len >= rule.pending_rows and ts[i] - track.run_start_ts >= rule.pending_ns:
-                    self._fire(rule, label, track, det, sig, value, score, int(ts[i]), events, i)
-            elif score > track.alert.peak_score:
-                a = track.alert
-                a.peak, a.peak_score, a.peak_time, a.signal, a.detector = value, score, pd.Timestamp(int(ts[i])), sig, det
-                a.message = self._message(rule, a)
+        true_rows = rows[cond[rows]]
+        clear_rows, pending_rows, pending_ns = rule.clear_rows, rule.pending_rows, rule.pending_ns
+        if len(true_rows):
+            tpos = positions[true_rows]
+            breaks = np.flatnonzero(np.diff(tpos) != 1) + 1
+            for run in np.split(np.arange(len(true_rows)), breaks):
+                first = true_rows[run[0]]
+                p = tpos[run[0]]
+                if p != track.last_true_pos + 1:
+                    if track.alert is not None and p - track.last_true_pos - 1 >= clear_rows:
+                        clear_row = rows[track.last_true_pos + clear_rows - pos0]
+                        self._resolve(track, int(ts[clear_row]), events, clear_row)
+                    track.run_len = 0
+                    track.run_start_ts = int(ts[first])
+                run_rows = true_rows[run]
+                start = 0
+                if track.alert is None:
+                    lengths = track.run_len + np.arange(1, len(run) + 1)
+                    ok = (lengths >= pending_rows) & (ts[run_rows] - track.run_start_ts >= pending_ns)
+                    if ok.any():
+                        start = int(np.argmax(ok))
+                        i = run_rows[start]
+                        det, sig = pairs[cols[best[i]]]
+                        self._fire(rule, label, track, det, sig, self._value(frame, values, sig, i),
+                                   float(best_score[i]), int(ts[i]), events, i)
+                    else:
+                        start = len(run)
+                if track.alert is not None and start < len(run):
+                    tail = run_rows[start:]
+                    i = tail[int(np.argmax(best_score[tail]))]
+                    score = float(best_score[i])
+                    a = track.alert
+                    if score > a.peak_score:
+                        det, sig = pairs[cols[best[i]]]
+                        a.peak, a.peak_score, a.peak_time = self._value(frame, values, sig, i), score, pd.Timestamp(int(ts[i]))
+                        a.signal, a.detector = sig, det
+                        a.message = self._message(rule, a)
+                track.run_len += len(run)
+                track.last_true_pos = tpos[run[-1]]
         if track.alert is not None:
-            last_pos = pos[-1]
-            if last_pos - track.last_true_pos >= rule.clear_rows:
-                clear_row = rows[track.last_true_pos + rule.clear_rows - pos0]
+            if pos[-1] - track.last_true_pos >= clear_rows:
+                clear_row = rows[track.last_true_pos + clear_rows - pos0]
                 self._resolve(track, int(ts[clear_row]), events, clear_row)
 
     def _message(self, rule, a: Alert) -> str:

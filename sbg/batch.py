@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +74,47 @@ def _output_table(schema, enriched) -> pa.Table:
     return pa.Table.from_arrays(cols, names=names)
 
 
+def _background(iterator, depth=2):
+    """Run ``iterator`` on a thread, ``depth`` items ahead; re-raise its errors here."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce():
+        try:
+            for item in iterator:
+                items.put(item)
+        except BaseException as exc:  # handed over to the consumer
+            items.put(exc)
+        items.put(done)
+
+    threading.Thread(target=produce, name="sbg-detect-reader", daemon=True).start()
+    while (item := items.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _write_tables(tables: queue.Queue, output: Path, schema, pipeline):
+    me = threading.current_thread()
+    me.error = None
+    writer = None
+    try:
+        with open(output, "wb") as sink:
+            while (enriched := tables.get()) is not None:
+                table = _output_table(schema, enriched)
+                if writer is None:
+                    writer = pacsv.CSVWriter(sink, table.schema)
+                writer.write_table(table)
+            if writer is None:
+                pacsv.write_csv(_output_table(schema, pipeline.example()), sink)
+            else:
+                writer.close()
+    except BaseException as exc:
+        me.error = exc
+        while tables.get() is not None:  # drain so the producer never blocks
+            pass
+
+
 def run_detect(path, output, baseline=None, settings: Settings | None = None, alerts_db=None,
                chunk_size: int = 65536, quarantine_path=None, summary_path=None,
                schema_options: dict | None = None) -> dict:
@@ -96,29 +139,31 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
         qwriter = csv.writer(qfile)
         qwriter.writerow(["line", "raw", "reason"])
     flagged = 0
-    writer = None
+    # Three stages overlap on their own threads: parsing (pyarrow), scoring
+    # (numba kernels and numpy release the GIL) and writing (pyarrow). Bounded
+    # queues keep at most a few blocks in memory.
+    batches = _background(src.batches(), depth=2)
+    tables: queue.Queue = queue.Queue(maxsize=4)
+    writer_thread = threading.Thread(target=_write_tables, args=(tables, output, src.schema, pipeline),
+                                     name="sbg-detect-writer", daemon=True)
+    writer_thread.start()
     try:
-        with open(output, "wb") as sink:
-            for batch in src.batches():
-                metrics.count_batch(batch.rows_in, batch.rows_ok, batch.rows_quarantined)
-                if qwriter is not None:
-                    qwriter.writerows([q.line, q.raw, q.reason] for q in batch.quarantined)
-                frame = batch.frame
-                for i in range(0, len(frame), chunk_size):
-                    enriched = pipeline.process(frame.iloc[i:i + chunk_size])
-                    table = _output_table(src.schema, enriched)
-                    flagged += int(enriched["is_anomaly"].sum())
-                    if writer is None:
-                        writer = pacsv.CSVWriter(sink, table.schema)
-                    writer.write_table(table)
-            if writer is None:
-                empty = _output_table(src.schema, pipeline.example())
-                pacsv.write_csv(empty, sink)
-            else:
-                writer.close()
+        for batch in batches:
+            metrics.count_batch(batch.rows_in, batch.rows_ok, batch.rows_quarantined)
+            if qwriter is not None:
+                qwriter.writerows([q.line, q.raw, q.reason] for q in batch.quarantined)
+            frame = batch.frame
+            for i in range(0, len(frame), chunk_size):
+                enriched = pipeline.process(frame.iloc[i:i + chunk_size], stats=False)
+                flagged += int(enriched["is_anomaly"].sum())
+                tables.put(enriched)
     finally:
+        tables.put(None)
+        writer_thread.join()
         if qfile is not None:
             qfile.close()
+    if getattr(writer_thread, "error", None) is not None:
+        raise writer_thread.error
     alerts = engine.table()
     if log is not None:
         log.close()

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import param
 
+from ._kernels import distance_scores
 from .stats import Chunk, Features
 
 __all__ = [
@@ -65,7 +66,8 @@ def ratio_score(z, threshold):
     >>> ratio_score(np.array([0.0, 3.0, 9.0]), 3.0).tolist()
     [0.0, 0.5, 0.75]
     """
-    z = np.nan_to_num(np.abs(z), nan=0.0, posinf=1e300)
+    # fmax turns NaN into 0 and fmin caps infinity, with no temporaries.
+    z = np.fmin(np.fmax(np.abs(z), 0.0), 1e300)
     return z / (z + threshold)
 
 
@@ -155,11 +157,6 @@ class _Windowed(Detector):
     warmup = param.Integer(default=1500, bounds=(0, None),
                            doc="Rows of an entity before it can be flagged: the long-run spread and range "
                                "must have seen normal operation first (25 min at 1 Hz, 5 days at 5 min).")
-
-    def _warm(self, score, chunk, features):
-        cold = features.rows_seen(chunk) < self.warmup
-        score[cold] = np.minimum(score[cold], 0.49)
-        return score
     floor_ratio = param.Number(default=1.0, bounds=(0, None),
                                doc="Scale floor as a fraction of the longer history's spread; "
                                    "stops a quiet spell from making normal activity look anomalous.")
@@ -167,10 +164,15 @@ class _Windowed(Detector):
                                     doc="Scale floor in steps of the signal's resolution (smallest change "
                                         "seen): a change of a step or two is never news.")
 
-    def _floor(self, std_long, chunk, features):
+    def _distance(self, chunk, features, X, center, std, std_long, lo=None, hi=None, margin=0.0,
+                  isolated=False, co_threshold=0.0):
         _, _, quantum = features.lag(chunk)
-        floor = np.where(np.isnan(std_long), 0.0, self.floor_ratio * std_long)
-        return np.maximum(floor, np.nan_to_num(quantum) * self.resolution_floor)
+        use_range = lo is not None
+        if not use_range:
+            lo = hi = X
+        return distance_scores(X, center, std, std_long, quantum, self.floor_ratio, self.resolution_floor,
+                               self.threshold, lo, hi, margin, use_range, isolated, co_threshold,
+                               features.rows_seen(chunk), self.warmup)
 
 
 class ZScore(_Windowed):
@@ -189,19 +191,11 @@ class ZScore(_Windowed):
     range_margin = param.Number(default=2.0, bounds=(0, None), doc="Margin beyond the range, in long-run spreads.")
 
     def scores(self, chunk, features):
-        mean, std, _, _ = features.moments(chunk, self.window, self.min_periods, prior=True)
+        mean, std, _, _ = features.moments(chunk, self.window, self.min_periods, prior=True, minmax=False)
         std_long, lo, hi = features.spread(chunk, self.floor_span, self.min_periods)
-        scale = np.maximum(std, self._floor(std_long, chunk, features))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.abs(chunk.X - mean) / scale
-        z[~np.isfinite(z) | (scale <= 0)] = 0.0
-        score = ratio_score(z, self.threshold)
-        if self.beyond_range:
-            margin = self.range_margin * np.nan_to_num(std_long)
-            with np.errstate(invalid="ignore"):
-                inside = (chunk.X <= hi + margin) & (chunk.X >= lo - margin)
-            score = np.where(inside, np.minimum(score, 0.49), score)
-        return self._warm(score, chunk, features)
+        if not self.beyond_range:
+            lo = hi = None
+        return self._distance(chunk, features, chunk.X, mean, std, std_long, lo, hi, self.range_margin)
 
 
 class Robust(_Windowed):
@@ -215,11 +209,7 @@ class Robust(_Windowed):
     def scores(self, chunk, features):
         med, q1, q3 = features.quantiles(chunk, self.window, self.min_periods, prior=True)
         std_long, _, _ = features.spread(chunk, self.floor_span, self.min_periods)
-        scale = np.maximum((q3 - q1) / 1.349, self._floor(std_long, chunk, features))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.abs(chunk.X - med) / scale
-        z[~np.isfinite(z) | (scale <= 0)] = 0.0
-        return self._warm(ratio_score(z, self.threshold), chunk, features)
+        return self._distance(chunk, features, chunk.X, med, (q3 - q1) / 1.349, std_long)
 
 
 class Spike(_Windowed):
@@ -240,21 +230,10 @@ class Spike(_Windowed):
         d = features.diff(chunk)
         _, std, _, _ = features.diff_moments(chunk, self.window, self.min_periods, prior=True)
         std_long, _, _ = features.spread(chunk, self.floor_span, self.min_periods, diff=True)
-        scale = np.maximum(std, self._floor(std_long, chunk, features))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.abs(d) / scale
-        z[~np.isfinite(z) | (scale <= 0)] = 0.0
-        if self.isolated_only and z.shape[1] > 1:
-            # Evidence of a shared move uses the recent scale alone: a long-run
-            # floor would hide the small co-moves a load step causes.
-            _, _, quantum = features.lag(chunk)
-            local = np.maximum(std, np.nan_to_num(quantum) * self.resolution_floor)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                z_co = np.nan_to_num(np.abs(d) / local, nan=0.0, posinf=0.0)
-            moving = z_co >= self.co_threshold
-            others = moving.sum(axis=1, keepdims=True) - moving
-            z = np.where(others > 0, 0.0, z)
-        return self._warm(ratio_score(z, self.threshold), chunk, features)
+        # Evidence of a shared move uses the recent scale alone (inside the
+        # kernel): a long-run floor would hide the small co-moves of a load step.
+        return self._distance(chunk, features, d, np.zeros_like(d), std, std_long,
+                              isolated=self.isolated_only, co_threshold=self.co_threshold)
 
 
 class Flatline(Detector):
@@ -285,26 +264,27 @@ class Flatline(Detector):
 
 
 class Gap(Detector):
-    """Missing data: a gap before a row far longer than the entity's usual sampling interval."""
+    """Missing data: a gap before a row far longer than the entity's usual sampling interval.
+
+    The usual interval is a streaming median of the intervals before the row,
+    so it follows the sampling rate of whatever data arrives.
+    """
 
     label = "gap"
     factor = param.Number(default=10.0, bounds=(1, None), doc="Gap, in usual intervals, at which a row is flagged.")
     min_gap = param.String(default="0s", doc="Gaps shorter than this are never flagged (a duration).")
-    window = param.Integer(default=60, bounds=(3, None), doc="Intervals the usual interval is the median of.")
-    min_periods = param.Integer(default=10, bounds=(2, None), doc="Intervals needed before the detector speaks.")
+    min_periods = param.Integer(default=10, bounds=(2, None), doc="Rows of an entity before the detector speaks.")
 
     def scores(self, chunk, features):
-        dt, _, _ = features.lag(chunk)
-        med, _, _ = features.dt_quantiles(chunk, self.window, self.min_periods)
-        secs = np.where(dt >= 0, dt / 1e9, np.nan)
-        usual = med[:, 0]
+        secs, usual = features.intervals(chunk)
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = secs / np.maximum(usual, 1e-9)
         ratio = np.nan_to_num(ratio, nan=0.0, posinf=0.0)
+        ratio[features.rows_seen(chunk) < self.min_periods] = 0.0
         ratio[secs < pd.Timedelta(self.min_gap).total_seconds()] = 0.0
         col = ratio_score(ratio, self.factor)
         # A gap is a property of the row, not of one signal: every signal shares it.
-        return np.repeat(col[:, None], max(chunk.X.shape[1], 1), axis=1)[:, : chunk.X.shape[1]]
+        return np.repeat(col[:, None], chunk.X.shape[1], axis=1)
 
 
 class Baseline(Detector):

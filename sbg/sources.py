@@ -34,17 +34,21 @@ import csv
 import gzip
 import io
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from numba import njit
 from streamz import Stream
 
-from .errors import SourceError
+from ._kernels import EntityIndex
+from .errors import SbgError, SourceError
 
 __all__ = [
     "RowSource",
@@ -263,6 +267,7 @@ def infer_schema(
         (default :data:`DEFAULT_CLOCK_DATE`).
     """
     path = Path(path)
+    _check_options(encoding, delimiter, date, time_format)
     if path.suffix.lower() in (".parquet", ".pq"):
         header, rows = _parquet_sample(path)
         delimiter = ","
@@ -315,10 +320,14 @@ def infer_schema(
     elif isinstance(entity, str):
         entity_col = entity
     else:
-        entity_col = _infer_entity(header, sample, exclude={time_col})
+        entity_col = _infer_entity(header, sample, exclude={time_col, *(signals or ())})
     rest = [h for h in header if h not in (time_col, entity_col)]
     if signals:
-        sigs = tuple(signals)
+        sigs = tuple(dict.fromkeys(signals))
+        for name in sigs:
+            if name in (time_col, entity_col):
+                role = "time" if name == time_col else "entity"
+                raise SourceError(path, f"column {name!r} is the {role} column; it cannot also be a signal")
     else:
         sigs = tuple(h for h in rest if _numeric_share(sample[h]) >= 0.5)
     if not sigs:
@@ -337,6 +346,26 @@ def infer_schema(
         signals=sigs, carried=carried, delimiter=delimiter, encoding=encoding,
         date=date or DEFAULT_CLOCK_DATE, time_format=time_format,
     )
+
+
+def _check_options(encoding, delimiter, date, time_format):
+    """Reject option values that cannot work with any file (a usage error)."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise SbgError(f"unknown encoding {encoding!r} (try utf-8 or latin-1)") from None
+    if delimiter is not None and (len(delimiter) != 1 or delimiter in '"\r\n'):
+        raise SbgError(f"the delimiter must be one character other than a quote or newline, not {delimiter!r}")
+    if date is not None:
+        try:
+            pd.Timestamp(date)
+        except ValueError:
+            raise SbgError(f"date {date!r} is not a date (YYYY-MM-DD)") from None
+    if time_format is not None:
+        try:
+            pd.to_datetime(pd.Series(["1970-01-01"]), format=time_format, errors="coerce")
+        except ValueError as exc:
+            raise SbgError(f"bad time format {time_format!r}: {exc}") from None
 
 
 def _parquet_sample(path: Path):
@@ -440,8 +469,10 @@ class _Validator:
     def __init__(self, schema: Schema):
         self.schema = schema
         self.source = schema.path
-        self.last_ts: dict[str, int] = {}
-        self.last_hashes: dict[str, set[int]] = {}
+        self._entities = EntityIndex()
+        self._last_ts = np.zeros(0, dtype="int64")
+        self._has_last = np.zeros(0, dtype=bool)
+        self._last_hashes: dict[int, set[int]] = {}
         self.day_offset = 0
         self.last_clock: int | None = None
         self._date_ns = pd.Timestamp(schema.date).value
@@ -563,7 +594,7 @@ class _Validator:
         ok = np.flatnonzero(~bad)
         ts_ok = ts[ok]
         ent_ok = entity[ok]
-        order_bad, dup_of = self._order_and_duplicates(ts_ok, ent_ok, frame.iloc[ok], values, ok)
+        order_bad, dup_of = self._order_and_duplicates(ts_ok, ent_ok, frame, values, ok)
         for j in np.flatnonzero(order_bad):
             i = ok[j]
             reasons[i] = (
@@ -579,58 +610,96 @@ class _Validator:
             quarantined.append(QuarantinedRow(self.source, int(lines[i]), raw_of(i), reasons[i]))
         quarantined.sort(key=lambda q: q.line)
 
-        out = {"timestamp": ts[keep].view("datetime64[ns]"), "entity": entity[keep]}
+        out = {"timestamp": ts[keep].view("datetime64[ns]"), "entity": pd.Series(entity[keep], dtype=object)}
         for name in s.signals:
             out[name] = values[name][keep]
         for name in s.carried:
             out[name] = frame[name].astype("string").to_numpy(dtype=object, na_value="")[keep]
         clean = pd.DataFrame(out)
-        clean["entity"] = clean["entity"].astype(object)
         for name in s.carried:  # same dtype whether or not the block kept any row
             clean[name] = clean[name].astype(object)
         return Batch(frame=clean, quarantined=quarantined, rows_in=n + len(prior), source=self.source)
 
     def _order_and_duplicates(self, ts, ent, frame, values, ok):
+        """Flag rows going back in time per entity, and exact repeats of an earlier row.
+
+        A repeat has the same entity and timestamp as the row it repeats, so
+        only rows tying the entity's newest timestamp are hashed: the common
+        case costs one pass of a compiled kernel.
+        """
         n = len(ts)
-        order_bad = np.zeros(n, dtype=bool)
         dup = np.zeros(n, dtype=bool)
-        self._max_before = np.zeros(n, dtype="int64")
         if n == 0:
-            return order_bad, dup
-        parts = [pd.Series(ts), pd.Series(ent, dtype=object)]
-        parts += [pd.Series(values[s][ok]) for s in self.schema.signals]
-        parts += [frame[c].reset_index(drop=True).astype("string") for c in self.schema.carried]
-        hashes = pd.util.hash_pandas_object(pd.concat(parts, axis=1, ignore_index=True), index=False).to_numpy()
-        codes, uniques = pd.factorize(pd.Series(ent, dtype=object), sort=False)
-        for g, name in enumerate(uniques):
-            idx = np.flatnonzero(codes == g)
-            t = ts[idx]
-            carried = self.last_ts.get(name)
-            start = t[0] if carried is None else carried
-            prev_max = np.maximum.accumulate(np.concatenate([[start], t[:-1]]))
-            # A backwards row never raises the running max, so the plain cummax is exact.
-            back = t < prev_max
-            self._max_before[idx] = prev_max
-            order_bad[idx] = back
-            keep_idx = idx[~back]
-            kt = ts[keep_idx]
-            kh = hashes[keep_idx]
-            seen = self.last_hashes.get(name, set())
-            key = pd.DataFrame({"t": kt, "h": kh})
-            d = key.duplicated(keep="first").to_numpy()
-            if carried is not None and seen:
-                d = d | ((kt == carried) & np.isin(kh, np.fromiter(seen, dtype="uint64", count=len(seen))))
-            dup[keep_idx] = d
-            acc_t = kt[~d]
-            acc_h = kh[~d]
-            if len(acc_t):
-                new_max = int(acc_t.max())
-                at_max = set(acc_h[acc_t == new_max].tolist())
-                if carried is not None and new_max == carried:
-                    at_max |= seen
-                self.last_ts[name] = new_max
-                self.last_hashes[name] = at_max
-        return order_bad, dup
+            self._max_before = np.zeros(0, dtype="int64")
+            return np.zeros(0, dtype=bool), dup
+        codes = self._entities.codes(ent)
+        size = len(self._entities)
+        if self._last_ts.shape[0] < size:
+            grow = size - self._last_ts.shape[0]
+            self._last_ts = np.concatenate([self._last_ts, np.zeros(grow, dtype="int64")])
+            self._has_last = np.concatenate([self._has_last, np.zeros(grow, dtype=bool)])
+        carried_ts = self._last_ts.copy()
+        carried_has = self._has_last.copy()
+        back = np.zeros(n, dtype=bool)
+        tie = np.zeros(n, dtype=bool)
+        max_before = np.zeros(n, dtype="int64")
+        _order_kernel(codes, ts, self._last_ts, self._has_last, back, tie, max_before)
+        self._max_before = max_before
+
+        def row_hashes(idx):
+            parts = [pd.Series(ts[idx]), pd.Series(ent[idx], dtype=object)]
+            parts += [pd.Series(values[c][ok][idx]) for c in self.schema.signals]
+            parts += [frame[c].iloc[ok[idx]].reset_index(drop=True).astype("string") for c in self.schema.carried]
+            table = pd.concat(parts, axis=1, ignore_index=True)
+            return pd.util.hash_pandas_object(table, index=False).to_numpy()
+
+        ties = np.flatnonzero(tie)
+        if len(ties):
+            wanted = set(zip(codes[ties].tolist(), ts[ties].tolist(), strict=True))
+            maybe = np.flatnonzero(np.isin(ts, ts[ties]) & ~back)
+            involved = np.array([i for i in maybe if (codes[i], ts[i]) in wanted], dtype=int)
+            seen: dict = {}
+            for i, h in zip(involved.tolist(), row_hashes(involved).tolist(), strict=True):
+                key = (int(codes[i]), int(ts[i]))
+                if key not in seen:
+                    c = key[0]
+                    seen[key] = set(self._last_hashes.get(c, ())) if carried_has[c] and carried_ts[c] == key[1] else set()
+                if h in seen[key]:
+                    dup[i] = True
+                else:
+                    seen[key].add(h)
+        # Remember the hashes of each entity's newest rows for the next block.
+        accepted = ~back & ~dup
+        present = np.unique(codes[accepted])
+        at_max = np.flatnonzero(accepted & (ts == self._last_ts[codes]))
+        hashes = row_hashes(at_max) if len(at_max) else np.zeros(0, dtype="uint64")
+        fresh = {int(c): set() for c in present}
+        for c, h in zip(codes[at_max].tolist(), hashes.tolist(), strict=True):
+            fresh[c].add(h)
+        for c, hs in fresh.items():
+            if carried_has[c] and carried_ts[c] == self._last_ts[c]:
+                hs |= self._last_hashes.get(c, set())
+            self._last_hashes[c] = hs
+        return back, dup
+
+
+@njit(cache=True, nogil=True)
+def _order_kernel(codes, ts, last_ts, has_last, back, tie, max_before):
+    for i in range(codes.shape[0]):
+        e = codes[i]
+        t = ts[i]
+        if has_last[e]:
+            m = last_ts[e]
+            max_before[i] = m
+            if t < m:
+                back[i] = True
+                continue
+            if t == m:
+                tie[i] = True
+        else:
+            max_before[i] = t
+        last_ts[e] = t
+        has_last[e] = True
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -651,6 +720,43 @@ def _raw_str(text: str, encoding: str) -> str:
     if len(text) > MAX_RAW_CHARS:
         text = text[:MAX_RAW_CHARS] + f"… ({len(text.encode(encoding, errors='replace'))} bytes)"
     return text
+
+
+class _LineMap:
+    """Row index to source line number and raw bytes for a block, computed on first use."""
+
+    def __init__(self, block: bytes, first_line: int):
+        self.block = block
+        self.first_line = first_line
+        self._rows = None
+
+    def _build(self):
+        arr = np.frombuffer(self.block, dtype=np.uint8)
+        nl = np.flatnonzero(arr == 10)
+        starts = np.concatenate([[0], nl[:-1] + 1])
+        ends = nl.copy()
+        has_cr = (ends > starts) & (arr[np.maximum(ends - 1, 0)] == 13)
+        ends[has_cr] -= 1
+        nonblank = np.flatnonzero(ends > starts)
+        self._rows = (self.first_line + nonblank, starts[nonblank], ends[nonblank])
+
+    def rows_expected(self, n: int) -> bool:
+        # Data rows are the non-empty lines; without blank lines that is every line.
+        if self.block.count(b"\n") == n:
+            return True
+        if self._rows is None:
+            self._build()
+        return len(self._rows[0]) == n
+
+    def __getitem__(self, i):
+        if self._rows is None:
+            self._build()
+        return self._rows[0][i]
+
+    def raw(self, i) -> bytes:
+        if self._rows is None:
+            self._build()
+        return self.block[self._rows[1][i]: self._rows[2][i]]
 
 
 class Source:
@@ -690,7 +796,7 @@ class Source:
                 tail = b""
                 blank = 0
                 with _open_binary(self.path) as fh:
-                    while chunk := fh.read(1 << 22):
+                    while chunk := self._read(fh, 1 << 22, None):
                         count += chunk.count(b"\n")
                         # Blank lines ("\n\n" or "\n\r\n", overlapping), ending in this chunk.
                         k = min(len(tail), 2)
@@ -756,6 +862,14 @@ class Source:
 
             yield self._validator.validate(frame, lines, raw_of, [])
 
+    def _read(self, fh, size, line_no):
+        """``fh.read(size)``, with a truncated or corrupt file (e.g. gzip) as a SourceError."""
+        try:
+            return fh.read(size)
+        except (OSError, EOFError, zlib.error) as exc:
+            where = "" if line_no is None else f" after line {line_no - 1}"
+            raise SourceError(self.path, f"cannot read{where}: {exc}", line=line_no) from None
+
     def _csv_batches(self):
         s = self.schema
         with _open_binary(self.path) as fh:
@@ -767,7 +881,7 @@ class Source:
             eof = False
             while not eof:
                 # Read at least as much as is pending, so a long line costs linear time.
-                data = fh.read(max(self.block_bytes, len(pending)))
+                data = self._read(fh, max(self.block_bytes, len(pending)), line_no)
                 if not data:
                     eof = True
                     block = pending
@@ -839,6 +953,25 @@ class Source:
         return pd.DataFrame({c: pd.Series([], dtype="string") for c in self.schema.columns})
 
     def _parse_block(self, block: bytes, first_line: int) -> Batch:
+        s = self.schema
+        plain = b'"' not in block and s.encoding.lower().replace("-", "") in (
+            "utf8", "ascii", "latin1", "iso88591", "cp1252")
+        if plain and 0 not in block:
+            # Fast path: a clean block parses in one typed pyarrow call, which
+            # itself refuses rows with the wrong field count; line numbers are
+            # only worked out if a row has to be quarantined.
+            try:
+                frame = self._arrow_parse(block, typed=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                frame = None
+            if frame is not None:
+                lines = _LineMap(block, first_line)
+                if lines.rows_expected(len(frame)):
+                    return self._validator.validate(frame, lines, lambda i: _raw_text(lines.raw(i), s.encoding), [])
+        return self._parse_checked(block, first_line)
+
+    def _parse_checked(self, block: bytes, first_line: int) -> Batch:
+        """Per-line analysis: field counts and NUL bytes found with numpy, then pyarrow."""
         s = self.schema
         arr = np.frombuffer(block, dtype=np.uint8)
         nl = np.flatnonzero(arr == 10)
@@ -1021,13 +1154,18 @@ class RowSource(Stream):
         if not rows:
             return None
         self.rows_in += len(rows)
-        cols = list(zip(*rows, strict=True))
+        width = 2 + len(self.signals)
+        if set(map(len, rows)) != {width}:
+            raise ValueError(f"every row must have {width} fields: timestamp, entity, {', '.join(self.signals)}")
+        # Column by column with itemgetter: zip(*rows) is several times slower on long buffers.
+        cols = [list(map(itemgetter(j), rows)) for j in range(width)]
         t = cols[0]
         if isinstance(t[0], (int, np.integer)):
             ts = np.asarray(t, dtype="int64").view("datetime64[ns]")
         else:
             ts = pd.to_datetime(pd.Series(t)).astype("datetime64[ns]").to_numpy()
-        data = {"timestamp": ts, "entity": np.asarray(cols[1], dtype=object)}
+        # An explicit object Series: pandas would otherwise convert ids to its string dtype per chunk.
+        data = {"timestamp": ts, "entity": pd.Series(np.asarray(cols[1], dtype=object), dtype=object)}
         bad = np.zeros(len(rows), dtype=bool)
         for j, name in enumerate(self.signals):
             try:

@@ -22,7 +22,18 @@ import numpy as np
 import pandas as pd
 import param
 
-from ._kernels import EWM, EntityIndex, EWSpread, Lag, RollingMoments, RollingQuantiles, RunLength, parse_window
+from ._kernels import (
+    EWM,
+    EntityIndex,
+    EWSpread,
+    Lag,
+    Positions,
+    RollingMoments,
+    RollingQuantiles,
+    RunLength,
+    UsualInterval,
+    parse_window,
+)
 
 __all__ = ["Chunk", "Features", "Stats", "STAT_SUFFIXES"]
 
@@ -79,10 +90,10 @@ class Features:
             chunk._cache[key] = run(state)
         return chunk._cache[key]
 
-    def moments(self, chunk, window, min_periods=None, prior=False):
-        """``(mean, std, min, max)`` over ``window`` for each row."""
-        key = ("moments", str(window), min_periods, prior)
-        return self._get(chunk, key, lambda: RollingMoments(self.k, window, min_periods, prior),
+    def moments(self, chunk, window, min_periods=None, prior=False, minmax=True):
+        """``(mean, std, min, max)`` over ``window`` for each row (min and max NaN unless ``minmax``)."""
+        key = ("moments", str(window), min_periods, prior, minmax)
+        return self._get(chunk, key, lambda: RollingMoments(self.k, window, min_periods, prior, minmax),
                          lambda s: s.update(chunk.codes, chunk.ts, chunk.X))
 
     def quantiles(self, chunk, window: int, min_periods=None, prior=False):
@@ -117,24 +128,18 @@ class Features:
         return chunk._cache[("diff",)]
 
     def diff_moments(self, chunk, window, min_periods=None, prior=True):
-        """Rolling moments of the first difference."""
+        """Rolling mean and std of the first difference (min and max not tracked)."""
         key = ("diff_moments", str(window), min_periods, prior)
 
         def run(state):
             return state.update(chunk.codes, chunk.ts, self.diff(chunk))
 
-        return self._get(chunk, key, lambda: RollingMoments(self.k, window, min_periods, prior), run)
+        return self._get(chunk, key, lambda: RollingMoments(self.k, window, min_periods, prior, minmax=False), run)
 
-    def dt_quantiles(self, chunk, window: int, min_periods=None):
-        """Median and quartiles of the previous ``window`` sampling intervals (seconds)."""
-        key = ("dt_quantiles", int(window), min_periods)
-
-        def run(state):
-            dt, _, _ = self.lag(chunk)
-            secs = np.where(dt >= 0, dt / 1e9, np.nan)
-            return state.update(chunk.codes, secs.reshape(-1, 1))
-
-        return self._get(chunk, key, lambda: RollingQuantiles(1, window, min_periods, prior=True), run)
+    def intervals(self, chunk, eta=0.05):
+        """``(dt_seconds, usual_interval_seconds)`` per row (see :class:`~sbg._kernels.UsualInterval`)."""
+        return self._get(chunk, ("intervals", float(eta)), lambda: UsualInterval(eta),
+                         lambda s: s.update(chunk.codes, chunk.ts))
 
     def runs(self, chunk, tol=0.0):
         """``(current run length, longest finished run, jitter)`` of equal values."""
@@ -143,22 +148,7 @@ class Features:
 
     def rows_seen(self, chunk):
         """How many rows each row's entity had before it (its position in the entity's stream)."""
-        if ("rows_seen",) not in chunk._cache:
-            counts = self._state.setdefault(("rows_seen",), np.zeros(0, dtype=np.int64))
-            n = int(chunk.codes.max()) + 1 if len(chunk) else 0
-            if counts.shape[0] < n:
-                counts = np.concatenate([counts, np.zeros(n - counts.shape[0], dtype=np.int64)])
-            # Position within the chunk per entity, offset by what came before.
-            order = np.argsort(chunk.codes, kind="stable")
-            sorted_codes = chunk.codes[order]
-            starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
-            run_start = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-            pos = np.empty(len(order), dtype=np.int64)
-            pos[order] = np.arange(len(order)) - run_start + counts[sorted_codes]
-            np.add.at(counts, chunk.codes, 1)
-            self._state[("rows_seen",)] = counts
-            chunk._cache[("rows_seen",)] = pos
-        return chunk._cache[("rows_seen",)]
+        return self._get(chunk, ("rows_seen",), Positions, lambda s: s.update(chunk.codes))
 
 
 class Stats(param.Parameterized):
