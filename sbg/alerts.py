@@ -144,6 +144,10 @@ class AlertEngine:
         self.alerts: dict[str, Alert] = {}
         self._subscribers: list[Callable] = []
         self._pairs_cache = None
+        #: detector label -> (signal, value) -> words; the pipeline fills it in.
+        self.describers: dict[str, Callable] = {}
+        #: detector label -> signal -> column holding the value an alert reports.
+        self.value_columns: dict[str, Callable] = {}
 
     def subscribe(self, callback: Callable) -> Callable:
         """Call ``callback(event, alert)`` on ``fired``, ``reopened`` and ``resolved``; returns an unsubscriber."""
@@ -217,11 +221,11 @@ class AlertEngine:
                 cb(event, alert)
         return events
 
-    @staticmethod
-    def _value(frame, values, sig, i):
-        if sig not in values:
-            values[sig] = frame[sig].to_numpy(dtype="float64") if sig in frame.columns else None
-        col = values[sig]
+    def _value(self, frame, values, det, sig, i):
+        column = self.value_columns[det](sig) if det in self.value_columns else sig
+        if column not in values:
+            values[column] = frame[column].to_numpy(dtype="float64") if column in frame.columns else None
+        col = values[column]
         return float("nan") if col is None else float(col[i])
 
     def _advance(self, rule, label, track, rows, cond, best, best_score, cols, pairs, frame, ts, positions,
@@ -252,7 +256,7 @@ class AlertEngine:
                         start = int(np.argmax(ok))
                         i = run_rows[start]
                         det, sig = pairs[cols[best[i]]]
-                        self._fire(rule, label, track, det, sig, self._value(frame, values, sig, i),
+                        self._fire(rule, label, track, det, sig, self._value(frame, values, det, sig, i),
                                    float(best_score[i]), int(ts[i]), events, i)
                     else:
                         start = len(run)
@@ -263,7 +267,7 @@ class AlertEngine:
                     a = track.alert
                     if score > a.peak_score:
                         det, sig = pairs[cols[best[i]]]
-                        a.peak, a.peak_score, a.peak_time = self._value(frame, values, sig, i), score, pd.Timestamp(int(ts[i]))
+                        a.peak, a.peak_score, a.peak_time = self._value(frame, values, det, sig, i), score, pd.Timestamp(int(ts[i]))
                         a.signal, a.detector = sig, det
                         a.message = self._message(rule, a)
                 track.run_len += len(run)
@@ -274,8 +278,12 @@ class AlertEngine:
                 self._resolve(track, int(ts[clear_row]), events, clear_row)
 
     def _message(self, rule, a: Alert) -> str:
-        peak = "n/a" if not np.isfinite(a.peak) else f"{a.peak:.6g}"
-        return f"{rule.title} on {a.signal}: {peak} ({a.detector}, score {a.peak_score:.2f})"
+        what = self.describers.get(a.detector)
+        if what is not None and np.isfinite(a.peak):
+            detail = what(a.signal, a.peak)
+        else:
+            detail = f"{a.signal} = {'n/a' if not np.isfinite(a.peak) else f'{a.peak:.6g}'}"
+        return f"{rule.title}: {detail} ({a.detector}, score {a.peak_score:.2f})"
 
     def _fire(self, rule, label, track, det, sig, value, score, now_ns, events, row):
         start_ns = track.run_start_ts

@@ -82,6 +82,14 @@ class Detector(param.Parameterized):
     def scores(self, chunk: Chunk, features: Features) -> np.ndarray:
         raise NotImplementedError
 
+    def value_column(self, signal: str) -> str:
+        """The column whose value an alert from this detector reports."""
+        return signal
+
+    def describe(self, signal: str, value: float) -> str:
+        """Words for an alert message about ``value`` (from :meth:`value_column`)."""
+        return f"{signal} = {value:.6g}"
+
     def score(self, frame: pd.DataFrame, signals=None) -> pd.DataFrame:
         """Score a frame with ``timestamp`` and ``entity`` columns (standalone use).
 
@@ -112,6 +120,11 @@ class Limits(Detector):
     label = "limits"
     limits = param.Dict(default={}, doc="Signal name to [low, high]; null for no bound.")
     battery_defaults = param.Boolean(default=True, doc="Apply BATTERY_LIMITS to signals whose names match.")
+
+    def describe(self, signal, value):
+        low, high = self.bounds_for(signal)
+        span = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+        return f"{signal} = {value:.6g}, outside {span}"
 
     def bounds_for(self, signal):
         if signal in self.limits:
@@ -254,6 +267,9 @@ class Flatline(Detector):
                               doc="Share of direction reversals among earlier changes for the signal to count as noisy.")
     warmup = param.Integer(default=600, bounds=(0, None), doc="Rows of an entity before it can be flagged.")
 
+    def describe(self, signal, value):
+        return f"{signal} repeats {value:.6g}"
+
     def scores(self, chunk, features):
         run, longest, jitter = features.runs(chunk)
         need = np.maximum(self.min_run, self.ratio * longest)
@@ -274,6 +290,12 @@ class Gap(Detector):
     factor = param.Number(default=10.0, bounds=(1, None), doc="Gap, in usual intervals, at which a row is flagged.")
     min_gap = param.String(default="0s", doc="Gaps shorter than this are never flagged (a duration).")
     min_periods = param.Integer(default=10, bounds=(2, None), doc="Rows of an entity before the detector speaks.")
+
+    def value_column(self, signal):
+        return "interval_s"
+
+    def describe(self, signal, value):
+        return f"{value:,.0f} s without data"
 
     def scores(self, chunk, features):
         secs, usual = features.intervals(chunk)
@@ -308,6 +330,9 @@ class Baseline(Detector):
     spread = param.Number(default=0.8, bounds=(0.5, 1.0), inclusive_bounds=(False, False),
                           doc="Least mean of |2u-1| over the window that flags a widening (0.5 for no change); "
                               "calibrated on the reference like shift.")
+
+    def describe(self, signal, value):
+        return f"{signal} = {value:.6g}, away from the baseline"
 
     def __init__(self, reference: pd.DataFrame | None = None, **params):
         super().__init__(**params)

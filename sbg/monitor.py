@@ -140,7 +140,7 @@ class Monitor:
         keep = ["timestamp", "entity", *self.signals, *self.carried]
         for s in self.signals:
             keep += [f"{s}__mean", f"{s}__std", f"{s}__score"]
-        keep += ["anomaly_score", "is_anomaly", "reason"]
+        keep += ["interval_s", "anomaly_score", "is_anomaly", "reason"]
         return [c for c in keep if c in frame.columns]
 
     def _on_restart(self, reason: str):

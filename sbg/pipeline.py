@@ -16,6 +16,8 @@ Enriched columns
     Rolling statistics (:class:`~sbg.stats.Stats`).
 ``{signal}__score``
     Highest detector score on the signal.
+``interval_s``
+    Seconds since the entity's previous row (NaN for its first).
 ``anomaly_score``, ``is_anomaly``, ``reason``
     Row summary: the highest score, whether it reaches 0.5, and the
     ``detector:signal`` pairs that flagged, highest first.
@@ -63,6 +65,9 @@ class Pipeline(param.Parameterized):
         self.events: deque = deque(maxlen=500)
         self._event_subscribers: list[Callable] = []
         self.engine.subscribe(self._on_alert)
+        for det in self.detectors:
+            self.engine.describers[det.label] = det.describe
+            self.engine.value_columns[det.label] = det.value_column
 
     def reset_state(self):
         """Forget all carried state (new run, loop or seek); keeps settings and subscribers."""
@@ -107,7 +112,7 @@ class Pipeline(param.Parameterized):
     def output_columns(self):
         cols = ["timestamp", "entity", *self.signals, *self.carried, *self.stats.columns()]
         cols += [f"{s}__score" for s in self.signals]
-        return cols + list(OUTPUT_COLUMNS)
+        return cols + ["interval_s", *OUTPUT_COLUMNS]
 
     def example(self) -> pd.DataFrame:
         """An empty frame with the enriched columns and dtypes."""
@@ -175,6 +180,8 @@ class Pipeline(param.Parameterized):
             cols = np.flatnonzero(S[i] >= 0.5)
             cols = cols[np.argsort(-S[i, cols], kind="stable")]
             reason[i] = ";".join(names[cols])
+        out["interval_s"] = (self._guard("intervals", lambda: self.features.intervals(chunk)[0],
+                                         lambda: np.full(n, np.nan)) if n else np.zeros(0))
         out["anomaly_score"] = top
         out["is_anomaly"] = flagged
         out["reason"] = pd.Series(reason, dtype=object)
