@@ -287,7 +287,8 @@ class Gap(Detector):
     """
 
     label = "gap"
-    factor = param.Number(default=10.0, bounds=(1, None), doc="Gap, in usual intervals, at which a row is flagged.")
+    factor = param.Number(default=10.0, bounds=(1, None), inclusive_bounds=(False, True),
+                          doc="Gap, in usual intervals, at which a row is flagged.")
     min_gap = param.String(default="0s", doc="Gaps shorter than this are never flagged (a duration).")
     min_periods = param.Integer(default=10, bounds=(2, None), doc="Rows of an entity before the detector speaks.")
 
@@ -304,7 +305,8 @@ class Gap(Detector):
         ratio = np.nan_to_num(ratio, nan=0.0, posinf=0.0)
         ratio[features.rows_seen(chunk) < self.min_periods] = 0.0
         ratio[secs < pd.Timedelta(self.min_gap).total_seconds()] = 0.0
-        col = ratio_score(ratio, self.factor)
+        # Score the excess over the usual interval: a row on time scores 0.
+        col = ratio_score(np.maximum(ratio - 1.0, 0.0), self.factor - 1.0)
         # A gap is a property of the row, not of one signal: every signal shares it.
         return np.repeat(col[:, None], chunk.X.shape[1], axis=1)
 

@@ -12,10 +12,12 @@ monitor runs per data source; views subscribe to it and never own its state.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .alerts import AlertEngine, AlertLog
@@ -92,6 +94,11 @@ class Monitor:
         self.replay.on_batch(self._on_batch)
         self.replay.on_restart(self._on_restart)
         self._chunk_subscribers: list[Callable[[pd.DataFrame], None]] = []
+        self._latest: pd.DataFrame | None = None
+        #: wall-clock minute -> [rows ingested, alerts raised]
+        self.activity: dict[int, list[int]] = {}
+        self.started_at = pd.Timestamp.now(tz="UTC")
+        self.engine.subscribe(self._count_alert)
         self.enriched = self.pipeline.connect(self.replay.stream.map(self._align))
         self.enriched.stream.sink(self._sink)
 
@@ -120,8 +127,28 @@ class Monitor:
                                          "warning")
         self.metrics.count_batch(batch.rows_quarantined, 0, batch.rows_quarantined)
 
+    def _minute(self):
+        minute = int(time.time() // 60)
+        slot = self.activity.get(minute)
+        if slot is None:
+            slot = self.activity[minute] = [0, 0]
+            for old in [m for m in self.activity if m < minute - 60]:
+                del self.activity[old]
+        return slot
+
+    def _count_alert(self, event, alert):
+        if event == "fired":
+            self._minute()[1] += 1
+
     def _sink(self, enriched: pd.DataFrame):
         self.metrics.count_batch(len(enriched), len(enriched), 0)
+        self._minute()[0] += len(enriched)
+        try:
+            cols = ["timestamp", *[f"{s}__score" for s in self.signals if f"{s}__score" in enriched.columns]]
+            last = enriched.groupby("entity", sort=False)[cols].last()
+            self._latest = last if self._latest is None else last.combine_first(self._latest)
+        except Exception as exc:
+            self.metrics.record_error("health", exc)
         try:
             self.history.append(enriched[self.history_columns(enriched)])
         except Exception as exc:
@@ -136,10 +163,41 @@ class Monitor:
             progress = self.replay.rows_emitted + self.replay.rows_quarantined
             self.log.write([], progress=(self.source_key, progress, str(self.replay.sim_time)))
 
+    def health(self, stale_after: str = "60s") -> pd.DataFrame:
+        """State per entity and signal: 0 normal, 1 flagged, 2 critical alert firing, 3 no recent data.
+
+        An entity is stale when its newest row is older than ``stale_after``
+        on the replay's clock: silence is shown as silence, never as normal.
+        """
+        if self._latest is None or self._latest.empty:
+            return pd.DataFrame(columns=["entity", "signal", "state", "score", "last_seen"])
+        latest = self._latest
+        now = pd.Timestamp(self.replay.sim_time) if self.replay.sim_time is not None else latest["timestamp"].max()
+        stale = (now - latest["timestamp"]) > pd.Timedelta(stale_after)
+        critical = {(a.entity, a.signal) for a in self.engine.alerts.values()
+                    if a.state == "firing" and a.severity == "critical"}
+        rows = []
+        for entity, rec in latest.iterrows():
+            for s in self.signals:
+                score = rec.get(f"{s}__score", np.nan)
+                state = 3 if stale[entity] else 2 if (str(entity), s) in critical else 1 if score >= 0.5 else 0
+                rows.append((str(entity), s, state, score, rec["timestamp"]))
+        return pd.DataFrame(rows, columns=["entity", "signal", "state", "score", "last_seen"])
+
+    def activity_frame(self, minutes: int = 10) -> pd.DataFrame:
+        """Rows ingested and alerts raised per wall-clock minute, for the last ``minutes`` minutes."""
+        now = int(time.time() // 60)
+        span = range(now - minutes + 1, now + 1)
+        return pd.DataFrame({
+            "minute": pd.to_datetime([m * 60 for m in span], unit="s"),
+            "rows": [self.activity.get(m, [0, 0])[0] for m in span],
+            "alerts": [self.activity.get(m, [0, 0])[1] for m in span],
+        })
+
     def history_columns(self, frame):
         keep = ["timestamp", "entity", *self.signals, *self.carried]
         for s in self.signals:
-            keep += [f"{s}__mean", f"{s}__std", f"{s}__score"]
+            keep += [f"{s}__mean", f"{s}__std", f"{s}__lower", f"{s}__upper", f"{s}__score"]
         keep += ["interval_s", "anomaly_score", "is_anomaly", "reason"]
         return [c for c in keep if c in frame.columns]
 
@@ -149,6 +207,7 @@ class Monitor:
             self.history.clear()
             self.metrics.reset()
             self.quarantine.clear()
+            self._latest = None
         self.pipeline.emit_event("replay", f"data starts over ({reason})")
 
     def subscribe(self, callback: Callable[[pd.DataFrame], None]) -> Callable[[], None]:

@@ -6,7 +6,8 @@ by compiled kernels (see ``sbg._kernels``) and cached per chunk, so several
 detectors asking for the same window pay for it once.
 
 :class:`Stats` is the pipeline step that adds ``{signal}__mean``, ``__std``,
-``__min``, ``__max`` and ``__ewm`` columns. Its results equal pandas'
+``__min``, ``__max``, ``__ewm`` and the display band ``__lower``/``__upper``
+(mean ± ``band_k`` std) columns. Its results equal pandas'
 ``groupby(entity).rolling(window)`` on the whole frame, for any chunking.
 
 >>> import pandas as pd
@@ -37,7 +38,7 @@ from ._kernels import (
 
 __all__ = ["Chunk", "Features", "Stats", "STAT_SUFFIXES"]
 
-STAT_SUFFIXES = ("mean", "std", "min", "max", "ewm")
+STAT_SUFFIXES = ("mean", "std", "min", "max", "ewm", "lower", "upper")
 
 
 class Chunk:
@@ -162,6 +163,8 @@ class Stats(param.Parameterized):
     min_periods = param.Integer(default=2, bounds=(1, None), doc="Observations needed before a statistic is given.")
     ewm_alpha = param.Number(default=0.05, bounds=(0.0, 1.0), inclusive_bounds=(False, True),
                              doc="Smoothing factor of the exponentially weighted mean.")
+    band_k = param.Number(default=3.0, bounds=(0.0, None),
+                          doc="Half-width of the displayed band, mean +/- band_k * std, in standard deviations.")
 
     def __init__(self, features: Features | None = None, **params):
         super().__init__(**params)
@@ -185,6 +188,8 @@ class Stats(param.Parameterized):
             out[f"{s}__min"] = mn[:, j]
             out[f"{s}__max"] = mx[:, j]
             out[f"{s}__ewm"] = ewm[:, j]
+            out[f"{s}__lower"] = mean[:, j] - self.band_k * std[:, j]
+            out[f"{s}__upper"] = mean[:, j] + self.band_k * std[:, j]
         return out
 
     def process(self, frame: pd.DataFrame) -> pd.DataFrame:
