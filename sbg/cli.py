@@ -147,6 +147,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema-only", action="store_true", help="do not read past the sample")
     _schema_args(p)
 
+    p = sub.add_parser("serve", help="serve the live dashboard (wraps panel serve)",
+                       description="Serve the dashboard with `panel serve`, one shared monitor per data source. "
+                                   "Binds to 127.0.0.1 unless --address says otherwise; do not serve on a "
+                                   "public interface without --basic-auth or OAuth. Extra arguments after -- "
+                                   "go to panel serve unchanged.")
+    p.add_argument("files", nargs="*", metavar="FILE", help="data files (default: the bundled battery fleet)")
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--address", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--data-dir", type=Path, metavar="DIR", help="directory the UI may choose files from and upload to")
+    p.add_argument("--speed", default="100x", type=_speed, help="initial replay speed (default 100x)")
+    p.add_argument("--loop", action="store_true", help="start again when the data ends")
+    p.add_argument("--autostart", action="store_true", help="start replaying as soon as the server is up")
+    p.add_argument("--baseline", metavar="REF", help="known-good reference file")
+    p.add_argument("--config", type=Path, metavar="SBG.YAML")
+    p.add_argument("--alerts-db", type=Path, metavar="PATH")
+    p.add_argument("--basic-auth", metavar="PASSWORD|FILE", help="passed to panel serve: a password, or a JSON file of users")
+    p.add_argument("--cookie-secret", metavar="SECRET", help="passed to panel serve (required with auth)")
+    p.add_argument("--allow-websocket-origin", action="append", default=[], metavar="HOST[:PORT]",
+                   help="passed to panel serve; may be repeated")
+    p.add_argument("--oauth-provider", help="passed to panel serve")
+    p.add_argument("--oauth-key", help="passed to panel serve")
+    p.add_argument("--oauth-secret", help="passed to panel serve")
+    p.add_argument("--oauth-encryption-key", help="passed to panel serve")
+    p.add_argument("--admin-users", metavar="USER,...", help="with auth: only these users may change state")
+    p.add_argument("--print-command", action="store_true", help="print the panel serve command and exit")
+    p.add_argument("panel_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
     p = sub.add_parser("data", help="sample datasets", description="Manage the bundled sample datasets.")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
     g = dsub.add_parser("generate", help="regenerate the sample data byte for byte",
@@ -164,7 +191,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        handler = {"replay": cmd_replay, "detect": cmd_detect, "validate": cmd_validate, "data": cmd_data}
+        handler = {"replay": cmd_replay, "detect": cmd_detect, "validate": cmd_validate, "data": cmd_data,
+                   "serve": cmd_serve}
         return handler[args.command](args)
     except SbgError as exc:
         print(f"sbg: error: {exc}", file=sys.stderr)
@@ -370,6 +398,63 @@ def cmd_validate(args) -> int:
         if rows_q > len(shown):
             print(f"  ... {rows_q - len(shown):,} more quarantined rows (use sbg detect --quarantine Q.csv)")
     return 0
+
+
+def serve_command(args) -> tuple[list[str], dict]:
+    """The ``panel serve`` command line and environment for ``sbg serve``'s options."""
+    from .datasets import DATA_DIR
+
+    app = Path(__file__).resolve().parent.parent / "apps" / "monitor.py"
+    if not app.exists():
+        raise SbgError(f"{app}: the dashboard app is missing; install sbg from a source checkout (pip install -e .)")
+    data_dir = (args.data_dir or DATA_DIR).resolve()
+    if not data_dir.is_dir():
+        raise SbgError(f"{data_dir}: --data-dir is not a directory")
+    files = [str(Path(f).resolve()) if Path(f).exists() else f for f in args.files]
+    env = {"SBG_DATA_DIR": str(data_dir), "SBG_SPEED": args.speed, "SBG_FILES": os.pathsep.join(files),
+           "SBG_LOOP": "1" if args.loop else "", "SBG_AUTOSTART": "1" if args.autostart else "",
+           "SBG_BASELINE": str(Path(args.baseline).resolve()) if args.baseline else "",
+           "SBG_CONFIG": str(args.config.resolve()) if args.config else "",
+           "SBG_ALERTS_DB": str(args.alerts_db.resolve()) if args.alerts_db else "",
+           "SBG_ADMIN_USERS": args.admin_users or ""}
+    cmd = [sys.executable, "-m", "panel", "serve", str(app), "--plugins", "sbg.server", "--port", str(args.port),
+           "--address", args.address, "--num-procs", "1"]
+    origins = args.allow_websocket_origin or [f"{args.address}:{args.port}", f"localhost:{args.port}"]
+    for origin in origins:
+        cmd += ["--allow-websocket-origin", origin]
+    for flag in ("basic_auth", "cookie_secret", "oauth_provider", "oauth_key", "oauth_secret", "oauth_encryption_key"):
+        value = getattr(args, flag)
+        if value:
+            cmd += ["--" + flag.replace("_", "-"), str(value)]
+    extra = [a for a in args.panel_args if a != "--"]
+    return cmd + extra, env
+
+
+def cmd_serve(args) -> int:
+    import subprocess
+
+    if args.basic_auth and not args.cookie_secret:
+        raise SbgError("--basic-auth needs --cookie-secret (a long random string) to sign the login cookie")
+    public = args.address not in ("127.0.0.1", "localhost", "::1")
+    if public and not (args.basic_auth or args.oauth_provider):
+        print(f"sbg: warning: serving on {args.address} without --basic-auth or OAuth: anyone who can reach "
+              "this port can watch and control the replay", file=sys.stderr)
+    for f in args.files:
+        if not Path(f).exists():
+            raise SbgError(f"{f}: no such file")
+    cmd, env = serve_command(args)
+    if args.print_command:
+        print(" ".join(cmd))
+        return 0
+    print(f"sbg {__version__}: dashboard on http://{args.address}:{args.port}/monitor "
+          f"(status: /api/status, /api/alerts, /metrics)", flush=True)
+    proc = subprocess.Popen(cmd, env={**os.environ, **env})
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=10)
+        return 130
 
 
 def cmd_data(args) -> int:

@@ -191,7 +191,7 @@ class Pipeline(param.Parameterized):
             self._guard("alerts", lambda: self._alerts(result, pairs, S, chunk), lambda: None)
             self.metrics.analyses += 1
             self.metrics.entities = len(self.features.index)
-            self.metrics.sim_time = pd.Timestamp(chunk.ts[-1]).to_pydatetime() if n else None
+            self.metrics.sim_time = pd.Timestamp(chunk.ts[-1]) if n else None
         return result
 
     def _alerts(self, frame, pairs, S, chunk):

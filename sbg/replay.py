@@ -23,6 +23,7 @@ on the current loop (Jupyter's kernel loop, or the Tornado loop under
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable
 
@@ -228,7 +229,7 @@ class Replay(param.Parameterized):
         if len(chunk) == 0:
             return
         self.rows_emitted += len(chunk)
-        self.sim_time = pd.Timestamp(chunk["timestamp"].iat[-1]).to_pydatetime()
+        self.sim_time = pd.Timestamp(chunk["timestamp"].iat[-1])
         self.stream.emit(chunk)
 
     def step(self, now: float | None = None) -> bool:
@@ -256,7 +257,7 @@ class Replay(param.Parameterized):
                 while (nxt := self._next_chunk(self._clock)) is not None and len(nxt):
                     more.append(nxt)
                 chunk = pd.concat(more, ignore_index=True) if len(more) > 1 else chunk
-            self.sim_time = pd.Timestamp(self._clock).to_pydatetime()
+            self.sim_time = pd.Timestamp(self._clock)
         if chunk is None:
             return self._finish_or_loop()
         if len(chunk):
@@ -287,12 +288,12 @@ class Replay(param.Parameterized):
                 time.sleep(self.tick)
 
     async def _run(self):
-        speed = parse_speed(self.speed)
         try:
             while self.state == "running":
                 if not self.step():
                     break
-                await asyncio.sleep(0 if speed == float("inf") else self.tick)
+                # Speed may change while running: read it every tick.
+                await asyncio.sleep(0 if parse_speed(self.speed) == float("inf") else self.tick)
         except asyncio.CancelledError:
             pass
 
@@ -311,7 +312,9 @@ class Replay(param.Parameterized):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no event loop: driven synchronously by run_to_end() or step()
-        self._task = loop.create_task(self._run())
+        # A fresh context: started from a browser session, the task must not keep
+        # that session's document (it belongs to the whole server).
+        self._task = loop.create_task(self._run(), context=contextvars.Context())
 
     def pause(self):
         if self.state == "running":

@@ -486,35 +486,45 @@ class _Validator:
         kind = self.schema.time_kind
         name = self.schema.time
         cidx = self._col_index[name]
+        num = None
         if pd.api.types.is_datetime64_any_dtype(col):
             if getattr(col.dt, "tz", None) is not None:
                 col = col.dt.tz_convert("UTC").dt.tz_localize(None)
-            ns = col.astype("datetime64[ns]").to_numpy().view("int64").copy()
-            nat = col.isna().to_numpy()
+            ns, nat = _ns_or_nat(col)
         elif kind in ("epoch_s", "epoch_ms", "seconds") or pd.api.types.is_numeric_dtype(col):
             num = pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64")
             scale = 1e6 if kind == "epoch_ms" else 1e9
-            nat = ~np.isfinite(num) | (np.abs(num * scale) > 9.2e18)
             with np.errstate(invalid="ignore", over="ignore"):
+                nat = ~np.isfinite(num) | (np.abs(num * scale) > 9.2e18)
                 ns = np.where(nat, 0, np.round(num * scale)).astype("int64")
+                # Past 2**53 ns a float64 product is off by up to 128 ns (1700000001501 ms
+                # would become ...21.500999936): such values carry at most microseconds.
+                coarse = ~nat & (np.abs(num * scale) > 2.0**53)
+                if coarse.any():
+                    ns[coarse] = np.round(num[coarse] * (scale / 1000)).astype("int64") * 1000
             if kind == "seconds":
-                ns = ns + self._date_ns
+                with np.errstate(invalid="ignore", over="ignore"):
+                    nat |= np.abs(num * scale + self._date_ns) > 9.2e18
+                ns = np.where(nat, 0, ns + self._date_ns)
         elif kind == "clock":
             ns, nat = self._clock(col)
         else:
             fmt = self.schema.time_format or "ISO8601"
             parsed = pd.to_datetime(col, errors="coerce", format=fmt, utc=True)
-            retry = parsed.isna().to_numpy() & col.notna().to_numpy()
+            ns, nat = _ns_or_nat(parsed.dt.tz_localize(None))
+            retry = nat & col.notna().to_numpy()
             if retry.any() and self.schema.time_format is None:
-                parsed[retry] = pd.to_datetime(col[retry], errors="coerce", format="mixed", utc=True)
-            parsed = parsed.dt.tz_localize(None)
-            ns = parsed.astype("datetime64[ns]").to_numpy().view("int64").copy()
-            nat = parsed.isna().to_numpy()
+                # Combined as ns: the two passes may parse to different units.
+                again = pd.to_datetime(col[retry], errors="coerce", format="mixed", utc=True)
+                ns[retry], nat[retry] = _ns_or_nat(again.dt.tz_localize(None))
         newly = nat & ~bad
         if newly.any():
             raw = col.astype("string").to_numpy(dtype=object, na_value="")
             for i in np.flatnonzero(newly):
                 text = raw[i]
+                if text != "" and num is not None and not np.isnan(num[i]):
+                    # A number out of range: typed blocks hold only the float, so show that.
+                    text = repr(float(num[i]))
                 reasons[i] = (
                     f"column {cidx} {name!r}: missing timestamp" if text == ""
                     else f"column {cidx} {name!r}: unparsable timestamp {_short(text)!r}"
@@ -528,8 +538,12 @@ class _Validator:
             tod = col.array._pa_array.cast(pa.time64("ns")).cast(pa.int64())
             tod = pd.Series(tod.to_pandas(), index=col.index).astype("float64")
         else:
-            td = pd.to_timedelta(col.astype("string").str.strip(), errors="coerce")
-            tod = pd.Series(td.to_numpy().view("int64").astype("float64"), index=col.index)
+            text = col.astype("string").str.strip()
+            # HH:MM, as the typed (pyarrow) path reads it; to_timedelta wants the seconds.
+            text = text.where(~text.str.fullmatch(r"\d{1,2}:\d{2}").fillna(False), text + ":00")
+            td = pd.to_timedelta(text, errors="coerce")
+            # pandas may return timedelta64[us]; the view below needs nanoseconds.
+            tod = pd.Series(td.to_numpy().astype("timedelta64[ns]").view("int64").astype("float64"), index=col.index)
             tod[td.isna().to_numpy()] = np.nan
         tod = tod.to_numpy()
         nat = ~np.isfinite(tod) | (tod < 0) | (tod >= 86400e9)
@@ -702,6 +716,19 @@ def _order_kernel(codes, ts, last_ts, has_last, back, tie, max_before):
         has_last[e] = True
 
 
+def _ns_or_nat(values: pd.Series):
+    """Naive datetimes of any resolution as int64 ns, and their NaT mask.
+
+    pandas may parse to ``datetime64[us]`` or coarser; a value outside the
+    nanosecond range (before 1678 or after 2261) becomes NaT, not an error.
+    """
+    arr = values.to_numpy()
+    if arr.dtype != np.dtype("datetime64[ns]"):
+        years = arr.astype("datetime64[Y]").astype("int64") + 1970
+        arr = np.where((years < 1678) | (years > 2261), np.datetime64("NaT"), arr).astype("datetime64[ns]")
+    return arr.view("int64").copy(), np.isnat(arr)
+
+
 def _short(text: str, limit: int = 60) -> str:
     text = str(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -776,6 +803,8 @@ class Source:
         self.path = Path(path)
         self.schema = schema or infer_schema(self.path, **schema_options)
         self.block_bytes = int(block_bytes)
+        if self.block_bytes < 1:  # read(0) would end the stream at once, silently
+            raise ValueError(f"block_bytes must be at least 1, not {block_bytes!r}")
         self.is_parquet = self.path.suffix.lower() in (".parquet", ".pq")
         self._validator = _Validator(self.schema)
         self._total_rows: int | None = None
@@ -809,7 +838,10 @@ class Source:
                     count += 1
                 self._total_rows = max(count - 1 - blank, 0)
                 lines = [ln for ln in tail.split(b"\n") if ln.strip()]
+                if len(tail) == 65536 and lines:
+                    lines.pop(0)  # may be cut
                 self._last_line = lines[-1] if lines else b""
+                self._tail_lines = lines[-100:]
         return self._total_rows
 
     def time_span(self):
@@ -819,23 +851,38 @@ class Source:
 
             pf = pq.ParquetFile(self.path)
             col = pf.read(columns=[self.schema.time]).column(0).to_pandas()
-            values = pd.Series([col.iloc[0], col.iloc[-1]])
+            heads, tails = col.head(100), col.tail(100)
         else:
             self.count_rows()
+            head_lines = []
             with _open_binary(self.path) as fh:
                 fh.readline(MAX_LINE_BYTES)
-                first = fh.readline(MAX_LINE_BYTES)
-            idx = list(self.schema.columns).index(self.schema.time)
-            fields = []
-            for line in (first, getattr(self, "_last_line", b"")):
-                parts = line.decode(self.schema.encoding, errors="replace").rstrip("\r\n").split(self.schema.delimiter)
-                fields.append(parts[idx].strip().strip('"') if idx < len(parts) else "")
-            values = pd.Series(fields, dtype="string")
-        bad = np.zeros(2, dtype=bool)
-        ns = _Validator(self.schema)._times(values, bad, {})
-        if bad.any():
-            raise SourceError(self.path, "cannot read the time span (first or last row has no valid timestamp)")
-        return int(ns[0]), int(ns[1])
+                while len(head_lines) < 100 and (line := fh.readline(MAX_LINE_BYTES)):
+                    head_lines.append(line)
+            heads, tails = self._time_fields(head_lines), self._time_fields(getattr(self, "_tail_lines", []))
+        # The first and last rows with a valid timestamp: a quarantined row at either end does not count.
+        ends = []
+        for values, pick in ((heads, 0), (tails, -1)):
+            bad = np.zeros(len(values), dtype=bool)
+            ns = _Validator(self.schema)._times(pd.Series(values).reset_index(drop=True), bad, {})
+            if bad.all():
+                raise SourceError(self.path, "cannot read the time span (no valid timestamp near the start or end)")
+            ends.append(int(ns[~bad][pick]))
+        return ends[0], ends[1]
+
+    def _time_fields(self, lines):
+        """The time field of each of ``lines`` that splits into the header's fields."""
+        idx = list(self.schema.columns).index(self.schema.time)
+        fields = []
+        for line in lines:
+            text = line.decode(self.schema.encoding, errors="replace").rstrip("\r\n")
+            try:
+                parts = next(csv.reader([text], delimiter=self.schema.delimiter), [])
+            except csv.Error:
+                continue
+            if len(parts) == len(self.schema.columns):
+                fields.append(parts[idx].strip())
+        return pd.Series(fields, dtype="string")
 
     def batches(self) -> Iterator[Batch]:
         """Yield validated batches from the start of the file."""

@@ -1,0 +1,779 @@
+"""The Panel dashboard: one Viewer over a shared monitor, in Jupyter and under ``panel serve``.
+
+:class:`Dashboard` is a ``pn.viewable.Viewer`` taking a
+:class:`~sbg.monitor.Monitor`. In a notebook it displays inline and updates
+live; served, :meth:`Dashboard.servable` puts it in a template page.
+
+One monitor runs per data source per server process
+(:func:`shared_monitor`), shared by every session: the replay is one
+server-wide asyncio task, controls act on the shared monitor, and a tab
+opened late first shows the retained history. Each session only subscribes:
+new chunks queue up and a per-session callback drains them into bounded
+Buffers at most ten times a second, on the session's own document. Closing
+the tab unsubscribes and frees everything the session held.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+import re
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import pandas as pd
+import panel as pn
+import param
+
+from .alerts import alerts_json
+from .errors import SbgError
+from .monitor import Monitor
+from .plots import (
+    ENTITY_COLORS,
+    STATE_COLORS,
+    LiveBuffers,
+    activity_view,
+    baseline_view,
+    health_height,
+    health_view,
+    signal_view,
+)
+from .replay import SPEEDS
+
+__all__ = ["Dashboard", "shared_monitor", "monitors", "resolve_data_file", "data_files", "session_count"]
+
+#: Display windows offered in the sidebar (a time span, not a point count).
+WINDOWS = {"1 min": 60, "5 min": 300, "10 min": 600, "30 min": 1800, "1 h": 3600, "6 h": 21600, "24 h": 86400}
+DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".tsv")
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+
+_MONITORS: dict[tuple, Monitor] = {}
+_LOCK = threading.Lock()
+_SESSIONS: set[int] = set()
+
+
+def monitors() -> dict[tuple, Monitor]:
+    """The shared monitors of this server process, by source key."""
+    return _MONITORS
+
+
+def session_count() -> int:
+    """Dashboard sessions alive in this process (each has subscribed to a monitor)."""
+    return len(_SESSIONS)
+
+
+def resolve_data_file(name, data_dir) -> Path:
+    """Resolve a file name chosen in the UI or the API inside ``data_dir``, or refuse it.
+
+    Absolute paths, ``..``, symlinks leading out and sibling directories that
+    merely share the prefix are all refused.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "a.csv").write_text("t,v\\n")
+    >>> resolve_data_file("a.csv", d).name
+    'a.csv'
+    >>> resolve_data_file("../etc/passwd", d)
+    Traceback (most recent call last):
+    ...
+    sbg.errors.SbgError: '../etc/passwd' is not a file inside the data directory
+    """
+    root = Path(data_dir).resolve()
+    candidate = Path(str(name))
+    if candidate.is_absolute() or not str(name).strip():
+        raise SbgError(f"{str(name)!r} is not a file inside the data directory")
+    target = (root / candidate).resolve()
+    if target != root and root not in target.parents or not target.is_file():
+        raise SbgError(f"{str(name)!r} is not a file inside the data directory")
+    return target
+
+
+def data_files(data_dir) -> list[str]:
+    """Data files under ``data_dir`` (labels files left out), as paths relative to it."""
+    root = Path(data_dir).resolve()
+    out = []
+    for p in sorted(root.rglob("*")):
+        name = p.name.lower()
+        if p.is_file() and name.endswith(DATA_SUFFIXES) and "_labels" not in name:
+            try:
+                resolve_data_file(p.relative_to(root), root)
+            except SbgError:
+                continue
+            out.append(str(p.relative_to(root)))
+    return out
+
+
+def shared_monitor(files, baseline=None, config=None, speed="100x", loop=False, alerts_db=None) -> Monitor:
+    """The process-wide monitor for this source, created on first use."""
+    key = (tuple(str(Path(f).resolve()) for f in files), str(baseline or ""), str(config or ""))
+    with _LOCK:
+        monitor = _MONITORS.get(key)
+        if monitor is None:
+            monitor = Monitor(list(files), baseline=baseline, settings=config, alerts_db=alerts_db, speed=speed,
+                              loop=loop)
+            monitor.key = key
+            _MONITORS[key] = monitor
+        return monitor
+
+
+def _default_monitor() -> Monitor:
+    """The monitor the served app starts with, from ``sbg serve``'s environment."""
+    data_dir = Path(os.environ.get("SBG_DATA_DIR") or _bundled_data_dir())
+    files = [f for f in os.environ.get("SBG_FILES", "").split(os.pathsep) if f]
+    if not files:
+        files = ["battery_fleet.csv.gz"]
+    paths = [resolve_data_file(f, data_dir) if not Path(f).is_absolute() else Path(f) for f in files]
+    baseline = os.environ.get("SBG_BASELINE") or None
+    monitor = shared_monitor(paths, baseline=baseline, config=os.environ.get("SBG_CONFIG") or None,
+                             speed=os.environ.get("SBG_SPEED", "100x"), loop=os.environ.get("SBG_LOOP") == "1",
+                             alerts_db=os.environ.get("SBG_ALERTS_DB") or None)
+    if os.environ.get("SBG_AUTOSTART") == "1" and monitor.replay.state == "idle" and not monitor.metrics.rows_in:
+        monitor.replay.start()
+    return monitor
+
+
+def _bundled_data_dir():
+    from .datasets import DATA_DIR
+
+    return DATA_DIR
+
+
+CSS = """
+:root { --sbg-normal: %(normal)s; --sbg-warning: %(warning)s; --sbg-critical: %(critical)s;
+        --sbg-stale: %(stale)s; --sbg-info: %(info)s; }
+.sbg-live { display: inline-flex; align-items: center; gap: 8px; font-weight: 600; font-size: 14px;
+            color: inherit; padding: 4px 10px; border-radius: 14px; background: rgba(255,255,255,0.12); }
+.sbg-dot { width: 12px; height: 12px; border-radius: 50%%; background: var(--sbg-stale); }
+.sbg-live.running .sbg-dot { background: var(--sbg-normal); animation: sbg-pulse 1.4s ease-in-out infinite; }
+.sbg-live.error .sbg-dot { background: var(--sbg-critical); animation: none; }
+@keyframes sbg-pulse { 0%% { box-shadow: 0 0 0 0 rgba(22,163,74,0.7); } 70%% { box-shadow: 0 0 0 10px rgba(22,163,74,0); }
+                       100%% { box-shadow: 0 0 0 0 rgba(22,163,74,0); } }
+.sbg-kpis { display: grid; grid-template-columns: repeat(auto-fit, minmax(92px, 1fr)); gap: 7px; width: 100%%; }
+.sbg-kpi { background: var(--panel-surface-color, #fff); border: 1px solid #e5e7eb; border-radius: 10px;
+           padding: 7px 10px; min-width: 0; }
+.sbg-kpi .label { font-size: 11px; text-transform: uppercase; letter-spacing: .04em; color: #6b7280;
+                  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.sbg-kpi .value.small { font-size: 14px; padding-top: 5px; }
+.sbg-kpi .value { font-size: 20px; font-weight: 650; font-variant-numeric: tabular-nums; color: #111827;
+                  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.sbg-kpi.warning { border-color: var(--sbg-warning); } .sbg-kpi.warning .value { color: var(--sbg-warning); }
+.sbg-kpi.critical { border-color: var(--sbg-critical); background: #fef2f2; }
+.sbg-kpi.critical .value { color: var(--sbg-critical); }
+.sbg-feed { font-size: 12.5px; line-height: 1.45; max-height: 330px; overflow-y: auto; }
+.sbg-feed .ev { padding: 4px 8px; border-left: 4px solid var(--sbg-info); margin-bottom: 4px;
+                background: #f9fafb; border-radius: 4px; overflow-wrap: anywhere; }
+.sbg-feed .ev.warning { border-left-color: var(--sbg-warning); background: #fffbeb; }
+.sbg-feed .ev.critical { border-left-color: var(--sbg-critical); background: #fef2f2; }
+.sbg-feed .ev.error { border-left-color: var(--sbg-critical); background: #fee2e2; font-weight: 600; }
+.sbg-feed .ev .t { color: #6b7280; font-variant-numeric: tabular-nums; margin-right: 6px; }
+.sbg-empty { border: 2px dashed #d1d5db; border-radius: 12px; padding: 28px; text-align: center; color: #4b5563;
+             font-size: 15px; background: #f9fafb; }
+.sbg-empty b { color: #111827; }
+.sbg-banner { border-radius: 8px; padding: 8px 14px; font-size: 13.5px; }
+.sbg-banner.paused { background: #f3f4f6; color: #374151; border: 1px solid #d1d5db; }
+.sbg-banner.error { background: #fef2f2; color: #991b1b; border: 1px solid #fecaca; }
+.sbg-banner.finished { background: #ecfdf5; color: #065f46; border: 1px solid #a7f3d0; }
+.sbg-plot-title { font-weight: 650; font-size: 13.5px; color: #111827; font-family: ui-monospace, monospace; }
+.sbg-legend { font-size: 12px; color: #4b5563; display: flex; gap: 14px; flex-wrap: wrap; }
+.sbg-legend span::before { content: ""; display: inline-block; width: 10px; height: 10px; border-radius: 2px;
+                           margin-right: 5px; vertical-align: -1px; background: var(--c); }
+""" % STATE_COLORS
+
+
+def _fmt_int(n) -> str:
+    return f"{int(n):,}"
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Dashboard(pn.viewable.Viewer):
+    """Live dashboard over a :class:`~sbg.monitor.Monitor`.
+
+    Parameters
+    ----------
+    monitor : Monitor
+        The model; shared by every viewer of the same source.
+    data_dir : path
+        Directory the source and baseline pickers list, and uploads go to.
+    """
+
+    monitor = param.ClassSelector(class_=Monitor, doc="The monitor shown (shared by every session on it).")
+    data_dir = param.String(default="", doc="Directory whose files can be chosen or uploaded.")
+    window = param.Selector(default="10 min", objects=list(WINDOWS), doc="Visible time span of the live plots.")
+    entities = param.ListSelector(default=[], objects=[], doc="Entities drawn in the live plots.")
+    point_size = param.Number(default=4, bounds=(1, 12), doc="Point size of the baseline-vs-live scatter.")
+    update_ms = param.Integer(default=100, bounds=(50, 5000), doc="Milliseconds between updates of counters and state.")
+    plot_ms = param.Integer(default=500, bounds=(100, 10000), doc="Milliseconds between updates of the live plots.")
+    read_only = param.Boolean(default=False, doc="Hide the controls that change shared state.")
+    max_entities = param.Integer(default=4, bounds=(1, 24), doc="Entities drawn at first.")
+
+    def __init__(self, monitor: Monitor | None = None, **params):
+        if monitor is not None:
+            params["monitor"] = monitor
+        super().__init__(**params)
+        if self.monitor is None:
+            self.monitor = _default_monitor()
+        if not self.data_dir:
+            self.data_dir = str(Path(os.environ.get("SBG_DATA_DIR") or _bundled_data_dir()))
+        self._pending: deque = deque()
+        self._pending_rows = 0
+        self._max_pending_rows = 200_000
+        self._unsubscribe = None
+        self._callback = None
+        self._last_slow = 0.0
+        self._last_plot = 0.0
+        self._alerts_seen = -1
+        self._events_seen = -1
+        self._entity_options: list[str] = []
+        self._session_id = id(self)
+        self.rows_sent = 0
+        self._build_widgets()
+        self._build_views()
+        self._attach(self.monitor)
+
+    # ---- subscription -------------------------------------------------
+    def _attach(self, monitor: Monitor):
+        self._detach()
+        self._pending.clear()
+        self._pending_rows = 0
+        pending = self._pending
+        limit = self._max_pending_rows
+        state = {"rows": 0}
+
+        def on_chunk(chunk):
+            # Runs in the replay task: only queue, never touch the document here.
+            pending.append(chunk)
+            state["rows"] += len(chunk)
+            while state["rows"] > limit and len(pending) > 1:
+                state["rows"] -= len(pending.popleft())
+
+        self._pending_state = state
+        self._unsubscribe = monitor.subscribe(on_chunk)
+        _SESSIONS.add(self._session_id)
+        self._reset_live()
+
+    def _detach(self):
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        _SESSIONS.discard(self._session_id)
+
+    def _reset_live(self):
+        """New buffers and plots for the current entity selection, primed with retained history."""
+        m = self.monitor
+        labels = [str(e) for e in m.pipeline.features.index.labels]
+        if not self.entities or any(e not in labels for e in self.entities):
+            chosen = labels[: self.max_entities]
+        else:
+            chosen = list(self.entities)
+        self._entity_options = labels
+        self.param.entities.objects = labels
+        with param.parameterized.discard_events(self):
+            self.entities = chosen
+        if getattr(self, "live", None) is not None:
+            self.live.clear()
+        self.live = LiveBuffers(m.signals, chosen)
+        self._refresh_plots()
+        history = m.history.tail(200_000)
+        if len(history):
+            span = pd.Timedelta(seconds=WINDOWS[self.window])
+            recent = history[history["timestamp"] >= history["timestamp"].max() - span]
+            self.rows_sent += self.live.send(recent)
+            self._send_baseline(recent)
+
+    def _send_baseline(self, frame):
+        x, y = self._xy
+        if x in frame and y in frame:
+            part = frame[["timestamp", x, y]].dropna().tail(5000).reset_index(drop=True)
+            if len(part):
+                self._baseline_buffer.send(part)
+
+    # ---- widgets --------------------------------------------------------
+    def _build_widgets(self):
+        m = self.monitor
+        files = data_files(self.data_dir)
+        current = [self._relative(p) for p in m.paths]
+        options = files + [c for c in current if c not in files]
+        self.source_select = pn.widgets.Select(label="Data source", options=options, value=current[0],
+                                               sizing_mode="stretch_width")
+        self.baseline_select = pn.widgets.Select(
+            label="Baseline", options=["(none)"] + files,
+            value=self._relative(m.baseline_path) if m.baseline_path else "(none)", sizing_mode="stretch_width")
+        self.upload = pn.widgets.FileInput(accept=",".join(DATA_SUFFIXES), sizing_mode="stretch_width")
+        self.upload_status = pn.pane.HTML("", sizing_mode="stretch_width", styles={"font-size": "12px"})
+        self.speed = pn.widgets.RadioButtonGroup(label="Speed", options=list(SPEEDS), value=self._speed_label(),
+                                                 color="primary", variant="outline",
+                                                 sizing_mode="stretch_width")
+        self.start_btn = pn.widgets.Button(label="Start", color="success")
+        self.pause_btn = pn.widgets.Button(label="Pause", color="warning")
+        self.resume_btn = pn.widgets.Button(label="Resume", color="primary")
+        self.stop_btn = pn.widgets.Button(label="Stop", color="danger")
+        self.reset_btn = pn.widgets.Button(label="Reset", color="light")
+        self.progress = pn.indicators.Progress(label="Progress", value=0, max=100, sizing_mode="stretch_width",
+                                               bar_color="primary")
+        self.progress_text = pn.pane.HTML("", styles={"font-size": "12px", "color": "#4b5563"})
+        self.seek = pn.widgets.FloatSlider(label="Seek (% of the time span)", start=0, end=100, step=0.5,
+                                           value=0, sizing_mode="stretch_width")
+        self.seek_btn = pn.widgets.Button(label="Seek", color="default")
+        self.window_select = pn.widgets.Select.from_param(self.param.window, label="Visible window",
+                                                          sizing_mode="stretch_width")
+        self.entity_choice = pn.widgets.MultiChoice.from_param(self.param.entities, label="Entities",
+                                                               sizing_mode="stretch_width", max_items=24)
+        self.export_csv = pn.widgets.FileDownload(callback=self._alerts_csv, filename="sbg_alerts.csv",
+                                                  label="Alerts CSV", color="default")
+        self.export_json = pn.widgets.FileDownload(callback=self._alerts_json, filename="sbg_alerts.json",
+                                                   label="Alerts JSON", color="default")
+        signals = m.signals
+        self._xy = (signals[0], signals[1] if len(signals) > 1 else signals[0])
+        self.x_select = pn.widgets.Select(label="x", options=signals, value=self._xy[0], width=150)
+        self.y_select = pn.widgets.Select(label="y", options=signals, value=self._xy[1], width=150)
+        self.size_slider = pn.widgets.FloatSlider.from_param(self.param.point_size, label="Point size", width=160)
+
+        self.start_btn.on_click(lambda e: self._control("start"))
+        self.pause_btn.on_click(lambda e: self._control("pause"))
+        self.resume_btn.on_click(lambda e: self._control("resume"))
+        self.stop_btn.on_click(lambda e: self._control("stop"))
+        self.reset_btn.on_click(lambda e: self._control("reset"))
+        self.seek_btn.on_click(lambda e: self._control("seek"))
+        self.speed.param.watch(self._on_speed, "value")
+        self.source_select.param.watch(self._on_source, "value")
+        self.baseline_select.param.watch(self._on_source, "value")
+        self.upload.param.watch(self._on_upload, "value")
+        self.x_select.param.watch(self._on_xy, "value")
+        self.y_select.param.watch(self._on_xy, "value")
+
+    def _relative(self, path) -> str:
+        try:
+            return str(Path(path).resolve().relative_to(Path(self.data_dir).resolve()))
+        except ValueError:
+            return str(path)
+
+    def _speed_label(self):
+        speed = str(self.monitor.replay.speed).lower()
+        if speed == "max":
+            return "max"
+        label = speed if speed.endswith("x") else f"{float(speed):g}x"
+        return label if label in SPEEDS else "max"
+
+    def _settings_panel(self):
+        m = self.monitor
+        cards = []
+        for det in m.pipeline.detectors:
+            names = [p for p in det.param if p != "name" and not isinstance(det.param[p], param.Dict)]
+            cards.append(pn.Card(pn.Param(det, parameters=names, show_name=False, sizing_mode="stretch_width"),
+                                 title=f"Detector: {det.label}", collapsed=True, sizing_mode="stretch_width"))
+        for rule in m.engine.rules:
+            names = ["severity", "min_score", "pending_rows", "clear_rows"]
+            cards.append(pn.Card(pn.Param(rule, parameters=names, show_name=False, sizing_mode="stretch_width"),
+                                 title=f"Rule: {rule.name}", collapsed=True, sizing_mode="stretch_width"))
+        return pn.Column(*cards, sizing_mode="stretch_width")
+
+    # ---- views ----------------------------------------------------------
+    def _build_views(self):
+        css = [CSS]
+        self.live_indicator = pn.pane.HTML("", margin=(0, 10), stylesheets=css)
+        self.kpis = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=css)
+        self.banner = pn.pane.HTML("", sizing_mode="stretch_width", visible=False, stylesheets=css)
+        self.empty_state = pn.pane.HTML("", sizing_mode="stretch_width", visible=False, stylesheets=css)
+        self.health_empty = pn.pane.HTML('<div class="sbg-empty">No data yet: the fleet grid fills as rows arrive.</div>',
+                                         sizing_mode="stretch_width", stylesheets=css)
+        self.signals_area = pn.Column(sizing_mode="stretch_width")
+        import holoviews as hv
+
+        self.health_pipe = hv.streams.Pipe(data=pd.DataFrame())
+        self.activity_pipe = hv.streams.Pipe(data=self.monitor.activity_frame(10))
+        self._health_rows = -1
+        self.health_pane = pn.pane.HoloViews(sizing_mode="stretch_width", linked_axes=False, visible=False)
+        self.activity_pane = pn.pane.HoloViews(activity_view(self.activity_pipe), sizing_mode="stretch_width",
+                                               linked_axes=False)
+        self.entity_legend = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
+        self.baseline_pane = pn.pane.HoloViews(sizing_mode="stretch_width", linked_axes=False)
+        self.alerts_table = pn.widgets.Tabulator(
+            self._alerts_frame(), sizing_mode="stretch_width", height=330, disabled=True, show_index=False,
+            pagination="local", page_size=10, header_filters=True, selectable=False,
+            formatters={c: {"type": "plaintext"} for c in ("severity", "entity", "rule", "signal", "message", "state")},
+            layout="fit_data_stretch",
+        )
+        self.alerts_table.style.apply(self._severity_style, axis=1)
+        self.feed = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=css)
+        self.legend = pn.pane.HTML(stylesheets=css, object=
+            '<div class="sbg-legend">' + "".join(
+                f'<span style="--c:{STATE_COLORS[k]}">{k}</span>' for k in ("normal", "warning", "critical", "stale"))
+            + "</div>")
+        self.progress_text.stylesheets = css
+        self.upload_status.stylesheets = css
+
+    @staticmethod
+    def _severity_style(row):
+        colors = {"critical": "#fee2e2", "warning": "#fef3c7", "info": "#e0f2fe"}
+        color = colors.get(row.get("severity"), "")
+        if row.get("state") == "resolved":
+            color = "#f9fafb"
+        return [f"background-color: {color}" if color else "" for _ in row]
+
+    def _alerts_frame(self, limit=500) -> pd.DataFrame:
+        table = self.monitor.alerts.head(limit)
+        cols = ["start", "severity", "entity", "rule", "signal", "message", "state", "end"]
+        if table.empty:
+            return pd.DataFrame({c: pd.Series([], dtype="datetime64[ns]" if c in ("start", "end") else object)
+                                 for c in cols})
+        out = table[cols].copy()
+        for c in ("severity", "entity", "rule", "signal", "message", "state"):
+            out[c] = out[c].astype(object)
+        return out
+
+    def _refresh_plots(self):
+        span = WINDOWS[self.window]
+        m = self.monitor
+        if not m.signals:
+            self.signals_area.objects = [pn.pane.HTML('<div class="sbg-empty">No numeric signals.</div>')]
+            return
+        panes = [pn.Column(pn.pane.HTML(f'<div class="sbg-plot-title">{html.escape(s)}</div>', stylesheets=[CSS],
+                                        margin=(0, 10)),
+                           pn.pane.HoloViews(signal_view(self.live, s, span), sizing_mode="stretch_width",
+                                             linked_axes=False), sizing_mode="stretch_width")
+                 for s in m.signals]
+        ncols = 2 if len(panes) > 1 else 1
+        self.signals_area.objects = [pn.GridBox(*panes, ncols=ncols, sizing_mode="stretch_width")]
+        self.entity_legend.object = '<div class="sbg-legend">' + "".join(
+            f'<span style="--c:{ENTITY_COLORS[i % len(ENTITY_COLORS)]}">{html.escape(e)}</span>'
+            for i, e in enumerate(self.live.entities)) + (
+            f'<span style="--c:{STATE_COLORS["critical"]}">flagged point</span>'
+            f'<span style="--c:#9ca3af">band: mean ± {self.monitor.pipeline.stats.band_k:g} std</span></div>')
+        self._baseline_buffer = self._new_xy_buffer()
+        self.baseline_pane.object = baseline_view(m.reference, self._baseline_buffer, *self._xy,
+                                                  size=self.point_size)
+
+    def _new_xy_buffer(self):
+        import holoviews as hv
+
+        x, y = self._xy
+        empty = pd.DataFrame({"timestamp": pd.Series([], dtype="datetime64[ns]"),
+                              x: pd.Series([], dtype=float), y: pd.Series([], dtype=float)})
+        if x == y:
+            empty = empty.loc[:, ~empty.columns.duplicated()]
+        return hv.streams.Buffer(empty, length=5000, index=False)
+
+    # ---- callbacks ------------------------------------------------------
+    def _control(self, action):
+        if self.read_only:
+            return
+        r = self.monitor.replay
+        try:
+            if action == "start":
+                r.start()
+            elif action == "pause":
+                r.pause()
+            elif action == "resume":
+                r.resume()
+            elif action == "stop":
+                r.stop()
+            elif action == "reset":
+                r.reset()
+                self._reset_live()
+            elif action == "seek":
+                r.seek(self.seek.value / 100)
+                self._reset_live()
+        except (SbgError, ValueError) as exc:
+            self.monitor.pipeline.emit_event("error", f"{action} failed: {exc}", "critical")
+        self._update_fast(force=True)
+
+    def _on_speed(self, event):
+        if not self.read_only:
+            self.monitor.replay.speed = event.new
+
+    def _on_source(self, event):
+        if self.read_only:
+            return
+        try:
+            path = resolve_data_file(self.source_select.value, self.data_dir)
+            base = None if self.baseline_select.value == "(none)" else resolve_data_file(
+                self.baseline_select.value, self.data_dir)
+            monitor = shared_monitor([path], baseline=base, speed=self.speed.value)
+        except SbgError as exc:
+            self.upload_status.object = f'<span style="color:{STATE_COLORS["critical"]}">{html.escape(str(exc))}</span>'
+            return
+        self.monitor = monitor
+        self._xy = (monitor.signals[0], monitor.signals[1] if len(monitor.signals) > 1 else monitor.signals[0])
+        self.x_select.options = self.y_select.options = monitor.signals
+        self.x_select.value, self.y_select.value = self._xy
+        with param.parameterized.discard_events(self):
+            self.entities = []
+        self._attach(monitor)
+        self.settings_area.objects = [self._settings_panel()]
+        self._update_fast(force=True)
+
+    def _on_upload(self, event):
+        if self.read_only or not event.new:
+            return
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.upload.filename or "upload.csv").name)[:120]
+        if not name.lower().endswith(DATA_SUFFIXES):
+            self.upload_status.object = "Only .csv, .csv.gz and .parquet files can be uploaded."
+            return
+        if len(event.new) > MAX_UPLOAD_BYTES:
+            self.upload_status.object = f"{html.escape(name)} is larger than {MAX_UPLOAD_BYTES // 2**20} MB."
+            return
+        target = Path(self.data_dir) / "uploads" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(event.new)
+        try:
+            Monitor([target])  # validate the schema before offering it
+        except SbgError as exc:
+            target.unlink(missing_ok=True)
+            self.upload_status.object = f'<span style="color:{STATE_COLORS["critical"]}">{html.escape(str(exc))}</span>'
+            return
+        rel = self._relative(target)
+        self.source_select.options = data_files(self.data_dir)
+        self.upload_status.object = f"Uploaded {html.escape(rel)}."
+        self.source_select.value = rel
+
+    def _on_xy(self, event):
+        self._xy = (self.x_select.value, self.y_select.value)
+        self._refresh_plots()
+        self._send_baseline(self.monitor.history.tail(5000))
+
+    @param.depends("window", "entities", watch=True)
+    def _on_view_change(self):
+        self._reset_live()
+
+    @param.depends("point_size", watch=True)
+    def _on_size(self):
+        self.baseline_pane.object = baseline_view(self.monitor.reference, self._baseline_buffer, *self._xy,
+                                                  size=self.point_size)
+
+    def _alerts_csv(self):
+        return io.StringIO(self.monitor.alerts.to_csv(index=False))
+
+    def _alerts_json(self):
+        return io.StringIO(alerts_json(self.monitor.alerts))
+
+    # ---- periodic update ----------------------------------------------
+    def _drain(self):
+        if not self._pending or time.monotonic() - self._last_plot < self.plot_ms / 1000:
+            return
+        self._last_plot = time.monotonic()
+        chunks = []
+        while self._pending:
+            chunks.append(self._pending.popleft())
+        self._pending_state["rows"] = 0
+        frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+        known = len(self._entity_options)
+        if len(self.monitor.pipeline.features.index.labels) != known:
+            labels = [str(e) for e in self.monitor.pipeline.features.index.labels]
+            self._entity_options = labels
+            self.param.entities.objects = labels
+            if not self.entities:
+                self._reset_live()
+                return
+        self.rows_sent += self.live.send(frame)
+        self._send_baseline(frame)
+
+    def _tick(self):
+        try:
+            self._drain()
+            self._update_fast()
+            now = time.monotonic()
+            if now - self._last_slow >= 1.0:
+                self._last_slow = now
+                self._update_slow()
+        except Exception as exc:  # a view must never stop the replay
+            self.monitor.metrics.record_error("dashboard", exc)
+
+    def _update_fast(self, force=False):
+        m = self.monitor
+        r = m.replay
+        d = m.metrics
+        state = r.state
+        errors = d.errors
+        css = "error" if errors else ("running" if state == "running" else "")
+        label = {"running": "Live", "paused": "Paused", "stopped": "Stopped", "idle": "Ready",
+                 "finished": "Finished"}[state]
+        if errors:
+            label += f" · {errors} error{'s' if errors != 1 else ''}"
+        self.live_indicator.object = (f'<span class="sbg-live {css}" title="replay state" data-state="{state}">'
+                                      f'<span class="sbg-dot"></span>{label}</span>')
+        pct = r.percent
+        self.progress.value = int(pct)
+        self.progress_text.object = (f"{_fmt_int(r.rows_emitted)} of {_fmt_int(r.rows_total or 0)} rows · "
+                                     f"{pct:.1f}% · speed {html.escape(str(r.speed))}")
+        sim = "–" if r.sim_time is None else pd.Timestamp(r.sim_time).strftime("%Y-%m-%d %H:%M:%S")
+        cards = [
+            ("Rows in", "rows_in", _fmt_int(d.rows_in), ""),
+            ("Quarantined", "rows_quarantined", _fmt_int(d.rows_quarantined), "warning" if d.rows_quarantined else ""),
+            ("Analyses", "analyses", _fmt_int(d.analyses), ""),
+            ("Rows/s", "ingest_rate", f"{d.ingest_rate:,.0f}" if state == "running" else "0", ""),
+            ("Uptime", "uptime", _fmt_duration(time.time() - m.started_at.timestamp()), ""),
+            ("Entities", "entities", _fmt_int(d.entities), ""),
+            ("Firing", "alerts_firing", _fmt_int(d.alerts_firing), "critical" if d.alerts_firing else ""),
+            ("Sim time", "sim_time", sim, "small"),
+            ("Done", "percent", f"{pct:.1f}%", ""),
+        ]
+        self.kpis.object = '<div class="sbg-kpis">' + "".join(
+            f'<div class="sbg-kpi {cls if cls != "small" else ""}" data-kpi="{key}" title="{html.escape(name)}">'
+            f'<div class="label">{html.escape(name)}</div>'
+            f'<div class="value {"small" if cls == "small" else ""}">{html.escape(value)}</div></div>'
+            for name, key, value, cls in cards) + "</div>"
+        banner = ""
+        if errors:
+            banner = (f'<div class="sbg-banner error"><b>Pipeline errors: {errors}.</b> Latest: '
+                      f"{html.escape(d.last_error[:300])}. The replay goes on; see the event feed.</div>")
+        elif state == "paused":
+            banner = '<div class="sbg-banner paused"><b>Paused.</b> The clock is held; press Resume to carry on.</div>'
+        elif state == "finished":
+            banner = ('<div class="sbg-banner finished"><b>Replay finished.</b> '
+                      f"{_fmt_int(d.rows_in)} rows, {_fmt_int(d.alerts_total)} alerts. Reset to replay again.</div>")
+        self.banner.object = banner
+        self.banner.visible = bool(banner)
+        if state == "idle" and not d.rows_in:
+            names = ", ".join(html.escape(p.name) for p in m.paths)
+            empty = (f'<div class="sbg-empty">Ready to replay <b>{names}</b> '
+                     f"({_fmt_int(r.rows_total or m.replay.scan())} rows). Press <b>Start</b> in the sidebar.</div>")
+            if not isinstance(self.empty_state.object, str) or self.empty_state.object != empty:
+                self.empty_state.object = empty
+            self.empty_state.visible = True
+        else:
+            self.empty_state.visible = False
+
+    def _update_slow(self):
+        m = self.monitor
+        health = m.health()
+        self.health_empty.visible = health.empty
+        self.health_pane.visible = not health.empty
+        if not health.empty:
+            n = health["entity"].nunique()
+            if n != self._health_rows:
+                # A new grid only when the fleet grows; otherwise the Pipe updates the colours in place.
+                self._health_rows = n
+                self.health_pipe.event(data=health)
+                self.health_pane.object = health_view(self.health_pipe, health_height(n))
+            else:
+                self.health_pipe.event(data=health)
+        self.activity_pipe.event(data=m.activity_frame(10))
+        version = (len(m.engine.alerts), sum(a.reopened for a in m.engine.alerts.values()),
+                   sum(a.state == "resolved" for a in m.engine.alerts.values()))
+        if version != self._alerts_seen:
+            self._alerts_seen = version
+            self.alerts_table.value = self._alerts_frame()
+        events = list(m.events)[-100:]
+        key = (len(m.events), events[-1]["time"] if events else None, events[-1]["message"] if events else None)
+        if key != self._events_seen:
+            self._events_seen = key
+            items = []
+            for ev in reversed(events):
+                cls = "error" if ev["kind"] == "error" else ev["severity"]
+                items.append(f'<div class="ev {html.escape(cls)}"><span class="t">{html.escape(ev["time"][11:19])}</span>'
+                             f'{html.escape(ev["kind"])}: {html.escape(ev["message"])}</div>')
+            self.feed.object = ('<div class="sbg-feed">' + ("".join(items) or
+                                "<div class=\"ev\">No events yet: alert changes, quarantined rows and errors "
+                                "appear here.</div>") + "</div>")
+
+    def start_updates(self):
+        """Begin the per-session display callback (served sessions and notebooks)."""
+        if self._callback is None:
+            self._callback = pn.state.add_periodic_callback(self._tick, period=self.update_ms)
+        self._update_fast(force=True)
+        self._update_slow()
+
+    def stop_updates(self):
+        if self._callback is not None:
+            self._callback.stop()
+            self._callback = None
+
+    def close(self):
+        """Unsubscribe and free this view's buffers (called when a served session ends)."""
+        self.stop_updates()
+        self._detach()
+        self._pending.clear()
+        self.live.clear()
+
+    # ---- layout ---------------------------------------------------------
+    def _main(self):
+        top = pn.Column(self.kpis, self.banner, self.empty_state, sizing_mode="stretch_width")
+        right = pn.Column(pn.Row(pn.pane.Markdown("**Fleet health**", margin=(0, 5)), self.legend),
+                          self.health_empty, self.health_pane, self.activity_pane, sizing_mode="stretch_width")
+        plots = pn.Row(pn.Column(self.entity_legend, self.signals_area, sizing_mode="stretch_width"), right,
+                       sizing_mode="stretch_width")
+        plots[0].width_policy = "max"
+        right.styles = {"flex": "0 0 32%"}
+        bottom = pn.Row(
+            pn.Column(pn.Row(pn.pane.Markdown("### Alerts", margin=(0, 5)), pn.Spacer(), self.export_csv,
+                             self.export_json, sizing_mode="stretch_width"), self.alerts_table,
+                      sizing_mode="stretch_width"),
+            pn.Column(pn.pane.Markdown("### Events", margin=(0, 5)), self.feed, width=420),
+            sizing_mode="stretch_width",
+        )
+        baseline = pn.Column(pn.Row(self.x_select, self.y_select, self.size_slider), self.baseline_pane,
+                             sizing_mode="stretch_width")
+        return pn.Column(top, plots, bottom, pn.layout.Divider(), baseline, sizing_mode="stretch_width")
+
+    def _sidebar(self):
+        controls = pn.Column(
+            pn.Row(self.start_btn, self.pause_btn, sizing_mode="stretch_width"),
+            pn.Row(self.resume_btn, self.stop_btn, self.reset_btn, sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )
+        self.settings_area = pn.Column(self._settings_panel(), sizing_mode="stretch_width")
+        items = [self.source_select, self.upload, self.upload_status, self.baseline_select,
+                 pn.pane.Markdown("**Speed**", margin=(5, 10, 0, 10)), self.speed]
+        if not self.read_only:
+            items.append(controls)
+        items += [self.progress, self.progress_text]
+        if not self.read_only:
+            items += [pn.Row(self.seek, self.seek_btn, sizing_mode="stretch_width")]
+        items += [self.window_select, self.entity_choice,
+                  pn.pane.Markdown("**Detectors and rules**", margin=(10, 10, 0, 10)), self.settings_area]
+        if self.read_only:
+            for w in (self.source_select, self.baseline_select, self.upload, self.speed):
+                w.disabled = True
+        return pn.Column(*items, sizing_mode="stretch_width")
+
+    def __panel__(self):
+        """Inline layout (notebooks): sidebar beside the main area."""
+        if not hasattr(self, "_inline"):
+            self._inline = pn.Row(
+                pn.Column(pn.Row(pn.pane.Markdown("## sbg", margin=(0, 10)), self.live_indicator),
+                          self._sidebar(), width=320),
+                self._main(), sizing_mode="stretch_width")
+            self.start_updates()
+        return self._inline
+
+    def servable(self, title: str = "sbg · Smart Battery Guardian", **kwargs):
+        """Serve as a page: template with header, sidebar and main area; cleans up with the session."""
+        # pn.state.served looks at the caller's module name, which is this one: ask the document instead.
+        doc = pn.state.curdoc
+        if doc is None or doc.session_context is None:
+            return super().servable(title=title, **kwargs)
+        # Bootstrap: the one template that needs no web fonts from the internet.
+        template = pn.template.BootstrapTemplate(
+            title=title, sidebar=[self._sidebar()], main=[self._main()], header=[self.live_indicator],
+            header_background="#0f172a", sidebar_width=340,
+        )
+        self.start_updates()
+
+        def on_destroyed(session_context):
+            self.close()
+
+        pn.state.on_session_destroyed(on_destroyed)
+        return template.servable(**kwargs)
+
+
+def entity_color(i: int) -> str:
+    return ENTITY_COLORS[i % len(ENTITY_COLORS)]
+
+
+def status_payload(monitor: Monitor) -> dict:
+    """What ``/api/status`` answers: metrics, replay state and progress, source and start time."""
+    status = monitor.status()
+    status["started_at"] = monitor.started_at.isoformat()
+    status["sessions"] = session_count()
+    status["subscribers"] = monitor.subscriber_count
+    return json.loads(json.dumps(status, default=str))

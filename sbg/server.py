@@ -1,0 +1,156 @@
+"""Status endpoints served beside the dashboard: ``panel serve ... --plugins sbg.server``.
+
+* ``GET /api/status``  metrics, replay state and progress, source and start time (JSON)
+* ``GET /api/alerts?limit=N``  the newest alerts (JSON)
+* ``GET /metrics``  the same counters in the Prometheus text format
+
+The handlers authenticate like the app page: with ``--basic-auth`` or OAuth
+on, a request without a valid login gets 401. They answer for the monitors of
+this server process (the sources someone has opened), each labelled by source.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import os
+
+from bokeh.server.auth_provider import NullAuth
+from bokeh.server.views.auth_request_handler import AuthRequestHandler
+from tornado.web import HTTPError
+
+from .alerts import _records
+
+__all__ = ["ROUTES", "prometheus_text"]
+
+
+def _monitors():
+    from .app import monitors
+
+    return list(monitors().values())
+
+
+def _check_password(username: str, password: str) -> bool:
+    from panel.config import config
+
+    users = config.basic_auth  # a password, a path to a JSON file of users, or a dict
+    if isinstance(users, str) and os.path.isfile(users):
+        with open(users, encoding="utf-8") as fh:
+            users = json.load(fh)
+    if isinstance(users, dict):
+        return username in users and hmac.compare_digest(str(users[username]), password)
+    return isinstance(users, str) and bool(users) and hmac.compare_digest(users, password)
+
+
+class _Api(AuthRequestHandler):
+    """Authenticated like the app page.
+
+    Plugin routes are not guarded by ``panel serve --basic-auth`` themselves:
+    this handler accepts the signed login cookie the page sets, or an HTTP
+    Basic header (for Prometheus and curl), and answers 401 otherwise.
+    """
+
+    def get_current_user(self):
+        if isinstance(self.application.auth_provider, NullAuth):
+            return "anonymous"  # served without --basic-auth or OAuth
+        user = super().get_current_user()
+        if user:
+            return user
+        header = self.request.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            try:
+                name, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            if _check_password(name, password):
+                return name
+        return None
+
+    def prepare(self):
+        if not self.current_user:
+            self.set_header("WWW-Authenticate", 'Basic realm="sbg"')
+            raise HTTPError(401)
+
+    def write_json(self, payload):
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.write(json.dumps(payload, default=str))
+
+
+class StatusHandler(_Api):
+    def get(self):
+        from .app import _default_monitor, status_payload
+
+        found = _monitors() or [_default_monitor()]
+        payloads = [status_payload(m) for m in found]
+        out = dict(payloads[0])
+        out["monitors"] = payloads
+        self.write_json(out)
+
+
+class AlertsHandler(_Api):
+    def get(self):
+        try:
+            limit = int(self.get_argument("limit", "100"))
+        except ValueError:
+            raise HTTPError(400, "limit must be an integer") from None
+        if not 1 <= limit <= 10_000:
+            raise HTTPError(400, "limit must be between 1 and 10000")
+        alerts = []
+        for m in _monitors():
+            alerts += _records(m.alerts.head(limit))
+        alerts.sort(key=lambda a: (a["start"] or "", a["id"]), reverse=True)
+        self.write_json({"alerts": alerts[:limit], "count": len(alerts[:limit])})
+
+
+def _escape_label(value) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus_text(monitors) -> str:
+    """Prometheus exposition (text format 0.0.4) of every monitor's counters.
+
+    >>> prometheus_text([]).splitlines()[0]
+    '# HELP sbg_rows_in_total Rows read from the sources.'
+    """
+    metrics = [
+        ("rows_in", "counter", "Rows read from the sources."),
+        ("rows_ok", "counter", "Rows that passed validation."),
+        ("rows_quarantined", "counter", "Rows quarantined with line, raw text and reason."),
+        ("analyses", "counter", "Chunks processed by the pipeline."),
+        ("errors", "counter", "Exceptions caught in pipeline steps, sinks or views."),
+        ("alerts_total", "counter", "Alerts raised."),
+        ("alerts_firing", "gauge", "Alerts currently firing."),
+        ("entities", "gauge", "Entities seen."),
+        ("ingest_rate", "gauge", "Rows per second over the last seconds."),
+        ("uptime_s", "gauge", "Seconds since the run started."),
+        ("percent_done", "gauge", "Share of the data replayed, in percent."),
+        ("sessions", "gauge", "Dashboard sessions subscribed to the monitor."),
+    ]
+    lines = []
+    for name, kind, doc in metrics:
+        full = f"sbg_{name}" + ("_total" if kind == "counter" and not name.endswith("_total") else "")
+        lines.append(f"# HELP {full} {doc}")
+        lines.append(f"# TYPE {full} {kind}")
+        for m in monitors:
+            d = m.metrics.as_dict()
+            d["percent_done"] = m.replay.percent
+            d["sessions"] = m.subscriber_count
+            state = m.replay.state
+            lines.append(f'{full}{{source="{_escape_label(m.source_key)}",state="{state}"}} {float(d[name]):.6g}')
+    return "\n".join(lines) + "\n"
+
+
+class MetricsHandler(_Api):
+    def get(self):
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.write(prometheus_text(_monitors()))
+
+
+ROUTES = [
+    (r"/api/status", StatusHandler, {}),
+    (r"/api/alerts", AlertsHandler, {}),
+    (r"/metrics", MetricsHandler, {}),
+]
