@@ -15,6 +15,7 @@ the tab unsubscribes and frees everything the session held.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
 import json
@@ -143,7 +144,7 @@ def _bundled_data_dir():
 
 
 CSS = """
-:root { --sbg-normal: %(normal)s; --sbg-warning: %(warning)s; --sbg-critical: %(critical)s;
+:host, :root { --sbg-normal: %(normal)s; --sbg-warning: %(warning)s; --sbg-critical: %(critical)s;
         --sbg-stale: %(stale)s; --sbg-info: %(info)s; }
 .sbg-live { display: inline-flex; align-items: center; gap: 8px; font-weight: 600; font-size: 14px;
             color: inherit; padding: 4px 10px; border-radius: 14px; background: rgba(255,255,255,0.12); }
@@ -155,10 +156,10 @@ CSS = """
 .sbg-kpis { display: grid; grid-template-columns: repeat(auto-fit, minmax(92px, 1fr)); gap: 7px; width: 100%%; }
 .sbg-kpi { background: var(--panel-surface-color, #fff); border: 1px solid #e5e7eb; border-radius: 10px;
            padding: 7px 10px; min-width: 0; }
-.sbg-kpi .label { font-size: 11px; text-transform: uppercase; letter-spacing: .04em; color: #6b7280;
+.sbg-kpi .label { font-size: 10.5px; text-transform: uppercase; letter-spacing: .02em; color: #6b7280;
                   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .sbg-kpi .value.small { font-size: 14px; padding-top: 5px; }
-.sbg-kpi .value { font-size: 20px; font-weight: 650; font-variant-numeric: tabular-nums; color: #111827;
+.sbg-kpi .value { font-size: 18px; font-weight: 650; font-variant-numeric: tabular-nums; color: #111827;
                   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .sbg-kpi.warning { border-color: var(--sbg-warning); } .sbg-kpi.warning .value { color: var(--sbg-warning); }
 .sbg-kpi.critical { border-color: var(--sbg-critical); background: #fef2f2; }
@@ -177,7 +178,7 @@ CSS = """
 .sbg-banner.paused { background: #f3f4f6; color: #374151; border: 1px solid #d1d5db; }
 .sbg-banner.error { background: #fef2f2; color: #991b1b; border: 1px solid #fecaca; }
 .sbg-banner.finished { background: #ecfdf5; color: #065f46; border: 1px solid #a7f3d0; }
-.sbg-plot-title { font-weight: 650; font-size: 13.5px; color: #111827; font-family: ui-monospace, monospace; }
+.sbg-plot-title { font-weight: 650; font-size: 13.5px; color: #111827; }
 .sbg-legend { font-size: 12px; color: #4b5563; display: flex; gap: 14px; flex-wrap: wrap; }
 .sbg-legend span::before { content: ""; display: inline-block; width: 10px; height: 10px; border-radius: 2px;
                            margin-right: 5px; vertical-align: -1px; background: var(--c); }
@@ -212,7 +213,7 @@ class Dashboard(pn.viewable.Viewer):
     entities = param.ListSelector(default=[], objects=[], doc="Entities drawn in the live plots.")
     point_size = param.Number(default=4, bounds=(1, 12), doc="Point size of the baseline-vs-live scatter.")
     update_ms = param.Integer(default=100, bounds=(50, 5000), doc="Milliseconds between updates of counters and state.")
-    plot_ms = param.Integer(default=500, bounds=(100, 10000), doc="Milliseconds between updates of the live plots.")
+    plot_ms = param.Integer(default=1000, bounds=(100, 10000), doc="Milliseconds between updates of the live plots.")
     read_only = param.Boolean(default=False, doc="Hide the controls that change shared state.")
     max_entities = param.Integer(default=4, bounds=(1, 24), doc="Entities drawn at first.")
 
@@ -276,9 +277,12 @@ class Dashboard(pn.viewable.Viewer):
         else:
             chosen = list(self.entities)
         self._entity_options = labels
-        self.param.entities.objects = labels
-        with param.parameterized.discard_events(self):
+        self._resetting = True
+        try:
+            self.param.entities.objects = labels
             self.entities = chosen
+        finally:
+            self._resetting = False
         if getattr(self, "live", None) is not None:
             self.live.clear()
         self.live = LiveBuffers(m.signals, chosen)
@@ -506,8 +510,11 @@ class Dashboard(pn.viewable.Viewer):
         self._xy = (monitor.signals[0], monitor.signals[1] if len(monitor.signals) > 1 else monitor.signals[0])
         self.x_select.options = self.y_select.options = monitor.signals
         self.x_select.value, self.y_select.value = self._xy
-        with param.parameterized.discard_events(self):
+        self._resetting = True
+        try:
             self.entities = []
+        finally:
+            self._resetting = False
         self._attach(monitor)
         self.settings_area.objects = [self._settings_panel()]
         self._update_fast(force=True)
@@ -543,7 +550,8 @@ class Dashboard(pn.viewable.Viewer):
 
     @param.depends("window", "entities", watch=True)
     def _on_view_change(self):
-        self._reset_live()
+        if not getattr(self, "_resetting", False):
+            self._reset_live()
 
     @param.depends("point_size", watch=True)
     def _on_size(self):
@@ -558,7 +566,7 @@ class Dashboard(pn.viewable.Viewer):
 
     # ---- periodic update ----------------------------------------------
     def _drain(self):
-        if not self._pending or time.monotonic() - self._last_plot < self.plot_ms / 1000:
+        if not self._pending:
             return
         self._last_plot = time.monotonic()
         chunks = []
@@ -578,13 +586,23 @@ class Dashboard(pn.viewable.Viewer):
         self._send_baseline(frame)
 
     def _tick(self):
+        if self.live is None:
+            return
+        doc = pn.state.curdoc
+        now = time.monotonic()
+        plot_due = bool(self._pending) and now - self._last_plot >= self.plot_ms / 1000
+        slow_due = now - self._last_slow >= 1.0
         try:
-            self._drain()
+            if plot_due or slow_due:
+                # One model-graph walk and one message for the whole update:
+                # every plot refresh would otherwise walk all the page's models.
+                with (doc.models.freeze() if doc is not None else contextlib.nullcontext()), pn.io.hold(doc):
+                    if plot_due:
+                        self._drain()
+                    if slow_due:
+                        self._last_slow = now
+                        self._update_slow()
             self._update_fast()
-            now = time.monotonic()
-            if now - self._last_slow >= 1.0:
-                self._last_slow = now
-                self._update_slow()
         except Exception as exc:  # a view must never stop the replay
             self.monitor.metrics.record_error("dashboard", exc)
 
@@ -605,16 +623,18 @@ class Dashboard(pn.viewable.Viewer):
         self.progress.value = int(pct)
         self.progress_text.object = (f"{_fmt_int(r.rows_emitted)} of {_fmt_int(r.rows_total or 0)} rows · "
                                      f"{pct:.1f}% · speed {html.escape(str(r.speed))}")
-        sim = "–" if r.sim_time is None else pd.Timestamp(r.sim_time).strftime("%Y-%m-%d %H:%M:%S")
+        sim_ts = None if r.sim_time is None else pd.Timestamp(r.sim_time)
+        sim = "–" if sim_ts is None else sim_ts.strftime("%H:%M:%S")
+        sim_label = "Sim time" if sim_ts is None else f"Sim {sim_ts:%m-%d}"
         cards = [
             ("Rows in", "rows_in", _fmt_int(d.rows_in), ""),
-            ("Quarantined", "rows_quarantined", _fmt_int(d.rows_quarantined), "warning" if d.rows_quarantined else ""),
+            ("Quarantine", "rows_quarantined", _fmt_int(d.rows_quarantined), "warning" if d.rows_quarantined else ""),
             ("Analyses", "analyses", _fmt_int(d.analyses), ""),
             ("Rows/s", "ingest_rate", f"{d.ingest_rate:,.0f}" if state == "running" else "0", ""),
             ("Uptime", "uptime", _fmt_duration(time.time() - m.started_at.timestamp()), ""),
             ("Entities", "entities", _fmt_int(d.entities), ""),
             ("Firing", "alerts_firing", _fmt_int(d.alerts_firing), "critical" if d.alerts_firing else ""),
-            ("Sim time", "sim_time", sim, "small"),
+            (sim_label, "sim_time", sim, ""),
             ("Done", "percent", f"{pct:.1f}%", ""),
         ]
         self.kpis.object = '<div class="sbg-kpis">' + "".join(
@@ -689,16 +709,21 @@ class Dashboard(pn.viewable.Viewer):
             self._callback = None
 
     def close(self):
-        """Unsubscribe and free this view's buffers (called when a served session ends)."""
+        """Unsubscribe and drop this view's buffers (called when a served session ends).
+
+        The buffers are dropped, not cleared: clearing would try to redraw
+        plots whose document is already gone.
+        """
         self.stop_updates()
         self._detach()
         self._pending.clear()
-        self.live.clear()
+        self.live = None
 
     # ---- layout ---------------------------------------------------------
     def _main(self):
         top = pn.Column(self.kpis, self.banner, self.empty_state, sizing_mode="stretch_width")
-        right = pn.Column(pn.Row(pn.pane.Markdown("**Fleet health**", margin=(0, 5)), self.legend),
+        right = pn.Column(pn.pane.HTML('<div class="sbg-plot-title">Fleet health</div>', stylesheets=[CSS],
+                                       margin=(0, 10)), self.legend,
                           self.health_empty, self.health_pane, self.activity_pane, sizing_mode="stretch_width")
         plots = pn.Row(pn.Column(self.entity_legend, self.signals_area, sizing_mode="stretch_width"), right,
                        sizing_mode="stretch_width")
@@ -759,8 +784,11 @@ class Dashboard(pn.viewable.Viewer):
         )
         self.start_updates()
 
+        session_id = doc.session_context.id
+
         def on_destroyed(session_context):
-            self.close()
+            if session_context.id == session_id:
+                self.close()
 
         pn.state.on_session_destroyed(on_destroyed)
         return template.servable(**kwargs)

@@ -417,8 +417,10 @@ def serve_command(args) -> tuple[list[str], dict]:
            "SBG_CONFIG": str(args.config.resolve()) if args.config else "",
            "SBG_ALERTS_DB": str(args.alerts_db.resolve()) if args.alerts_db else "",
            "SBG_ADMIN_USERS": args.admin_users or ""}
+    # One process (the monitor lives in it); a closed tab is freed within seconds, not Bokeh's 30.
     cmd = [sys.executable, "-m", "panel", "serve", str(app), "--plugins", "sbg.server", "--port", str(args.port),
-           "--address", args.address, "--num-procs", "1"]
+           "--address", args.address, "--num-procs", "1", "--check-unused-sessions", "2000",
+           "--unused-session-lifetime", "2000"]
     origins = args.allow_websocket_origin or [f"{args.address}:{args.port}", f"localhost:{args.port}"]
     for origin in origins:
         cmd += ["--allow-websocket-origin", origin]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import param
 
 __all__ = [
     "STATE_COLORS",
@@ -119,16 +118,48 @@ class LiveBuffers:
                 buf.update(data=flagged)
                 touched.append(buf)
         if touched:
-            # One trigger for all: each plot refreshes once. Every Buffer's
-            # parameter is called "data", which trigger() reports as a clash;
-            # plots read their own Buffer, so the merged keywords are unused.
-            with param.logging_level("ERROR"):
-                hv.streams.Stream.trigger(touched)
+            trigger_together(touched)
         return len(frame)
 
     def clear(self):
         for buf in (*self.buffers.values(), *self.flags.values()):
             buf.clear()
+
+
+def trigger_together(streams):
+    """Trigger several streams so that each subscriber (each plot) refreshes once.
+
+    ``hv.streams.Stream.trigger`` does this too, but compares every Buffer's
+    frame with every other (all their parameters are called ``data``) and
+    prints a clash warning; plots read their own Buffer, so the merged
+    keywords carry nothing they need.
+    """
+    from collections import defaultdict
+
+    from holoviews.streams import triggering_streams
+
+    contents = {}
+    groups = defaultdict(list)
+    for stream in streams:
+        contents.update(stream.contents)
+        stream._on_trigger()
+        for precedence, subscriber in stream._subscribers:
+            groups[precedence].append(subscriber)
+    seen, ordered = set(), []
+    for _, subscribers in sorted(groups.items(), key=lambda item: item[0]):
+        for subscriber in subscribers:
+            if id(subscriber) not in seen:
+                seen.add(id(subscriber))
+                ordered.append(subscriber)
+    errors = []
+    with triggering_streams(streams):
+        for subscriber in ordered:
+            try:
+                subscriber(**contents)
+            except Exception as exc:  # one broken plot must not starve the others
+                errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def _element(kind, kdims, vdims, label=""):
@@ -156,7 +187,7 @@ def signal_view(buffers: LiveBuffers, signal: str, span_s: float, height: int = 
     """
     hv = _hv()
     common = dict(responsive=True, height=height, show_legend=False, xlabel="", ylabel=signal, show_grid=True,
-                  hooks=[_follow_hook(span_s)], toolbar="right", framewise=True)
+                  hooks=[_follow_hook(span_s)], toolbar="right")
     layers = []
     for i, (entity, buf) in enumerate(buffers.buffers.items()):
         color = ENTITY_COLORS[i % len(ENTITY_COLORS)]
@@ -206,14 +237,14 @@ def activity_element(frame: pd.DataFrame, height: int = 190):
     hv = _hv()
     # Minutes ago, short enough for a narrow axis; object dtype because HoloViews
     # reshapes categorical values, which pandas' Arrow-backed strings refuse.
-    labels = [f"-{len(frame) - 1 - i}m" if i < len(frame) - 1 else "now" for i in range(len(frame))]
+    labels = [str(i - len(frame) + 1) for i in range(len(frame))]
     frame = frame.assign(label=pd.Series(labels, index=frame.index, dtype=object))
     rows = hv.Bars(frame, "label", "rows").opts(color="#2563eb", alpha=0.8, tools=["hover"], ylabel="rows / min")
     alerts = hv.Curve(frame, "label", "alerts").opts(color=STATE_COLORS["critical"], line_width=2, tools=["hover"],
                                                    ylabel="alerts / min")
     points = hv.Scatter(frame, "label", "alerts").opts(color=STATE_COLORS["critical"], size=6)
     return (rows * alerts * points).opts(multi_y=True, responsive=True, height=height, show_legend=False,
-                                         title="Activity, last 10 minutes", xlabel="", framewise=True)
+                                         title="Activity per minute", xlabel="minutes ago", framewise=True)
 
 
 def activity_view(pipe, height: int = 190):
