@@ -327,6 +327,7 @@ async def _interactive(monitor, out: _Out, progress):
         out.line(out.paint(f"[{replay.state}]", "dim"))
 
     loop.add_reader(sys.stdin.fileno(), on_input)
+    replay.scan()
     replay.start()
     try:
         while not done.is_set():
