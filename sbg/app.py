@@ -283,10 +283,15 @@ class Dashboard(pn.viewable.Viewer):
             self.entities = chosen
         finally:
             self._resetting = False
-        if getattr(self, "live", None) is not None:
-            self.live.clear()
-        self.live = LiveBuffers(m.signals, chosen)
-        self._refresh_plots()
+        live = getattr(self, "live", None)
+        if live is not None and live.entities == [str(e) for e in chosen] and live.signals == list(m.signals) \
+                and getattr(self, "_live_window", None) == self.window:
+            # Same plots: empty their Buffers instead of replacing models the browser may still reference.
+            live.clear()
+        else:
+            self.live = LiveBuffers(m.signals, chosen)
+            self._live_window = self.window
+            self._refresh_plots()
         history = m.history.tail(200_000)
         if len(history):
             span = pd.Timedelta(seconds=WINDOWS[self.window])

@@ -175,27 +175,11 @@ def test_start_pause_resume_reset(server, browser):
     tab.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a second tab opened while the replay runs at 100x renders too slowly: "
-                   "per-session HoloViews overlay refreshes saturate the server (open work on issue 3)")
-def test_tabs_share_state_and_a_late_tab_shows_history(server, browser):
-    first = Tab(browser, server)
-    first.click("Start")
-    first.wait_for(lambda: first.kpi("rows_in") > 2000, what="a few thousand rows")
-    late = Tab(browser, server)
-    # History first: the late tab's plots are drawn from retained rows at once.
-    late.wait_for(lambda: late.points() > 500, timeout=15, what="history in the late tab")
-    late.shot("late_tab")
-    first.click("Pause")
-    late.wait_for(lambda: late.state() == "paused", what="the pause to reach the other tab")
-    late.page.wait_for_timeout(1000)
-    first.page.wait_for_timeout(1000)
-    assert late.kpi("rows_in") == first.kpi("rows_in") == status(server)["metrics"]["rows_in"]
-    assert first.errors == [] and late.errors == []
-    first.close()
-    late.close()
-
-
 def test_closing_tabs_frees_their_sessions(server, browser):
+    # Tabs of earlier tests are freed a few seconds after they close: start from a settled count.
+    deadline = time.monotonic() + 30
+    while status(server)["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.5)
     before = status(server)
     tabs = [Tab(browser, server) for _ in range(3)]
     during = status(server)
@@ -229,6 +213,7 @@ def test_status_endpoints_agree(server):
     with pytest.raises(urllib.error.HTTPError) as bad:
         get(server + "/api/alerts?limit=nope")
     assert bad.value.code == 400
+    bad.value.close()
 
 
 def test_fleet_faults_reach_the_alerts_table(server, browser):
@@ -254,3 +239,26 @@ def test_fleet_faults_reach_the_alerts_table(server, browser):
     tab.shot("finished")
     assert tab.errors == []
     tab.close()
+
+
+@pytest.mark.xfail(strict=True, reason="a second tab opened while the replay runs at 100x renders too slowly: "
+                   "per-session HoloViews overlay refreshes saturate the server (open work on issue 3)")
+def test_tabs_share_state_and_a_late_tab_shows_history(server, browser):
+    # Last in the module: while it is xfail it may leave the replay running.
+    first = Tab(browser, server)
+    first.click("Reset")
+    first.page.get_by_role("button", name="100x", exact=True).click()
+    first.click("Start")
+    first.wait_for(lambda: first.kpi("rows_in") > 2000, what="a few thousand rows")
+    late = Tab(browser, server)
+    # History first: the late tab's plots are drawn from retained rows at once.
+    late.wait_for(lambda: late.points() > 500, timeout=15, what="history in the late tab")
+    late.shot("late_tab")
+    first.click("Pause")
+    late.wait_for(lambda: late.state() == "paused", what="the pause to reach the other tab")
+    late.page.wait_for_timeout(1000)
+    first.page.wait_for_timeout(1000)
+    assert late.kpi("rows_in") == first.kpi("rows_in") == status(server)["metrics"]["rows_in"]
+    assert first.errors == [] and late.errors == []
+    first.close()
+    late.close()
