@@ -799,10 +799,6 @@ class Dashboard(pn.viewable.Viewer):
         return template.servable(**kwargs)
 
 
-def entity_color(i: int) -> str:
-    return ENTITY_COLORS[i % len(ENTITY_COLORS)]
-
-
 def status_payload(monitor: Monitor) -> dict:
     """What ``/api/status`` answers: metrics, replay state and progress, source and start time."""
     status = monitor.status()
