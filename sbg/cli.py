@@ -238,8 +238,7 @@ def _summary_lines(monitor, out: _Out, elapsed: float):
     if monitor.quarantine:
         reasons = {}
         for q in monitor.quarantine:
-            key = q.reason.split(":")[0] if q.reason.startswith("column") else q.reason.split(" (")[0]
-            reasons[key] = reasons.get(key, 0) + 1
+            reasons[q.kind] = reasons.get(q.kind, 0) + 1
         lines.append("  quarantine reasons (recent " + str(len(monitor.quarantine)) + "):")
         lines += [f"    {n:>6}  {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:8]]
     return lines

@@ -124,18 +124,28 @@ class Settings:
 
 
 def settings_table(objects) -> list[dict]:
-    """Every parameter of the given param objects as rows: object, parameter, value, doc."""
+    """Every parameter of the given param objects as rows: object, parameter, value, default, changed, doc."""
     rows = []
+    known_rules = {r.name: r for r in default_rules()}
     for obj in objects:
         owner = getattr(obj, "label", None) or type(obj).__name__
         if isinstance(obj, Rule):
             owner = f"rule {obj.name}"
+        # A default rule's own settings are its defaults, not the bare Rule class's.
+        model = known_rules.get(obj.name) if isinstance(obj, Rule) else None
         for name, p in obj.param.objects("existing").items():
             if name == "name":
                 continue
-            value = getattr(obj, name)
-            rows.append({"object": owner, "parameter": name, "value": value if isinstance(value, (int, float, bool, str)) or value is None else str(value), "doc": p.doc or ""})
+            value = _plain(getattr(obj, name))
+            default = _plain(getattr(model, name) if model is not None else p.default)
+            rows.append({"object": owner, "parameter": name, "value": value, "default": default,
+                         "changed": value != default, "doc": p.doc or ""})
     return rows
+
+
+def _plain(value):
+    """A JSON-ready parameter value: scalars as they are, anything else as text."""
+    return value if isinstance(value, (int, float, bool, str)) or value is None else str(value)
 
 
 def describe(settings: Settings) -> dict:

@@ -81,6 +81,7 @@ _ENTITY_NAMES = (
 _CLOCK_RE = re.compile(r"^\s*\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?\s*$")
 _NULLS = ("", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "null", "NULL", "None", "-nan", "#N/A")
 _SAMPLE_BYTES = 256 * 1024
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 _SAMPLE_ROWS = 1000
 
 
@@ -95,6 +96,21 @@ class QuarantinedRow:
 
     def as_dict(self):
         return {"source": self.source, "line": self.line, "raw": self.raw, "reason": self.reason}
+
+    @property
+    def kind(self) -> str:
+        """The reason without this row's own values, to group rows by.
+
+        >>> QuarantinedRow("f.csv", 7, "x,abc", "column 2 'v': 'abc' is not a number").kind
+        "column 2 'v': not a number"
+        >>> QuarantinedRow("f.csv", 9, "", "timestamp goes backwards for entity 'a' (t1 after t2)").kind
+        "timestamp goes backwards for entity 'a'"
+        """
+        head, sep, rest = self.reason.partition(": ")
+        if self.reason.startswith("column") and sep:
+            rest = _QUOTED.sub("", rest).strip()
+            return f"{head}: {rest.removeprefix('is ').split(' (')[0]}"
+        return self.reason.split(" (")[0]
 
 
 @dataclass(frozen=True)
