@@ -139,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on", choices=["warning", "critical"])
     _schema_args(p)
 
+    p = sub.add_parser("report", help="run files through the pipeline and write a self-contained HTML report",
+                       description="Replay files headless at max speed, then write one HTML file (inline JS and "
+                                   "CSS, no network) with the summary, plots, alerts, data quality and settings.")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="CSV, CSV.gz or Parquet files")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="REPORT.html", help="HTML file to write")
+    p.add_argument("--baseline", type=Path, metavar="REF", help="known-good reference file")
+    p.add_argument("--config", type=Path, metavar="SBG.YAML", help="settings file")
+    p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log to write")
+    p.add_argument("--title", help="report title (default: sbg report: SOURCE)")
+    _schema_args(p)
+
     p = sub.add_parser("validate", help="print the inferred schema and check every row",
                        description="Infer the schema, read the whole file and report quarantined rows.")
     p.add_argument("file", type=Path, metavar="FILE")
@@ -192,7 +203,7 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     try:
         handler = {"replay": cmd_replay, "detect": cmd_detect, "validate": cmd_validate, "data": cmd_data,
-                   "serve": cmd_serve}
+                   "serve": cmd_serve, "report": cmd_report}
         return handler[args.command](args)
     except SbgError as exc:
         print(f"sbg: error: {exc}", file=sys.stderr)
@@ -356,6 +367,25 @@ def cmd_detect(args) -> int:
           f"{s['rows_quarantined']:,} quarantined of {s['rows_in']:,}; {s['alerts']} alerts "
           f"({result['seconds']:.2f}s)")
     return _fail_code(result["alerts"], args.fail_on)
+
+
+def cmd_report(args) -> int:
+    from .monitor import Monitor
+    from .report import check_output
+
+    t0 = time.monotonic()
+    check_output(args.output)
+    monitor = Monitor(args.files, baseline=args.baseline, settings=_settings(args.config),
+                      alerts_db=args.alerts_db, speed="max", **_schema_options(args))
+    try:
+        monitor.run_to_end()
+        path = monitor.report(args.output, title=args.title)
+    finally:
+        monitor.close()
+    m = monitor.metrics
+    print(f"{path}: {path.stat().st_size / 1e6:.1f} MB; {m.rows_in:,} rows in, {m.rows_quarantined:,} quarantined; "
+          f"{m.alerts_total} alerts ({time.monotonic() - t0:.2f}s)")
+    return 0
 
 
 def cmd_validate(args) -> int:

@@ -228,6 +228,17 @@ class Monitor:
         """Replay synchronously to the end of the data."""
         self.replay.run_to_end(on_tick=on_tick)
 
+    def report(self, path, title: str | None = None, **options):
+        """Write the HTML report of the run so far to ``path`` and return the path.
+
+        ``options`` are :class:`~sbg.report.ReportOptions` parameters. For the
+        HTML as a string (a dashboard download, mid-run) use
+        :func:`sbg.report.build_report`.
+        """
+        from .report import ReportOptions, write_report
+
+        return write_report(self, path, title=title, options=ReportOptions.from_options(**options))
+
     def status(self) -> dict:
         return {
             "source": self.source_key,

@@ -1,4 +1,6 @@
-"""Shared fixtures: seeded synthetic telemetry frames for property tests."""
+"""Shared fixtures: seeded synthetic telemetry frames for property tests, and a headless Chromium."""
+
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -29,9 +31,27 @@ def make_frame(n=600, entities=("a", "b", "c"), signals=("v", "w"), seed=0, nan_
 def chunkings(n, cuts):
     """Split ``range(n)`` at the sorted unique ``cuts``."""
     bounds = sorted({0, n, *[c for c in cuts if 0 < c < n]})
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 @pytest.fixture
 def frame():
     return make_frame()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, driven by Playwright; one per test module."""
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed: `make test` installs it with apt-get")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"])
+        yield b
+        b.close()
