@@ -26,6 +26,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import panel as pn
 import param
@@ -36,6 +37,7 @@ from .monitor import Monitor
 from .plots import (
     ENTITY_COLORS,
     STATE_COLORS,
+    BufferBridge,
     LiveBuffers,
     activity_view,
     baseline_view,
@@ -143,17 +145,16 @@ def _bundled_data_dir():
     return DATA_DIR
 
 
-CSS = """
-:host, :root { --sbg-normal: %(normal)s; --sbg-warning: %(warning)s; --sbg-critical: %(critical)s;
-        --sbg-stale: %(stale)s; --sbg-info: %(info)s; }
+_STATE_VARS = "".join(f"--sbg-{state}: {color}; " for state, color in STATE_COLORS.items())
+CSS = ":host, :root { " + _STATE_VARS + "}\n" + """
 .sbg-live { display: inline-flex; align-items: center; gap: 8px; font-weight: 600; font-size: 14px;
             color: inherit; padding: 4px 10px; border-radius: 14px; background: rgba(255,255,255,0.12); }
-.sbg-dot { width: 12px; height: 12px; border-radius: 50%%; background: var(--sbg-stale); }
+.sbg-dot { width: 12px; height: 12px; border-radius: 50%; background: var(--sbg-stale); }
 .sbg-live.running .sbg-dot { background: var(--sbg-normal); animation: sbg-pulse 1.4s ease-in-out infinite; }
 .sbg-live.error .sbg-dot { background: var(--sbg-critical); animation: none; }
-@keyframes sbg-pulse { 0%% { box-shadow: 0 0 0 0 rgba(22,163,74,0.7); } 70%% { box-shadow: 0 0 0 10px rgba(22,163,74,0); }
-                       100%% { box-shadow: 0 0 0 0 rgba(22,163,74,0); } }
-.sbg-kpis { display: grid; grid-template-columns: repeat(auto-fit, minmax(92px, 1fr)); gap: 7px; width: 100%%; }
+@keyframes sbg-pulse { 0% { box-shadow: 0 0 0 0 rgba(22,163,74,0.7); } 70% { box-shadow: 0 0 0 10px rgba(22,163,74,0); }
+                       100% { box-shadow: 0 0 0 0 rgba(22,163,74,0); } }
+.sbg-kpis { display: grid; grid-template-columns: repeat(auto-fit, minmax(92px, 1fr)); gap: 7px; width: 100%; }
 .sbg-kpi { background: var(--panel-surface-color, #fff); border: 1px solid #e5e7eb; border-radius: 10px;
            padding: 7px 10px; min-width: 0; }
 .sbg-kpi .label { font-size: 10.5px; text-transform: uppercase; letter-spacing: .02em; color: #6b7280;
@@ -182,7 +183,7 @@ CSS = """
 .sbg-legend { font-size: 12px; color: #4b5563; display: flex; gap: 14px; flex-wrap: wrap; }
 .sbg-legend span::before { content: ""; display: inline-block; width: 10px; height: 10px; border-radius: 2px;
                            margin-right: 5px; vertical-align: -1px; background: var(--c); }
-""" % STATE_COLORS
+"""
 
 
 def _fmt_int(n) -> str:
@@ -212,8 +213,8 @@ class Dashboard(pn.viewable.Viewer):
     window = param.Selector(default="10 min", objects=list(WINDOWS), doc="Visible time span of the live plots.")
     entities = param.ListSelector(default=[], objects=[], doc="Entities drawn in the live plots.")
     point_size = param.Number(default=4, bounds=(1, 12), doc="Point size of the baseline-vs-live scatter.")
-    update_ms = param.Integer(default=100, bounds=(50, 5000), doc="Milliseconds between updates of counters and state.")
-    plot_ms = param.Integer(default=1000, bounds=(100, 10000), doc="Milliseconds between updates of the live plots.")
+    update_ms = param.Integer(default=250, bounds=(50, 5000), doc="Milliseconds between updates of counters and state.")
+    plot_ms = param.Integer(default=100, bounds=(50, 10000), doc="Milliseconds between updates of the live plots.")
     read_only = param.Boolean(default=False, doc="Hide the controls that change shared state.")
     max_entities = param.Integer(default=4, bounds=(1, 24), doc="Entities drawn at first.")
 
@@ -232,11 +233,13 @@ class Dashboard(pn.viewable.Viewer):
         self._callback = None
         self._last_slow = 0.0
         self._last_plot = 0.0
+        self._last_fast = 0.0
         self._alerts_seen = -1
         self._events_seen = -1
         self._entity_options: list[str] = []
         self._session_id = id(self)
         self.rows_sent = 0
+        self.bridge = BufferBridge()
         self._build_widgets()
         self._build_views()
         self._attach(self.monitor)
@@ -272,7 +275,11 @@ class Dashboard(pn.viewable.Viewer):
         """New buffers and plots for the current entity selection, primed with retained history."""
         m = self.monitor
         labels = [str(e) for e in m.pipeline.features.index.labels]
-        if not self.entities or any(e not in labels for e in self.entities):
+        if not labels and self.entities:
+            # Reset: no entity is known until data flows again; keep the plots (and the browser's models).
+            chosen = list(self.entities)
+            labels = chosen
+        elif not self.entities or any(e not in labels for e in self.entities):
             chosen = labels[: self.max_entities]
         else:
             chosen = list(self.entities)
@@ -284,12 +291,13 @@ class Dashboard(pn.viewable.Viewer):
         finally:
             self._resetting = False
         live = getattr(self, "live", None)
+        length = self._window_rows()
         if live is not None and live.entities == [str(e) for e in chosen] and live.signals == list(m.signals) \
-                and getattr(self, "_live_window", None) == self.window:
+                and getattr(self, "_live_window", None) == self.window and live.length == length:
             # Same plots: empty their Buffers instead of replacing models the browser may still reference.
             live.clear()
         else:
-            self.live = LiveBuffers(m.signals, chosen)
+            self.live = LiveBuffers(m.signals, chosen, length=length, bridge=self.bridge)
             self._live_window = self.window
             self._refresh_plots()
         history = m.history.tail(200_000)
@@ -298,13 +306,29 @@ class Dashboard(pn.viewable.Viewer):
             recent = history[history["timestamp"] >= history["timestamp"].max() - span]
             self.rows_sent += self.live.send(recent)
             self._send_baseline(recent)
+        self.bridge.flush()
+
+    def _window_rows(self) -> int:
+        """Rows per entity that cover the visible window (at the data's usual interval), plus a margin.
+
+        Rows older than the window are off the axis: keeping them would only
+        make the browser draw more.
+        """
+        tail = self.monitor.history.tail(5000)
+        dt = 1.0
+        if "interval_s" in tail and len(tail):
+            v = tail["interval_s"].to_numpy(dtype=float)
+            v = v[np.isfinite(v) & (v > 0)]
+            if len(v):
+                dt = float(np.median(v))
+        return int(min(max(WINDOWS[self.window] / dt * 1.2, 300), 20_000))
 
     def _send_baseline(self, frame):
         x, y = self._xy
         if x in frame and y in frame:
             part = frame[["timestamp", x, y]].dropna().tail(5000).reset_index(drop=True)
             if len(part):
-                self._baseline_buffer.send(part)
+                self.bridge.update(self._baseline_buffer, part)
 
     # ---- widgets --------------------------------------------------------
     def _build_widgets(self):
@@ -446,11 +470,13 @@ class Dashboard(pn.viewable.Viewer):
         if not m.signals:
             self.signals_area.objects = [pn.pane.HTML('<div class="sbg-empty">No numeric signals.</div>')]
             return
-        panes = [pn.Column(pn.pane.HTML(f'<div class="sbg-plot-title">{html.escape(s)}</div>', stylesheets=[CSS],
-                                        margin=(0, 10)),
-                           pn.pane.HoloViews(signal_view(self.live, s, span), sizing_mode="stretch_width",
-                                             linked_axes=False), sizing_mode="stretch_width")
-                 for s in m.signals]
+        self.bridge.reset()
+        panes = []
+        for s in m.signals:
+            plot = pn.pane.HoloViews(signal_view(self.live, s), sizing_mode="stretch_width", linked_axes=False)
+            self.bridge.watch(plot, span_s=span)
+            panes.append(pn.Column(pn.pane.HTML(f'<div class="sbg-plot-title">{html.escape(s)}</div>',
+                                                stylesheets=[CSS], margin=(0, 10)), plot, sizing_mode="stretch_width"))
         ncols = 2 if len(panes) > 1 else 1
         self.signals_area.objects = [pn.GridBox(*panes, ncols=ncols, sizing_mode="stretch_width")]
         self.entity_legend.object = '<div class="sbg-legend">' + "".join(
@@ -461,6 +487,7 @@ class Dashboard(pn.viewable.Viewer):
         self._baseline_buffer = self._new_xy_buffer()
         self.baseline_pane.object = baseline_view(m.reference, self._baseline_buffer, *self._xy,
                                                   size=self.point_size)
+        self.bridge.watch(self.baseline_pane)
 
     def _new_xy_buffer(self):
         import holoviews as hv
@@ -552,6 +579,7 @@ class Dashboard(pn.viewable.Viewer):
         self._xy = (self.x_select.value, self.y_select.value)
         self._refresh_plots()
         self._send_baseline(self.monitor.history.tail(5000))
+        self.bridge.flush()
 
     @param.depends("window", "entities", watch=True)
     def _on_view_change(self):
@@ -589,27 +617,44 @@ class Dashboard(pn.viewable.Viewer):
                 return
         self.rows_sent += self.live.send(frame)
         self._send_baseline(frame)
+        self.bridge.flush()
 
     def _tick(self):
         if self.live is None:
             return
-        doc = pn.state.curdoc
         now = time.monotonic()
         plot_due = bool(self._pending) and now - self._last_plot >= self.plot_ms / 1000
         slow_due = now - self._last_slow >= 1.0
         try:
             if plot_due or slow_due:
-                # One model-graph walk and one message for the whole update:
-                # every plot refresh would otherwise walk all the page's models.
-                with (doc.models.freeze() if doc is not None else contextlib.nullcontext()), pn.io.hold(doc):
+                # One model-graph walk and one message per document for the whole update:
+                # every change would otherwise walk all the page's models and send its own message.
+                with contextlib.ExitStack() as stack:
+                    for doc, comm in self._documents():
+                        stack.enter_context(doc.models.freeze())
+                        stack.enter_context(pn.io.hold(doc, comm=comm))
                     if plot_due:
                         self._drain()
                     if slow_due:
                         self._last_slow = now
                         self._update_slow()
-            self._update_fast()
+            if now - self._last_fast >= self.update_ms / 1000:
+                self._last_fast = now
+                self._update_fast()
         except Exception as exc:  # a view must never stop the replay
             self.monitor.metrics.record_error("dashboard", exc)
+
+    def _documents(self):
+        """The documents showing this view, with their notebook comm (``None`` when served)."""
+        doc = pn.state.curdoc
+        if doc is not None and doc.session_context is not None:
+            return [(doc, None)]
+        found = {}
+        for ref, (model, _) in list(getattr(getattr(self, "_inline", None), "_models", {}).items()):
+            if model.document is not None:
+                view = pn.state._views.get(ref)
+                found[id(model.document)] = (model.document, view[3] if view else None)
+        return list(found.values())
 
     def _update_fast(self, force=False):
         m = self.monitor
@@ -674,7 +719,8 @@ class Dashboard(pn.viewable.Viewer):
         self.health_empty.visible = health.empty
         self.health_pane.visible = not health.empty
         if not health.empty:
-            n = health["entity"].nunique()
+            # Room for the next multiple of 8 entities: a fleet coming online does not redraw the grid per entity.
+            n = -(-health["entity"].nunique() // 8) * 8
             if n != self._health_rows:
                 # A new grid only when the fleet grows; otherwise the Pipe updates the colours in place.
                 self._health_rows = n
@@ -704,7 +750,7 @@ class Dashboard(pn.viewable.Viewer):
     def start_updates(self):
         """Begin the per-session display callback (served sessions and notebooks)."""
         if self._callback is None:
-            self._callback = pn.state.add_periodic_callback(self._tick, period=self.update_ms)
+            self._callback = pn.state.add_periodic_callback(self._tick, period=min(self.update_ms, self.plot_ms))
         self._update_fast(force=True)
         self._update_slow()
 
@@ -722,6 +768,7 @@ class Dashboard(pn.viewable.Viewer):
         self.stop_updates()
         self._detach()
         self._pending.clear()
+        self.bridge.reset()
         self.live = None
 
     # ---- layout ---------------------------------------------------------

@@ -2,10 +2,14 @@
 
 The streamz -> HoloViews bridge is sbg's own (HoloViews 1.23 dropped its
 streamz support). :class:`LiveBuffers` takes enriched chunks from a monitor
-and sends the new rows to bounded ``hv.streams.Buffer`` objects, one per
-entity; each DynamicMap returns its Buffer's data unchanged, so Bokeh streams
-only the new rows to the browser. Derived columns (the band, the scores) come
-from the pipeline, never from plot callbacks.
+and appends the new rows to bounded ``hv.streams.Buffer`` objects, one per
+entity. HoloViews draws each plot once from its Buffers' frames, untouched;
+after that a :class:`BufferBridge` streams only the new rows straight into
+the ColumnDataSources HoloViews drew, with the Buffer's length as rollover,
+and moves the axes itself. This skips HoloViews' per-update range and
+style machinery, which costs tens of milliseconds per layer and would
+otherwise dominate the server's CPU. Derived columns (the band, the scores)
+come from the pipeline, never from plot callbacks.
 
 Colours carry one meaning everywhere, in the dashboard and in reports:
 :data:`STATE_COLORS` for normal / warning / critical / stale, and a
@@ -20,7 +24,9 @@ import pandas as pd
 __all__ = [
     "STATE_COLORS",
     "ENTITY_COLORS",
+    "BufferBridge",
     "LiveBuffers",
+    "sync_hook",
     "signal_view",
     "activity_view",
     "activity_element",
@@ -41,6 +47,9 @@ STATE_COLORS = {
 ENTITY_COLORS = ["#2563eb", "#0d9488", "#7c3aed", "#475569", "#0891b2", "#4f46e5", "#15803d", "#a21caf",
                  "#1e40af", "#0f766e", "#6d28d9", "#334155"]
 STATE_LABELS = {0: "normal", 1: "warning", 2: "critical", 3: "stale"}
+#: Live plots draw on a 2D canvas: WebGL (HoloViews' default) falls back to a slow
+#: software renderer on machines without a GPU, and a few thousand points need no GPU.
+CANVAS = {"plot.output_backend": "canvas"}
 
 
 def _hv():
@@ -52,13 +61,163 @@ def _hv():
     return hv
 
 
+class BufferBridge:
+    """Streams the new rows of Buffers into the Bokeh sources HoloViews drew from them.
+
+    Every plot registered with :meth:`watch` is a HoloViews object whose
+    layers are DynamicMaps over Buffers, drawn with :func:`sync_hook` among
+    their hooks. :meth:`update` appends rows to a Buffer without triggering
+    HoloViews; :meth:`flush` then sends each drawn layer (in every document
+    showing it) the rows it has not seen, and sets the axes: the last
+    ``span_s`` seconds for time series, the data's extent otherwise.
+    """
+
+    def __init__(self):
+        self._pending: dict[int, tuple] = {}
+        self._panes: list[tuple] = []
+
+    def update(self, buffer, part: pd.DataFrame):
+        """Append ``part`` to ``buffer`` (bounded by its length) for the next :meth:`flush`."""
+        buffer.update(data=part)
+        entry = self._pending.setdefault(id(buffer), (buffer, []))
+        entry[1].append((buffer._count, part))
+
+    def clear(self, buffers):
+        """Empty ``buffers`` and every source drawn from them."""
+        from holoviews.core.util import disable_constant
+
+        for buf in buffers:
+            with disable_constant(buf):
+                buf.data = buf.data.iloc[:0]
+            buf._count += 1
+            self._pending.pop(id(buf), None)
+        ids = {id(b) for b in buffers}
+        for _, _, layers in self._layers():
+            for layer, buf in layers:
+                if id(buf) in ids:
+                    cds = layer.handles["cds"]
+                    cds.data = {k: np.asarray(v)[:0] for k, v in cds.data.items()}
+                    layer._sbg_seen = buf._count
+
+    def watch(self, pane, span_s: float | None = None):
+        """Keep ``pane`` (a ``pn.pane.HoloViews``) streaming; ``span_s`` makes its x-axis follow time."""
+        self._panes = [(p, s) for p, s in self._panes if p is not pane] + [(pane, span_s)]
+
+    def reset(self):
+        """Forget every watched pane and pending row (the plots are being replaced)."""
+        self._panes = []
+        self._pending = {}
+
+    def _layers(self):
+        for pane, span_s in self._panes:
+            for plot, _ in list(getattr(pane, "_plots", {}).values()):
+                layers = []
+                for layer in plot.traverse(lambda p: p, [lambda p: "cds" in getattr(p, "handles", {})]):
+                    buf = next((s for s in getattr(layer, "streams", []) if hasattr(s, "_count")), None)
+                    if buf is not None and hasattr(layer, "_sbg_seen"):
+                        layers.append((layer, buf))
+                yield plot, span_s, layers
+
+    def flush(self) -> int:
+        """Stream pending rows to every drawn layer and move the axes; returns rows streamed."""
+        pending, self._pending = self._pending, {}
+        sent = 0
+        for plot, span_s, layers in self._layers():
+            moved = False
+            for layer, buf in layers:
+                entry = pending.get(id(buf))
+                if entry is None:
+                    continue
+                parts = [part for count, part in entry[1] if count > layer._sbg_seen]
+                layer._sbg_seen = buf._count
+                if not parts:
+                    continue
+                new = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+                cds = layer.handles["cds"]
+                try:
+                    data = {k: new[k].to_numpy() for k in cds.data}
+                except KeyError:  # a column HoloViews derived: let HoloViews redraw this layer
+                    layer.refresh()
+                    continue
+                cds.stream(data, rollover=buf.length)
+                sent += len(new)
+                moved = True
+            if moved or not getattr(plot, "_sbg_ranged", False):
+                plot._sbg_ranged = self._set_ranges(plot, span_s, layers)
+                plot.push()  # sends the events over the comm in notebooks; no-op when served
+        return sent
+
+    @staticmethod
+    def _set_ranges(plot, span_s, layers) -> bool:
+        x_range, y_range = plot.handles.get("x_range"), plot.handles.get("y_range")
+        if x_range is None or y_range is None or not layers:
+            return False
+        frames = [(layer.current_frame, buf.data) for layer, buf in layers if len(buf.data)]
+        if not frames:
+            return False
+        if span_s is not None:
+            end = max(data["timestamp"].iat[-1] for _, data in frames).value / 1e6
+            start = end - span_s * 1000.0
+            lo, hi = np.inf, -np.inf
+            for element, data in frames:
+                t = data["timestamp"].to_numpy().astype("datetime64[ms]").astype("float64")
+                keep = t >= start
+                for dim in element.vdims:
+                    if dim.name in data:
+                        v = data[dim.name].to_numpy()[keep]
+                        v = v[np.isfinite(v)]
+                        if len(v):
+                            lo, hi = min(lo, v.min()), max(hi, v.max())
+            x_range.start, x_range.end = start, end
+        else:
+            if not hasattr(plot, "_sbg_home"):  # the extent HoloViews drew (baseline and first live points)
+                plot._sbg_home = (x_range.start, x_range.end, y_range.start, y_range.end)
+            x0, x1, lo, hi = plot._sbg_home
+            for element, data in frames:
+                x, y = (d.name for d in element.kdims[:2])
+                xs, ys = data[x].to_numpy(), data[y].to_numpy()
+                if np.isfinite(xs).any():
+                    x0, x1 = min(x0, np.nanmin(xs)), max(x1, np.nanmax(xs))
+                if np.isfinite(ys).any():
+                    lo, hi = min(lo, np.nanmin(ys)), max(hi, np.nanmax(ys))
+            x_range.start, x_range.end = float(x0), float(x1)
+        if np.isfinite(lo) and np.isfinite(hi):
+            pad = (hi - lo) * 0.06 or max(abs(hi) * 0.05, 1e-9)
+            y_range.start, y_range.end = float(lo - pad), float(hi + pad)
+        return True
+
+
+def sync_hook(plot, element):
+    """Records how many Buffer updates a freshly drawn layer already holds (see :class:`BufferBridge`)."""
+    buf = next((s for s in getattr(plot, "streams", []) if hasattr(s, "_count")), None)
+    if buf is not None:
+        plot._sbg_seen = buf._count
+
+
+def band_hook(lower: str, upper: str, color: str):
+    """Draws the rolling band under a curve from the curve's own source, so it streams with it."""
+
+    def hook(plot, element):
+        cds, fig = plot.handles.get("cds"), plot.handles.get("plot")
+        if cds is None or fig is None or lower not in cds.data or upper not in cds.data:
+            return
+        name = f"sbg-band-{cds.id}"
+        if any(r.name == name for r in fig.renderers):
+            return
+        band = fig.varea(x="timestamp", y1=lower, y2=upper, source=cds, fill_color=color, fill_alpha=0.14,
+                         name=name)
+        fig.renderers = [band, *[r for r in fig.renderers if r is not band]]
+
+    return hook
+
+
 class LiveBuffers:
     """Bounded per-session Buffers for the selected entities.
 
     One Buffer per entity (its curves and bands for every signal) and one per
-    signal for flagged points. :meth:`send` updates every Buffer a chunk
-    touches and then triggers them together, so each plot refreshes once per
-    send however many entities moved.
+    signal for flagged points. :meth:`send` appends a chunk's rows to the
+    Buffers it touches; :attr:`bridge` streams them to the drawn plots on
+    :meth:`BufferBridge.flush`.
 
     Parameters
     ----------
@@ -66,13 +225,14 @@ class LiveBuffers:
     entities : list of str
         The entities shown (the dashboard's filter); others are ignored.
     length : int
-        Rows kept per entity Buffer (bounded memory per session).
+        Rows kept per entity Buffer, and per browser source (bounded memory per session).
     """
 
-    def __init__(self, signals, entities, length: int = 20_000, flag_length: int = 2_000):
+    def __init__(self, signals, entities, length: int = 20_000, flag_length: int = 2_000, bridge=None):
         hv = _hv()
         self.signals = list(signals)
         self.entities = [str(e) for e in entities]
+        self.length = length
         self.columns = ["timestamp"]
         for s in self.signals:
             self.columns += [s, f"{s}__lower", f"{s}__upper"]
@@ -80,6 +240,7 @@ class LiveBuffers:
                         for e in self.entities}
         self.flags = {s: hv.streams.Buffer(self._empty(["timestamp", s]), length=flag_length, index=False)
                       for s in self.signals}
+        self.bridge = bridge if bridge is not None else BufferBridge()
 
     @staticmethod
     def _empty(columns):
@@ -88,8 +249,7 @@ class LiveBuffers:
         return pd.DataFrame(data)
 
     def send(self, frame: pd.DataFrame) -> int:
-        """Push the rows of ``frame`` (enriched chunk or history) to the Buffers; returns rows sent."""
-        hv = _hv()
+        """Append the rows of ``frame`` (enriched chunk or history) to the Buffers; returns rows taken."""
         if frame is None or len(frame) == 0 or not self.entities:
             return 0
         ent = frame["entity"].astype(str).to_numpy()
@@ -98,15 +258,12 @@ class LiveBuffers:
             return 0
         frame = frame.loc[mine]
         ent = ent[mine]
-        touched = []
         for e, buf in self.buffers.items():
             mask = ent == e
-            if not mask.any():
-                continue
-            part = frame.loc[mask].reindex(columns=self.columns).reset_index(drop=True)
-            part["timestamp"] = part["timestamp"].astype("datetime64[ns]")
-            buf.update(data=part)
-            touched.append(buf)
+            if mask.any():
+                part = frame.loc[mask].reindex(columns=self.columns).reset_index(drop=True)
+                part["timestamp"] = part["timestamp"].astype("datetime64[ns]")
+                self.bridge.update(buf, part)
         for s, buf in self.flags.items():
             score = f"{s}__score"
             if score not in frame.columns:
@@ -115,51 +272,14 @@ class LiveBuffers:
             if hit.any():
                 flagged = frame.loc[hit, ["timestamp", s]].reset_index(drop=True)
                 flagged["timestamp"] = flagged["timestamp"].astype("datetime64[ns]")
-                buf.update(data=flagged)
-                touched.append(buf)
-        if touched:
-            trigger_together(touched)
+                self.bridge.update(buf, flagged)
         return len(frame)
 
+    def flush(self) -> int:
+        return self.bridge.flush()
+
     def clear(self):
-        for buf in (*self.buffers.values(), *self.flags.values()):
-            buf.clear()
-
-
-def trigger_together(streams):
-    """Trigger several streams so that each subscriber (each plot) refreshes once.
-
-    ``hv.streams.Stream.trigger`` does this too, but compares every Buffer's
-    frame with every other (all their parameters are called ``data``) and
-    prints a clash warning; plots read their own Buffer, so the merged
-    keywords carry nothing they need.
-    """
-    from collections import defaultdict
-
-    from holoviews.streams import triggering_streams
-
-    contents = {}
-    groups = defaultdict(list)
-    for stream in streams:
-        contents.update(stream.contents)
-        stream._on_trigger()
-        for precedence, subscriber in stream._subscribers:
-            groups[precedence].append(subscriber)
-    seen, ordered = set(), []
-    for _, subscribers in sorted(groups.items(), key=lambda item: item[0]):
-        for subscriber in subscribers:
-            if id(subscriber) not in seen:
-                seen.add(id(subscriber))
-                ordered.append(subscriber)
-    errors = []
-    with triggering_streams(streams):
-        for subscriber in ordered:
-            try:
-                subscriber(**contents)
-            except Exception as exc:  # one broken plot must not starve the others
-                errors.append(exc)
-    if errors:
-        raise errors[0]
+        self.bridge.clear([*self.buffers.values(), *self.flags.values()])
 
 
 def _element(kind, kdims, vdims, label=""):
@@ -177,59 +297,35 @@ def _element(kind, kdims, vdims, label=""):
     return callback
 
 
-def signal_view(buffers: LiveBuffers, signal: str, span_s: float, height: int = 210, bands: int = 2):
+def signal_view(buffers: LiveBuffers, signal: str, height: int = 210, bands: int = 2):
     """Live curves of one signal for every buffered entity, bands for the first ``bands``, flagged points.
 
-    Each DynamicMap returns the Buffer's frame untouched: Bokeh then streams
-    only new rows. The x-range follows the newest data over ``span_s`` seconds.
-    Options sit on the layers (an Overlay of DynamicMaps does not pass its own
-    down); the dashboard draws one shared entity legend instead of one per plot.
+    Each layer is a DynamicMap returning its Buffer's frame untouched; the
+    band is drawn from the curve's own source (its bounds ride along as
+    hover columns), so one source per entity streams curve and band
+    together. Register the pane showing it with ``buffers.bridge.watch``.
+    The dashboard draws one shared entity legend instead of one per plot.
     """
     hv = _hv()
     common = dict(responsive=True, height=height, show_legend=False, xlabel="", ylabel=signal, show_grid=True,
-                  hooks=[_follow_hook(span_s)], toolbar="right")
+                  toolbar="right", backend_opts=CANVAS)
     layers = []
+    lower, upper = f"{signal}__lower", f"{signal}__upper"
     for i, (entity, buf) in enumerate(buffers.buffers.items()):
         color = ENTITY_COLORS[i % len(ENTITY_COLORS)]
+        vdims, hooks = [signal], [sync_hook]
         if i < bands:
-            band = hv.DynamicMap(_element("Area", "timestamp", [f"{signal}__lower", f"{signal}__upper"]),
-                                 streams=[buf])
-            layers.append(band.opts(color=color, alpha=0.13, line_alpha=0, **common))
-        curve = hv.DynamicMap(_element("Curve", "timestamp", signal, label=entity), streams=[buf])
-        layers.append(curve.opts(color=color, line_width=1.5, tools=["hover"], **common))
+            vdims, hooks = [signal, lower, upper], [sync_hook, band_hook(lower, upper, color)]
+        curve = hv.DynamicMap(_element("Curve", "timestamp", vdims, label=entity), streams=[buf])
+        layers.append(curve.opts(color=color, line_width=1.5, tools=["hover"], hooks=hooks, **common))
     if layers:
         flags = hv.DynamicMap(_element("Scatter", "timestamp", signal), streams=[buffers.flags[signal]])
         layers.append(flags.opts(color=STATE_COLORS["critical"], size=7, marker="circle", line_color="white",
-                                 **common))
+                                 hooks=[sync_hook], **common))
     if not layers:
         return hv.Curve([], "timestamp", signal).opts(**common)
-    # Collated, the overlay keeps each layer tied to its own Buffer (stream
-    # mapping), so a Buffer's new rows stream to its layer alone.
+    # Collated, the overlay keeps each layer tied to its own Buffer.
     return hv.Overlay(layers).collate()
-
-
-def _follow_hook(span_s):
-    """Show the last ``span_s`` seconds of data: a time span, whatever the row rate."""
-    span_ms = span_s * 1000.0
-
-    def hook(plot, element):
-        data = element.data
-        if not hasattr(data, "columns") or "timestamp" not in data.columns or len(data) == 0:
-            return
-        end = pd.Timestamp(data["timestamp"].iat[-1]).value / 1e6
-        x_range = plot.handles.get("x_range")
-        if x_range is not None and getattr(x_range, "end", None) is not None:
-            end = max(end, _as_ms(x_range.end) if plot.current_frame is not element else end)
-        if x_range is not None:
-            x_range.start, x_range.end = end - span_ms, end
-
-    return hook
-
-
-def _as_ms(value):
-    if isinstance(value, (int, float)):
-        return float(value)
-    return pd.Timestamp(value).value / 1e6
 
 
 def activity_element(frame: pd.DataFrame, height: int = 190):
@@ -244,7 +340,8 @@ def activity_element(frame: pd.DataFrame, height: int = 190):
                                                    ylabel="alerts / min")
     points = hv.Scatter(frame, "label", "alerts").opts(color=STATE_COLORS["critical"], size=6)
     return (rows * alerts * points).opts(multi_y=True, responsive=True, height=height, show_legend=False,
-                                         title="Activity per minute", xlabel="minutes ago", framewise=True)
+                                         title="Activity per minute", xlabel="minutes ago", framewise=True,
+                                         backend_opts=CANVAS)
 
 
 def activity_view(pipe, height: int = 190):
@@ -276,7 +373,7 @@ def health_element(frame: pd.DataFrame, height: int | None = None):
         line_color="white", line_width=2 if n_entities <= 40 else 0, colorbar=False, show_legend=False,
         invert_yaxis=True, xrotation=30, framewise=True, toolbar=None,
         fontsize={"yticks": 7 if n_entities > 40 else 9, "xticks": 9},
-        yaxis=None if n_entities > 80 else "left",
+        yaxis=None if n_entities > 80 else "left", backend_opts=CANVAS,
     )
 
 
@@ -309,7 +406,8 @@ def baseline_view(reference: pd.DataFrame | None, live_buffer, x: str, y: str, s
                 filled=False, cmap=["#1e3a8a"], levels=6, alpha=0.8, show_legend=False))
     live = hv.DynamicMap(_element("Points", [x, y], [], label="live"), streams=[live_buffer])
     layers.append(live.opts(color=STATE_COLORS["critical"], size=size, alpha=0.7, responsive=True, height=height,
-                            title=f"Baseline vs live: {x} / {y}", show_grid=True, show_legend=True))
+                            title=f"Baseline vs live: {x} / {y}", show_grid=True, show_legend=True,
+                            hooks=[sync_hook], backend_opts=CANVAS))
     return hv.Overlay(layers).collate()
 
 
