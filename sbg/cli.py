@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve the dashboard with `panel serve`, one shared monitor per data source. "
                                    "Binds to 127.0.0.1 unless --address says otherwise; do not serve on a "
                                    "public interface without --basic-auth or OAuth. Extra arguments after -- "
-                                   "go to panel serve unchanged.")
+                                   "go to panel serve unchanged (write them as --option=value).")
     p.add_argument("files", nargs="*", metavar="FILE", help="data files (default: the bundled battery fleet)")
     p.add_argument("--port", type=int, default=5006)
     p.add_argument("--address", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
@@ -183,7 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oauth-encryption-key", help="passed to panel serve")
     p.add_argument("--admin-users", metavar="USER,...", help="with auth: only these users may change state")
     p.add_argument("--print-command", action="store_true", help="print the panel serve command and exit")
-    p.add_argument("panel_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     p = sub.add_parser("data", help="sample datasets", description="Manage the bundled sample datasets.")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
@@ -197,7 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Options sbg serve does not know go to panel serve unchanged, wherever they stand.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "serve":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.panel_args = extra
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -459,6 +462,8 @@ def serve_command(args) -> tuple[list[str], dict]:
         if value:
             cmd += ["--" + flag.replace("_", "-"), str(value)]
     extra = [a for a in args.panel_args if a != "--"]
+    if any(a == "--num-procs" or a.startswith("--num-procs=") for a in extra):
+        raise SbgError("sbg serve runs in one process: every session shares the monitor held in its memory")
     return cmd + extra, env
 
 

@@ -460,3 +460,22 @@ def test_nanosecond_timestamps_leave_stderr_clean(tmp_path):
         assert proc.returncode == 0
         assert proc.stderr == "", proc.stderr
     assert '"2024-01-01 00:00:01.123456789"' in (tmp_path / "ns_out.csv").read_text()
+
+
+def test_serve_options_after_files_are_sbgs_and_unknown_ones_go_to_panel():
+    # --print-command shows what would run without starting a server.
+    both = run_many([
+        ("serve", "data/battery_fleet.csv.gz", "--port", "5123", "--print-command"),
+        ("serve", "data/battery_fleet.csv.gz", "--port", "5123", "--print-command", "--keep-alive", "500"),
+        ("serve", "--print-command", "--num-procs=4"),
+        ("replay", "data/battery_fleet.csv.gz", "--keep-alive", "500"),
+    ])
+    placed, passed, procs, other = both
+    assert placed.returncode == 0, placed.stderr
+    assert "--port 5123" in placed.stdout and "--allow-websocket-origin 127.0.0.1:5123" in placed.stdout
+    assert "--address 127.0.0.1" in placed.stdout
+    assert passed.returncode == 0 and passed.stdout.rstrip().endswith("--keep-alive 500")
+    assert procs.returncode == 2 and "one process" in procs.stderr
+    assert other.returncode == 2 and "unrecognized arguments: --keep-alive 500" in other.stderr
+    for proc in both:
+        no_traceback(proc)
