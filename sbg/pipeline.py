@@ -35,7 +35,6 @@ import param
 
 from .alerts import AlertEngine, AlertLog
 from .detect import Detector, default_detectors
-from .history import History
 from .metrics import Metrics
 from .stats import Features, Stats
 

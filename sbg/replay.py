@@ -364,12 +364,9 @@ class Replay(param.Parameterized):
     def time_span(self):
         """``(first_ns, last_ns)`` of the data (reads the first and last rows of each source)."""
         if self.first_ts is None:
-            firsts, lasts = [], []
-            for s in self.sources:
-                f, l = s.time_span()
-                firsts.append(f)
-                lasts.append(l)
-            self.first_ts, self.last_ts = min(firsts), max(lasts)
+            spans = [source.time_span() for source in self.sources]
+            self.first_ts = min(first for first, _ in spans)
+            self.last_ts = max(last for _, last in spans)
         return self.first_ts, self.last_ts
 
     def _cancel(self):

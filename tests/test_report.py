@@ -292,6 +292,8 @@ class Opened:
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.on("dialog", self._dialog)
+        self.page.on("requestfailed", lambda r: self.errors.append(f"request failed: {r.url[:300]} {r.failure}")
+                     if r.url.startswith("file:") else None)
         self.page.goto(Path(path).as_uri())
         self.page.wait_for_selector("html[data-rendered]", timeout=60_000)
 
