@@ -193,6 +193,7 @@ def check_output(path) -> Path:
 
 def render(snap: Snapshot, options: ReportOptions | None = None) -> str:
     """The HTML of a snapshot."""
+    from bokeh.core.templates import JS_RESOURCES
     from bokeh.document import Document
     from bokeh.embed import components
     from bokeh.models import Plot
@@ -228,7 +229,10 @@ def render(snap: Snapshot, options: ReportOptions | None = None) -> str:
             for fig in plots.values():
                 doc.add_root(fig)
         script, divs = components(plots)
-        ctx["bokeh_js"] = Markup(Resources(mode="inline", components=["bokeh"], log_level="warn").render_js())
+        # Only BokehJS itself, inline: Resources.render_js() would also link the __javascript__ files of
+        # every model class imported in this process (Panel's, for one), which a file cannot load.
+        res = Resources(mode="inline", components=["bokeh"], log_level="warn")
+        ctx["bokeh_js"] = Markup(JS_RESOURCES.render(js_raw=res.js_raw, js_files=[], hashes={}))
         ctx["bokeh_script"] = Markup(script)
         ctx["divs"] = {k: Markup(v) for k, v in divs.items()}
     else:
