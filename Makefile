@@ -1,14 +1,15 @@
 # Two commands do everything on a fresh machine:
-#   make demo   replay the bundled battery fleet (sets itself up)
+#   make demo   serve the live dashboard replaying the bundled battery fleet (sets itself up)
 #   make test   run the whole test suite (sets itself up, Chromium included)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SPEED ?= 1000x
+SPEED ?= 100x
+PORT ?= 5006
 
-.PHONY: demo test bench setup lint data clean chromium
+.PHONY: demo replay test bench bench-latency setup lint data clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +20,15 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/sbg replay data/battery_fleet.csv.gz --speed $(SPEED) --alerts-db artifacts/demo_alerts.sqlite
+	@mkdir -p artifacts
+	@echo "sbg: the dashboard will be at http://127.0.0.1:$(PORT)/monitor  (Ctrl-C stops it)"
+	$(BIN)/sbg serve data/battery_fleet.csv.gz --speed $(SPEED) --loop --autostart --port $(PORT) \
+	  --alerts-db artifacts/demo_alerts.sqlite
+
+# The same replay in the terminal, alerts printed as they fire.
+replay: $(STAMP)
+	@mkdir -p artifacts
+	$(BIN)/sbg replay data/battery_fleet.csv.gz --speed 1000x --alerts-db artifacts/demo_alerts.sqlite
 
 # Browser tests drive Debian's chromium; install it when it is missing.
 chromium:
@@ -32,6 +41,9 @@ test: $(STAMP) chromium
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+bench-latency: $(STAMP) chromium
+	$(BIN)/python benchmarks/latency.py --minutes 10
 
 lint: $(STAMP)
 	$(BIN)/ruff check sbg tests benchmarks apps notebooks
