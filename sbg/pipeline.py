@@ -96,12 +96,16 @@ class Pipeline(param.Parameterized):
         self.emit_event("alert", f"{event}: {alert.entity} {alert.message}", sev, alert_id=alert.id,
                         state=alert.state)
 
+    def fault(self, where: str, exc: BaseException):
+        """Count an exception caught in ``where`` and put it in the event feed (the run goes on)."""
+        self.metrics.record_error(where, exc)
+        self.emit_event("error", f"{where} failed: {type(exc).__name__}: {exc}", "critical")
+
     def _guard(self, where, fn, fallback):
         try:
             return fn()
         except Exception as exc:
-            self.metrics.record_error(where, exc)
-            self.emit_event("error", f"{where} failed: {type(exc).__name__}: {exc}", "critical")
+            self.fault(where, exc)
             return fallback()
 
     @property
@@ -131,8 +135,8 @@ class Pipeline(param.Parameterized):
         """
         n = len(frame)
         chunk = self._guard("features", lambda: self.features.chunk(frame), lambda: None)
-        if chunk is None:
-            chunk = self.features.chunk(frame.iloc[:0])
+        if chunk is None:  # nothing can be analysed: the rows go on with neutral output, counted
+            return self._neutral(frame, count, stats)
         k = len(self.signals)
 
         def nan_stats():
@@ -192,6 +196,19 @@ class Pipeline(param.Parameterized):
             self.metrics.entities = len(self.features.index)
             self.metrics.sim_time = pd.Timestamp(chunk.ts[-1]) if n else None
         return result
+
+    def _neutral(self, frame: pd.DataFrame, count: bool, stats: bool) -> pd.DataFrame:
+        """``frame`` with the enriched columns of a chunk that could not be analysed: NaN, zero, unflagged."""
+        n = len(frame)
+        out = {c: np.full(n, np.nan) for c in self.stats.columns()} if stats else {}
+        out.update({f"{s}__score": np.zeros(n) for s in self.signals})
+        out["interval_s"] = np.full(n, np.nan)
+        out["anomaly_score"] = np.zeros(n)
+        out["is_anomaly"] = np.zeros(n, dtype=bool)
+        out["reason"] = pd.Series([""] * n, dtype=object)
+        if n and count:
+            self.metrics.analyses += 1
+        return pd.concat([frame.reset_index(drop=True), pd.DataFrame(out, copy=False)], axis=1)
 
     def _alerts(self, frame, pairs, S, chunk):
         positions = self.features.rows_seen(chunk)
