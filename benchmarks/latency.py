@@ -17,7 +17,9 @@ minus the emit. Server and browser share this machine's clock.
 
 Printed: chunks matched, p50 / p95 / max latency per run, and the server's
 RSS at start, its peak and at the end, sampled every 10 s, with the slope
-over the second half (flat memory means about 0 MB/min).
+over the second half (flat memory means about 0 MB/min). The server's memory
+grows while its retained history fills (``--history-rows``, about 0.7 kB a
+row here), so the run uses a retention that fills in the first minutes.
 """
 
 from __future__ import annotations
@@ -88,12 +90,14 @@ def write_fleet(path: Path, seconds: int, entities: int = 8) -> Path:
     return path
 
 
-def start_server(data: Path, speed: str, emits: Path, log: Path):
+def start_server(data: Path, speed: str, emits: Path, log: Path, history_rows: int):
     from sbg.cli import build_parser, serve_command
 
     port = free_port()
+    config = data.with_name("sbg.yaml")
+    config.write_text(f"history: {{max_rows: {history_rows}}}\n")
     args = build_parser().parse_args(["serve", str(data), "--port", str(port), "--speed", speed,
-                                      "--data-dir", str(data.parent)])
+                                      "--data-dir", str(data.parent), "--config", str(config)])
     args.panel_args = []
     cmd, env = serve_command(args)
     app = next(i for i, a in enumerate(cmd) if a.endswith("monitor.py"))
@@ -143,6 +147,9 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--sessions", type=int, default=1)
     ap.add_argument("--speed", default="100x")
+    ap.add_argument("--history-rows", type=int, default=120_000,
+                    help="the server's history retention (sbg.yaml history.max_rows); memory grows until it is "
+                         "full, so it must fill well inside the run for the slope to mean anything")
     ap.add_argument("--shots", type=Path, default=None, help="save a screenshot of the first tab here")
     opts = ap.parse_args(argv)
     factor = float(opts.speed.rstrip("x"))
@@ -157,7 +164,7 @@ def main(argv=None) -> int:
         data = write_fleet(tmp / "fleet.csv", seconds)
         emits_path, log = tmp / "emits.jsonl", tmp / "serve.log"
         emits_path.touch()
-        proc, base = start_server(data, opts.speed, emits_path, log)
+        proc, base = start_server(data, opts.speed, emits_path, log, opts.history_rows)
         records: list[list] = []
         rss = []
         try:
@@ -212,7 +219,7 @@ def main(argv=None) -> int:
         result += latencies(emits, mine)
     lat = np.array(result)
     print(f"\nemit-to-browser latency, {opts.sessions} session(s), {opts.speed}, 8 entities at 1 Hz, "
-          f"{opts.minutes:g} min")
+          f"{opts.minutes:g} min, history retention {opts.history_rows:,} rows")
     print(f"  chunks emitted     {len(emits):,}  ({sum(e[1] for e in emits):,} rows)")
     print(f"  chunk arrivals     {len(lat):,}")
     if len(lat):
