@@ -10,8 +10,10 @@ runs a state machine per (rule, entity)::
 
 Alert ids hash the source, rule, entity and start time, so replaying the same
 data gives the same ids, and the :class:`AlertLog` upserts on the id: a log
-re-run is unchanged, and a process killed mid-replay leaves a readable WAL
-database.
+re-run is unchanged. The log also keeps a run's checkpoint, committed in the
+same transaction as the alert rows it accounts for, so a process killed at
+any moment leaves a readable database from which ``sbg replay --resume``
+continues (see ``docs/reliability.md``).
 
 >>> rule = Rule(name="hot", detectors=["limits"], pending_rows=2, clear_rows=2)
 >>> rule.matches("limits", "temperature_c"), rule.matches("zscore", "temperature_c")
@@ -26,7 +28,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,23 @@ class Alert:
         rec["peak_score"] = float(rec["peak_score"])
         return rec
 
+    @classmethod
+    def from_record(cls, rec: dict) -> Alert:
+        """The alert :meth:`as_record` describes (timestamps parsed, a null peak as NaN).
+
+        >>> a = Alert("x", "r", "e", "v", "limits", "warning", pd.Timestamp("2024-01-01"), None, 1.5, 0.7,
+        ...           pd.Timestamp("2024-01-01"), "m")
+        >>> Alert.from_record(a.as_record()) == a
+        True
+        """
+        rec = {f: rec[f] for f in _COLUMNS}
+        for key in ("start", "end", "peak_time"):
+            rec[key] = None if rec[key] is None else pd.Timestamp(rec[key])
+        rec["peak"] = float("nan") if rec["peak"] is None else float(rec["peak"])
+        rec["peak_score"] = float(rec["peak_score"])
+        rec["reopened"] = int(rec["reopened"])
+        return cls(**rec)
+
 
 @dataclass
 class _Track:
@@ -121,7 +140,6 @@ class _Track:
     alert: Alert | None = None
     last_resolved: Alert | None = None
     last_end_ns: int = 0
-    history: list = field(default_factory=list)
 
 
 class AlertEngine:
@@ -161,6 +179,45 @@ class AlertEngine:
     def reset(self):
         self.tracks.clear()
         self.alerts.clear()
+
+    def state(self) -> dict:
+        """Everything the state machines carry, JSON-ready: the alerts and each (rule, entity) track.
+
+        :meth:`restore` of this state continues exactly as this engine would.
+        """
+        def ref(alert):
+            return None if alert is None else alert.id
+
+        tracks = [[rule, label, int(t.run_len), int(t.run_start_ts), int(t.last_true_pos), ref(t.alert),
+                   ref(t.last_resolved), int(t.last_end_ns)]
+                  for rule, per_entity in self.tracks.items() for label, t in per_entity.items()]
+        return {"alerts": [a.as_record() for a in self.alerts.values()], "tracks": tracks}
+
+    def restore(self, state: dict):
+        """Replace all carried state with a :meth:`state` (alert objects shared between tracks as before).
+
+        >>> engine = AlertEngine([Rule(name="r")])
+        >>> engine.restore({"alerts": [], "tracks": [["r", "a", 2, 10, 5, None, None, 0]]})
+        >>> engine.tracks["r"]["a"].run_len, engine.state() == {"alerts": [], "tracks": [["r", "a", 2, 10, 5, None, None, 0]]}
+        (2, True)
+        """
+        alerts = {}
+        for rec in state["alerts"]:
+            alert = Alert.from_record(rec)
+            alerts[alert.id] = alert
+        rules = {r.name for r in self.rules}
+        tracks: dict[str, dict[str, _Track]] = {}
+        for rule, label, run_len, run_start_ts, last_true_pos, alert_id, resolved_id, last_end_ns in state["tracks"]:
+            if rule not in rules:
+                raise ValueError(f"the state names rule {rule!r}, which these settings do not have")
+            tracks.setdefault(rule, {})[label] = _Track(
+                run_len=int(run_len), run_start_ts=int(run_start_ts), last_true_pos=int(last_true_pos),
+                alert=None if alert_id is None else alerts[alert_id],
+                last_resolved=None if resolved_id is None else alerts[resolved_id], last_end_ns=int(last_end_ns))
+        self.tracks.clear()
+        self.tracks.update(tracks)
+        self.alerts.clear()
+        self.alerts.update(alerts)
 
     def _rule_pairs(self, pairs):
         if self._pairs_cache is None or self._pairs_cache[0] != pairs:
@@ -325,6 +382,7 @@ class AlertEngine:
 
 _COLUMNS = ["id", "rule", "entity", "signal", "detector", "severity", "start", "end", "peak", "peak_score",
             "peak_time", "message", "state", "source", "reopened"]
+_CHECKPOINT_FIELDS = ["source", "identity", "position", "state", "arrays"]
 
 
 def alerts_frame(records) -> pd.DataFrame:
@@ -337,10 +395,19 @@ def alerts_frame(records) -> pd.DataFrame:
 class AlertLog:
     """The alert log: a SQLite file in WAL mode, upserted on the alert id.
 
+    It also holds one checkpoint per source: where a replay had got to and
+    the state it carried there. A checkpoint is only ever written in the same
+    transaction as the alert rows it accounts for (:meth:`write`), so the log
+    and the checkpoint can never disagree, however the process dies.
+
     >>> import tempfile, os
     >>> log = AlertLog(os.path.join(tempfile.mkdtemp(), "alerts.sqlite"))
-    >>> len(log.read())
-    0
+    >>> len(log.read()), log.checkpoint("src")
+    (0, None)
+    >>> log.write([], checkpoint={"source": "src", "identity": "{}", "position": "{}", "state": "{}",
+    ...                           "arrays": b""})
+    >>> log.checkpoint("src")["position"], log.checkpoint_sources()
+    ('{}', ['src'])
     """
 
     def __init__(self, path):
@@ -349,6 +416,8 @@ class AlertLog:
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
+        # A commit in WAL mode survives a killed process whatever this says; NORMAL only lets a power
+        # cut take back the last commits, and the checkpoint goes back with the alerts it covers.
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(
             """CREATE TABLE IF NOT EXISTS alerts (
@@ -358,14 +427,19 @@ class AlertLog:
                 source TEXT, reopened INTEGER DEFAULT 0)"""
         )
         self._conn.execute(
-            """CREATE TABLE IF NOT EXISTS progress (
-                source TEXT PRIMARY KEY, rows_done INTEGER NOT NULL, sim_time TEXT, updated TEXT)"""
+            """CREATE TABLE IF NOT EXISTS checkpoint (
+                source TEXT PRIMARY KEY, identity TEXT NOT NULL, position TEXT NOT NULL,
+                state TEXT NOT NULL, arrays BLOB NOT NULL, updated TEXT NOT NULL)"""
         )
 
-    def write(self, alerts, progress: tuple[str, int, str | None] | None = None):
-        """Upsert alerts (and optionally the replay position) in one transaction."""
+    def write(self, alerts, checkpoint: dict | None = None):
+        """Upsert alerts, and the run's checkpoint if given, in one transaction.
+
+        ``checkpoint`` has the keys ``source``, ``identity``, ``position`` and
+        ``state`` (JSON text) and ``arrays`` (bytes).
+        """
         recs = [a.as_record() for a in alerts]
-        if not recs and progress is None:
+        if not recs and checkpoint is None:
             return
         cols = _COLUMNS
         sql = (f"INSERT INTO alerts ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
@@ -374,16 +448,27 @@ class AlertLog:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.executemany(sql, [[r[c] for c in cols] for r in recs])
-                if progress is not None:
+                if checkpoint is not None:
                     self._conn.execute(
-                        "INSERT INTO progress VALUES (?, ?, ?, datetime('now')) ON CONFLICT(source) "
-                        "DO UPDATE SET rows_done=excluded.rows_done, sim_time=excluded.sim_time, updated=excluded.updated",
-                        progress,
+                        "INSERT OR REPLACE INTO checkpoint VALUES (?, ?, ?, ?, ?, datetime('now'))",
+                        [checkpoint[k] for k in _CHECKPOINT_FIELDS],
                     )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+
+    def checkpoint(self, source: str) -> dict | None:
+        """The last committed checkpoint of ``source``, or ``None``."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {', '.join(_CHECKPOINT_FIELDS)} FROM checkpoint WHERE source = ?", (source,)).fetchone()
+        return None if row is None else dict(zip(_CHECKPOINT_FIELDS, row, strict=True))
+
+    def checkpoint_sources(self) -> list[str]:
+        """Sources that have a checkpoint in this log."""
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT source FROM checkpoint ORDER BY source")]
 
     def read(self, limit: int | None = None, source: str | None = None) -> pd.DataFrame:
         """Alerts in the log, newest first."""
@@ -399,11 +484,6 @@ class AlertLog:
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
         return alerts_frame(dict(zip(_COLUMNS, r, strict=True)) for r in rows)
-
-    def progress(self, source: str):
-        with self._lock:
-            row = self._conn.execute("SELECT rows_done, sim_time FROM progress WHERE source = ?", (source,)).fetchone()
-        return row
 
     def to_csv(self, path):
         self.read().to_csv(path, index=False)

@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", type=Path, metavar="REF", help="known-good reference file")
     p.add_argument("--config", type=Path, metavar="SBG.YAML", help="settings file")
     p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log to write")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the checkpoint in --alerts-db (same files and options)")
     p.add_argument("--loop", action="store_true", help="start again when the data ends")
     p.add_argument("--fail-on", choices=["warning", "critical"], help="exit 1 if an alert of this severity or worse fired")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -270,12 +272,17 @@ def cmd_replay(args) -> int:
 
     out = _Out(colour=False if args.no_color else None)
     monitor = Monitor(args.files, baseline=args.baseline, settings=_settings(args.config),
-                      alerts_db=args.alerts_db, speed=args.speed, loop=args.loop, **_schema_options(args))
+                      alerts_db=args.alerts_db, speed=args.speed, loop=args.loop, resume=args.resume,
+                      **_schema_options(args))
     if not args.quiet:
         monitor.engine.subscribe(lambda event, alert: out.line(_alert_line(out, event, alert)))
     names = ", ".join(str(p) for p in args.files)
     out.line(f"sbg {__version__}: replaying {names} at {args.speed}"
              + (f" with baseline {args.baseline}" if args.baseline else ""))
+    if monitor.resumed_from is not None:
+        at = monitor.resumed_from
+        out.line(f"resuming from the checkpoint: {at['rows_emitted']:,} rows analysed, sim {at['sim_time'] or '-'}"
+                 + ("; the run had finished" if at["finished"] else ""))
     t0 = time.monotonic()
     last = [0.0]
 

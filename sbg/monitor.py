@@ -8,21 +8,33 @@ monitor runs per data source; views subscribe to it and never own its state.
 >>> m.run_to_end()
 >>> m.metrics.reconciles, m.metrics.rows_in
 (True, 10800)
+
+With an alert log, the monitor commits the alert changes together with a
+checkpoint of the run (the replay position and every carried state) every
+``checkpoint_every`` seconds and whenever the replay pauses, stops or ends;
+``Monitor(..., resume=True)`` continues from the last committed checkpoint
+as if the run had never stopped. The design is in ``docs/reliability.md``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import time
+import zipfile
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import param
 
-from .alerts import AlertEngine, AlertLog
+from . import __version__, _kernels
+from .alerts import Alert, AlertEngine, AlertLog
 from .config import Settings
-from .errors import SbgError
+from .errors import ConfigError, SbgError
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .replay import Replay, parse_speed
@@ -55,15 +67,24 @@ class Monitor:
     alerts_db : path-like, optional
         SQLite alert log.
     speed, loop : replay options.
+    resume : bool
+        Continue from the checkpoint in ``alerts_db`` instead of starting over.
+    checkpoint_every : float
+        Wall seconds between commits of the alert log and its checkpoint.
     schema_options : passed to every :class:`~sbg.sources.Source`.
     """
 
     def __init__(self, paths, baseline=None, settings=None, alerts_db=None, speed="max", loop=False,
-                 max_chunk_rows=None, quarantine_keep: int = 1000, **schema_options):
+                 max_chunk_rows=None, quarantine_keep: int = 1000, resume: bool = False,
+                 checkpoint_every: float = 0.25, **schema_options):
         if isinstance(paths, (str, Path)):
             paths = [paths]
         if not paths:
             raise SbgError("no data file given")
+        if resume and not alerts_db:
+            raise SbgError("--resume needs --alerts-db: the checkpoint is kept in the alert log")
+        if resume and not Path(alerts_db).exists():
+            raise SbgError(f"{alerts_db}: no checkpoint to resume from (no such alert log)")
         if settings is None or isinstance(settings, (str, Path)):
             settings = Settings.from_yaml(settings) if settings else Settings()
         parse_speed(speed)
@@ -81,9 +102,10 @@ class Monitor:
         self.metrics = Metrics()
         self.log = AlertLog(alerts_db) if alerts_db else None
         self.engine = AlertEngine(settings.make_rules(), source=self.source_key)
+        # The monitor writes the log itself: alert rows only ever go in with the checkpoint that covers them.
         self.pipeline = Pipeline(
             stats=settings.make_stats(), detectors=settings.make_detectors(self.reference), engine=self.engine,
-            metrics=self.metrics, log=self.log, signals=signals, carried=carried,
+            metrics=self.metrics, signals=signals, carried=carried,
         )
         self.history = settings.make_history()
         self.quarantine: deque = deque(maxlen=quarantine_keep)
@@ -101,6 +123,17 @@ class Monitor:
         self.engine.subscribe(self._count_alert)
         self.enriched = self.pipeline.connect(self.replay.stream.map(self._align))
         self.enriched.stream.sink(self._sink)
+        self.checkpoint_every = float(checkpoint_every)
+        self._unsaved: dict[str, Alert] = {}
+        self._committed_at: float | None = None
+        #: The replay position the run resumed from (``None`` for a fresh run).
+        self.resumed_from: dict | None = None
+        if self.log is not None:
+            self.identity = self._identity(schema_options)
+            self.engine.subscribe(lambda event, alert: self._unsaved.__setitem__(alert.id, alert))
+            self.replay.param.watch(self._on_replay_state, "state")
+            if resume:
+                self._resume()
 
     @property
     def events(self):
@@ -148,20 +181,19 @@ class Monitor:
             last = enriched.groupby("entity", sort=False)[cols].last()
             self._latest = last if self._latest is None else last.combine_first(self._latest)
         except Exception as exc:
-            self.metrics.record_error("health", exc)
+            self.pipeline.fault("health", exc)
         try:
             self.history.append(enriched[self.history_columns(enriched)])
         except Exception as exc:
-            self.metrics.record_error("history", exc)
+            self.pipeline.fault("history", exc)
         for cb in list(self._chunk_subscribers):
             try:
                 cb(enriched)
             except Exception as exc:
-                self.metrics.record_error("chunk subscriber", exc)
-                self.pipeline.emit_event("error", f"view failed: {type(exc).__name__}: {exc}", "critical")
-        if self.log is not None:
-            progress = self.replay.rows_emitted + self.replay.rows_quarantined
-            self.log.write([], progress=(self.source_key, progress, str(self.replay.sim_time)))
+                self.pipeline.fault("view", exc)
+        if self.log is not None and (self._committed_at is None
+                                     or time.monotonic() - self._committed_at >= self.checkpoint_every):
+            self.commit()
 
     def health(self, stale_after: str = "60s") -> pd.DataFrame:
         """State per entity and signal: 0 normal, 1 flagged, 2 critical alert firing, 3 no recent data.
@@ -251,4 +283,207 @@ class Monitor:
     def close(self):
         self.replay.stop()
         if self.log is not None:
+            if self._committed_at is not None:
+                self.commit()
             self.log.close()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def commit(self):
+        """Write the alert changes since the last commit and a checkpoint of the run, in one transaction.
+
+        Called only between chunks (from the sink once a chunk is fully
+        processed, and when the replay pauses, stops or ends), so the replay
+        position and every carried state describe the same row.
+        """
+        changed = dict(self._unsaved)
+        # Peaks move while an alert fires, without an event.
+        changed.update({a.id: a for a in self.engine.alerts.values() if a.state == "firing"})
+        self.log.write(changed.values(), checkpoint=self._checkpoint())
+        self._unsaved.clear()
+        self._committed_at = time.monotonic()
+
+    def _on_replay_state(self, event):
+        # A run's first checkpoint is its start, so --resume after an early kill starts over cleanly.
+        if event.new in ("finished", "stopped", "paused") or (event.new == "running" and self._committed_at is None):
+            self.commit()
+
+    def _identity(self, schema_options) -> dict:
+        """What a checkpoint is valid for: the files as they are now, and everything that shapes the results."""
+        config = {
+            "sbg": __version__, "settings": self.settings.data, "schema_options": schema_options,
+            "schemas": [s.schema.as_dict() for s in self.sources],
+            "baseline": None if self.baseline_path is None else _file_identity(self.baseline_path),
+        }
+        # Through JSON once, so it compares equal to what a checkpoint reads back.
+        return json.loads(json.dumps({"files": [_file_identity(p) for p in self.paths], "config": config},
+                                     sort_keys=True, default=str))
+
+    def _checkpoint(self) -> dict:
+        features, arrays = _pack_features(self.pipeline.features)
+        m = self.metrics
+        state = {
+            "engine": self.engine.state(), "features": features,
+            "metrics": {**{k: getattr(m, k) for k in _COUNTERS},
+                        "sim_time": None if m.sim_time is None else pd.Timestamp(m.sim_time).isoformat()},
+        }
+        blob = io.BytesIO()
+        np.savez(blob, **arrays)
+        return {"source": self.source_key, "identity": json.dumps(self.identity, sort_keys=True),
+                "position": json.dumps(self.replay.position()), "state": json.dumps(state),
+                "arrays": blob.getvalue()}
+
+    def _resume(self):
+        where = self.log.path
+        row = self.log.checkpoint(self.source_key)
+        if row is None:
+            others = self.log.checkpoint_sources()
+            if others:
+                raise SbgError(f"{where}: has no checkpoint for {self.source_key}, only for {', '.join(others)}; "
+                               "resume with the same files or run without --resume")
+            raise SbgError(f"{where}: no checkpoint to resume from; run without --resume first")
+        try:
+            saved = json.loads(row["identity"])
+            position = json.loads(row["position"])
+            state = json.loads(row["state"])
+            with np.load(io.BytesIO(row["arrays"]), allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise SbgError(f"{where}: the checkpoint of {self.source_key} is damaged ({exc}); "
+                           "run without --resume to start over") from None
+        self._check_identity(saved)
+        try:
+            _unpack_features(self.pipeline.features, state["features"], arrays)
+            self.engine.restore(state["engine"])
+            metrics = state["metrics"]
+            with param.parameterized.batch_call_watchers(self.metrics):
+                for k in _COUNTERS:
+                    setattr(self.metrics, k, int(metrics[k]))
+                self.metrics.sim_time = None if metrics["sim_time"] is None else pd.Timestamp(metrics["sim_time"])
+            self.replay.restore(position)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise SbgError(f"{where}: the checkpoint of {self.source_key} is damaged ({type(exc).__name__}: "
+                           f"{exc}); run without --resume to start over") from None
+        self.resumed_from = position
+
+    def _check_identity(self, saved):
+        where = self.log.path
+        now = self.identity
+        if not isinstance(saved, dict) or saved.get("files") != now["files"]:
+            before = saved.get("files") if isinstance(saved, dict) else None
+            paths = [f.get("path") for f in before] if isinstance(before, list) and all(
+                isinstance(f, dict) for f in before) else []
+            if paths != [f["path"] for f in now["files"]]:
+                raise SbgError(f"{where}: the checkpoint is for {', '.join(map(str, paths)) or 'other files'}, "
+                               "not these files; resume with the same files or run without --resume")
+            changed = next(f["path"] for f, g in zip(now["files"], before, strict=True) if f != g)
+            raise SbgError(f"{changed}: changed since the checkpoint (size, modification time or content); "
+                           "run without --resume to start over")
+        if saved.get("config") != now["config"]:
+            raise ConfigError(f"{where}: the settings, baseline or schema options differ from the checkpoint's; "
+                              "resume with the same options or run without --resume")
+
+
+#: Metrics counters a checkpoint carries over.
+_COUNTERS = ("rows_in", "rows_ok", "rows_quarantined", "rows_skipped", "analyses", "errors", "entities",
+             "alerts_total", "alerts_firing")
+#: The only classes a checkpoint may name: the kernels that hold a pipeline's carried state.
+_KERNELS = {name: getattr(_kernels, name) for name in (
+    "RollingMoments", "RollingQuantiles", "EWM", "EWSpread", "Lag", "RunLength", "Positions", "UsualInterval")}
+_SCALARS = (bool, int, float, str, type(None))
+_HEAD_BYTES = 1 << 20
+
+
+def _file_identity(path) -> dict:
+    """Path, size, modification time and a hash of the first MiB of a file."""
+    path = Path(path).resolve()
+    st = path.stat()
+    with open(path, "rb") as fh:
+        head = hashlib.sha256(fh.read(_HEAD_BYTES)).hexdigest()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "head_sha256": head}
+
+
+def _pack_features(features) -> tuple[dict, dict[str, np.ndarray]]:
+    """The carried state of a :class:`~sbg.stats.Features` as JSON-ready metadata and numeric arrays.
+
+    Every attribute of every kernel is saved; one that is neither a numeric
+    array nor a plain scalar is refused, so no state can be left out unnoticed.
+
+    >>> from sbg.stats import Features
+    >>> f = Features(["v"])
+    >>> c = f.chunk(pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=3, freq="s"),
+    ...                          "entity": ["a", "b", "a"], "v": [1.0, 2.0, 3.0]}))
+    >>> f.rows_seen(c).tolist()
+    [0, 0, 1]
+    >>> meta, arrays = _pack_features(f)
+    >>> g = Features(["v"])
+    >>> _unpack_features(g, json.loads(json.dumps(meta)), arrays)
+    >>> g.rows_seen(g.chunk(pd.DataFrame({"timestamp": [pd.Timestamp("2024-01-02")], "entity": ["a"],
+    ...                                   "v": [4.0]}))).tolist()
+    [2]
+    """
+    kernels, arrays = [], {}
+    for i, (key, value) in enumerate(features._state.items()):
+        parts = []
+        for j, obj in enumerate(value if isinstance(value, tuple) else (value,)):
+            kind = type(obj).__name__
+            if _KERNELS.get(kind) is not type(obj):
+                raise TypeError(f"cannot checkpoint a {kind}")
+            scalars = {}
+            for attr, v in vars(obj).items():
+                if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
+                    arrays[f"{i}.{j}.{attr}"] = v
+                elif isinstance(v, _SCALARS):
+                    scalars[attr] = v
+                else:
+                    raise TypeError(f"cannot checkpoint {kind}.{attr}, a {type(v).__name__}")
+            parts.append({"kind": kind, "scalars": scalars})
+        kernels.append({"key": list(key), "tuple": isinstance(value, tuple), "parts": parts})
+    return {"labels": list(features.index.labels), "kernels": kernels}, arrays
+
+
+def _unpack_features(features, meta: dict, arrays: dict[str, np.ndarray]):
+    """Replace the carried state of ``features`` with what :func:`_pack_features` saved.
+
+    The input is treated as untrusted: only the kernel classes above can be
+    named, values are plain scalars or numeric arrays (never pickles), and
+    every array of a kernel must have one row per entity slot (at most twice the entities).
+    """
+    labels = meta["labels"]
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or len(set(labels)) != len(labels):
+        raise ValueError("entity labels must be distinct text")
+    state = {}
+    for i, entry in enumerate(meta["kernels"]):
+        key = tuple(entry["key"])
+        if not all(isinstance(x, _SCALARS) for x in key):
+            raise ValueError(f"bad state key {key!r}")
+        objs = []
+        for j, part in enumerate(entry["parts"]):
+            cls = _KERNELS[part["kind"]]
+            obj = cls.__new__(cls)
+            values = dict(part["scalars"])
+            prefix = f"{i}.{j}."
+            values.update({name[len(prefix):]: arr for name, arr in arrays.items() if name.startswith(prefix)})
+            rows = set()
+            for attr, v in values.items():
+                if not attr.isidentifier() or attr.startswith("__"):
+                    raise ValueError(f"bad attribute name {attr!r}")
+                if isinstance(v, np.ndarray):
+                    if v.dtype.kind not in "biuf" or v.ndim == 0:
+                        raise ValueError(f"{part['kind']}.{attr}: not a numeric array")
+                    rows.add(v.shape[0])
+                    v = np.require(v, requirements=["C", "W", "O"])
+                elif not isinstance(v, _SCALARS):
+                    raise ValueError(f"{part['kind']}.{attr}: not a scalar")
+                vars(obj)[attr] = v
+            if len(rows) > 1 or (rows and rows.pop() > max(4, 2 * len(labels))) or vars(obj).get("k", features.k) != features.k:
+                raise ValueError(f"{part['kind']} {key}: arrays do not match the entities and signals")
+            objs.append(obj)
+        state[key] = tuple(objs) if entry["tuple"] else objs[0]
+    index = features.index
+    index.labels[:] = labels
+    index.codes_of.clear()
+    index.codes_of.update({label: code for code, label in enumerate(labels)})
+    index._cache_key = index._cache = None
+    features._state.clear()
+    features._state.update(state)
