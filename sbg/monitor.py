@@ -204,8 +204,7 @@ class Monitor:
         if self._latest is None or self._latest.empty:
             return pd.DataFrame(columns=["entity", "signal", "state", "score", "last_seen"])
         latest = self._latest
-        now = pd.Timestamp(self.replay.sim_time) if self.replay.sim_time is not None else latest["timestamp"].max()
-        stale = (now - latest["timestamp"]) > pd.Timedelta(stale_after)
+        stale = (self._clock() - latest["timestamp"]) > pd.Timedelta(stale_after)
         critical = {(a.entity, a.signal) for a in self.engine.alerts.values()
                     if a.state == "firing" and a.severity == "critical"}
         rows = []
@@ -278,7 +277,32 @@ class Monitor:
             "baseline": str(self.baseline_path) if self.baseline_path else None,
             "metrics": self.metrics.as_dict(),
             "replay": self.replay.progress,
+            "data": self.data_state(),
         }
+
+    def _clock(self) -> pd.Timestamp:
+        """The replay's clock, or the newest row's time once the data has ended (or before any tick)."""
+        if self.replay.sim_time is None or self.replay.state == "finished":
+            return self._latest["timestamp"].max()
+        return pd.Timestamp(self.replay.sim_time)
+
+    def data_state(self, stale_after: str = "60s") -> dict:
+        """Whether data is arriving: ``no data``, ``live``, ``partly stale`` or ``stale``.
+
+        Judged on the replay's clock: an entity whose newest row is older than
+        ``stale_after`` is stale, and a source with no rows yet has no data.
+        Silence is reported as silence, never as a quiet "normal".
+        """
+        latest = self._latest
+        if latest is None or latest.empty:
+            return {"state": "no data", "entities": 0, "stale_entities": [], "silent_s": None}
+        newest = latest["timestamp"].max()
+        now = self._clock()
+        age = now - latest["timestamp"]
+        stale = sorted(str(e) for e in age.index[age > pd.Timedelta(stale_after)])
+        state = "live" if not stale else "stale" if len(stale) == len(latest) else "partly stale"
+        return {"state": state, "entities": int(len(latest)), "stale_entities": stale[:100],
+                "stale_count": len(stale), "silent_s": max(0.0, (now - newest).total_seconds())}
 
     def close(self):
         self.replay.stop()
