@@ -295,7 +295,7 @@ class Monitor:
         """
         latest = self._latest
         if latest is None or latest.empty:
-            return {"state": "no data", "entities": 0, "stale_entities": [], "silent_s": None}
+            return {"state": "no data", "entities": 0, "stale_entities": [], "stale_count": 0, "silent_s": None}
         newest = latest["timestamp"].max()
         now = self._clock()
         age = now - latest["timestamp"]
