@@ -4,116 +4,21 @@ Screenshots land in ``artifacts/`` for a person to look at.
 """
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
+import urllib.error
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import Tab, get, sbg_served, status
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "artifacts"
-COUNT_POINTS = """() => {
-  let n = 0;
-  for (const doc of window.Bokeh.documents)
-    for (const m of doc.all_models)
-      if (m.data && m.data.timestamp && m.type !== "Tabulator") n += m.data.timestamp.length;
-  return n;
-}"""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url, timeout=5):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.status, r.read().decode()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "sbg.cli", "serve", "--port", str(port), "--speed", "100x"],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if get(base + "/api/status")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        os.killpg(proc.pid, signal.SIGTERM)
-        pytest.fail("sbg serve did not come up:\n" + log.read_text())
-    yield base
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    # Tornado logs closed-websocket races when tabs vanish; sbg's own code must never raise.
-    text = log.read_text()
-    assert "/sbg/" not in text, text[-4000:]
-
-
-class Tab:
-    def __init__(self, browser, base, width=1366, height=768):
-        self.context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
-        self.page = self.context.new_page()
-        self.errors = []
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.goto(base + "/monitor")
-        self.page.wait_for_selector(".sbg-kpis", timeout=60_000)
-
-    def kpi(self, key):
-        if self.page.evaluate("document.hidden"):
-            # A background window defers rendering: bring it up and let it paint.
-            self.page.bring_to_front()
-            self.page.wait_for_timeout(600)
-        text = self.page.locator(f'[data-kpi="{key}"] .value').first.inner_text()
-        return int(text.replace(",", "").replace("%", "").split(".")[0] or 0)
-
-    def state(self):
-        return self.page.locator(".sbg-live").first.get_attribute("data-state")
-
-    def click(self, name):
-        self.page.get_by_role("button", name=name, exact=True).first.click()
-
-    def points(self):
-        return self.page.evaluate(COUNT_POINTS)
-
-    def wait_for(self, predicate, timeout=30, what="condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            self.page.wait_for_timeout(250)
-        raise AssertionError(f"timed out waiting for {what}")
-
-    def shot(self, name):
-        ARTIFACTS.mkdir(exist_ok=True)
-        self.page.screenshot(path=str(ARTIFACTS / f"dashboard_{name}.png"))
-
-    def close(self):
-        self.context.close()
-
-
-def status(base):
-    return json.loads(get(base + "/api/status")[1])
+    with sbg_served(tmp_path_factory.mktemp("serve") / "serve.log", "--speed", "100x") as base:
+        yield base
 
 
 def test_page_loads_without_console_errors(server, browser):
