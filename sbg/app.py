@@ -52,7 +52,6 @@ __all__ = ["Dashboard", "shared_monitor", "monitors", "resolve_data_file", "data
 #: Display windows offered in the sidebar (a time span, not a point count).
 WINDOWS = {"1 min": 60, "5 min": 300, "10 min": 600, "30 min": 1800, "1 h": 3600, "6 h": 21600, "24 h": 86400}
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".tsv")
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 
 _MONITORS: dict[tuple, Monitor] = {}
 _LOCK = threading.Lock()
@@ -197,6 +196,34 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def _fmt_size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:,.1f} MB" if n_bytes >= 2**20 / 10 else f"{n_bytes / 1024:,.0f} KB"
+
+
+def _safe_name(text: str, limit: int = 120) -> str:
+    """``text`` cut down to a file name without spaces, slashes or markup."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text))[:limit]
+
+
+def _error_html(message: str) -> str:
+    """A message in the sidebar's error style (escaped)."""
+    return f'<span style="color:{STATE_COLORS["critical"]}">{html.escape(message)}</span>'
+
+
+def _env_megabytes(name: str) -> float | None:
+    """A positive size in MB from the environment variable ``name``, or ``None`` when it is unset."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise SbgError(f"{name}={text!r}: give a positive number of megabytes")
+    return value
+
+
 class Dashboard(pn.viewable.Viewer):
     """Live dashboard over a :class:`~sbg.monitor.Monitor`.
 
@@ -206,6 +233,22 @@ class Dashboard(pn.viewable.Viewer):
         The model; shared by every viewer of the same source.
     data_dir : path
         Directory the source and baseline pickers list, and uploads go to.
+    max_upload_mb : float
+        Largest file the sidebar upload accepts. A file over it is refused
+        with a message and nothing is written.
+
+    Served, the defaults come from the environment ``sbg serve`` sets:
+    ``SBG_DATA_DIR``, ``SBG_FILES``, ``SBG_SPEED`` and the others read by
+    :func:`shared_monitor`'s caller, and ``SBG_MAX_UPLOAD_MB`` for
+    ``max_upload_mb`` (``SBG_MAX_UPLOAD_MB=200 sbg serve``).
+
+    The upload travels in one websocket message, base64-encoded (4/3 of the
+    file's size), and Bokeh's server closes the connection on a message over
+    its ``websocket_max_message_size`` (20 MB unless raised). A file too big
+    for that never reaches the dashboard and the page loses its connection
+    instead of showing a message, so the default limit is the largest file
+    that fits. To accept larger files raise both:
+    ``SBG_MAX_UPLOAD_MB=200 sbg serve -- --websocket-max-message-size=300000000``.
     """
 
     monitor = param.ClassSelector(class_=Monitor, doc="The monitor shown (shared by every session on it).")
@@ -217,10 +260,14 @@ class Dashboard(pn.viewable.Viewer):
     plot_ms = param.Integer(default=100, bounds=(50, 10000), doc="Milliseconds between updates of the live plots.")
     read_only = param.Boolean(default=False, doc="Hide the controls that change shared state.")
     max_entities = param.Integer(default=4, bounds=(1, 24), doc="Entities drawn at first.")
+    max_upload_mb = param.Number(default=14, bounds=(0, None), inclusive_bounds=(False, True),
+                                 doc="Largest file the sidebar upload accepts, in MB (2**20 bytes).")
 
     def __init__(self, monitor: Monitor | None = None, **params):
         if monitor is not None:
             params["monitor"] = monitor
+        if "max_upload_mb" not in params and (limit := _env_megabytes("SBG_MAX_UPLOAD_MB")) is not None:
+            params["max_upload_mb"] = limit
         super().__init__(**params)
         if self.monitor is None:
             self.monitor = _default_monitor()
@@ -342,7 +389,8 @@ class Dashboard(pn.viewable.Viewer):
             label="Baseline", options=["(none)"] + files,
             value=self._relative(m.baseline_path) if m.baseline_path else "(none)", sizing_mode="stretch_width")
         self.upload = pn.widgets.FileInput(accept=",".join(DATA_SUFFIXES), sizing_mode="stretch_width")
-        self.upload_status = pn.pane.HTML("", sizing_mode="stretch_width", styles={"font-size": "12px"})
+        self.upload_status = pn.pane.HTML(self._upload_hint(), sizing_mode="stretch_width",
+                                          styles={"font-size": "12px", "color": "#4b5563"})
         self.speed = pn.widgets.RadioButtonGroup(label="Speed", options=list(SPEEDS), value=self._speed_label(),
                                                  color="primary", variant="outline",
                                                  sizing_mode="stretch_width")
@@ -536,7 +584,7 @@ class Dashboard(pn.viewable.Viewer):
                 self.baseline_select.value, self.data_dir)
             monitor = shared_monitor([path], baseline=base, speed=self.speed.value)
         except SbgError as exc:
-            self.upload_status.object = f'<span style="color:{STATE_COLORS["critical"]}">{html.escape(str(exc))}</span>'
+            self.upload_status.object = _error_html(str(exc))
             return
         self.monitor = monitor
         self._xy = (monitor.signals[0], monitor.signals[1] if len(monitor.signals) > 1 else monitor.signals[0])
@@ -554,12 +602,14 @@ class Dashboard(pn.viewable.Viewer):
     def _on_upload(self, event):
         if self.read_only or not event.new:
             return
-        name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.upload.filename or "upload.csv").name)[:120]
+        name = _safe_name(Path(self.upload.filename or "upload.csv").name)
         if not name.lower().endswith(DATA_SUFFIXES):
-            self.upload_status.object = "Only .csv, .csv.gz and .parquet files can be uploaded."
+            self.upload_status.object = _error_html(f"{name}: only .csv, .csv.gz and .parquet files can be uploaded.")
             return
-        if len(event.new) > MAX_UPLOAD_BYTES:
-            self.upload_status.object = f"{html.escape(name)} is larger than {MAX_UPLOAD_BYTES // 2**20} MB."
+        if len(event.new) > self.max_upload_mb * 2**20:
+            self.upload_status.object = _error_html(
+                f"{name} is {_fmt_size(len(event.new))}, over the upload limit of {self.max_upload_mb:g} MB; "
+                "it was not saved.")
             return
         target = Path(self.data_dir) / "uploads" / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -568,7 +618,7 @@ class Dashboard(pn.viewable.Viewer):
             Monitor([target])  # validate the schema before offering it
         except SbgError as exc:
             target.unlink(missing_ok=True)
-            self.upload_status.object = f'<span style="color:{STATE_COLORS["critical"]}">{html.escape(str(exc))}</span>'
+            self.upload_status.object = _error_html(str(exc))
             return
         rel = self._relative(target)
         self.source_select.options = data_files(self.data_dir)
@@ -590,6 +640,13 @@ class Dashboard(pn.viewable.Viewer):
     def _on_size(self):
         self.baseline_pane.object = baseline_view(self.monitor.reference, self._baseline_buffer, *self._xy,
                                                   size=self.point_size)
+
+    def _upload_hint(self) -> str:
+        return f"Upload a .csv, .csv.gz or .parquet file of up to {self.max_upload_mb:g} MB."
+
+    @param.depends("max_upload_mb", watch=True)
+    def _on_upload_limit(self):
+        self.upload_status.object = self._upload_hint()
 
     def _alerts_csv(self):
         return io.StringIO(self.monitor.alerts.to_csv(index=False))
