@@ -15,6 +15,7 @@ the tab unsubscribes and frees everything the session held.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import io
@@ -46,6 +47,7 @@ from .plots import (
     signal_view,
 )
 from .replay import SPEEDS
+from .report import Snapshot, render
 
 __all__ = ["Dashboard", "shared_monitor", "monitors", "resolve_data_file", "data_files", "session_count"]
 
@@ -208,6 +210,15 @@ def _safe_name(text: str, limit: int = 120) -> str:
 def _error_html(message: str) -> str:
     """A message in the sidebar's error style (escaped)."""
     return f'<span style="color:{STATE_COLORS["critical"]}">{html.escape(message)}</span>'
+
+
+def report_filename(source: str, made_at: pd.Timestamp) -> str:
+    """The name a downloaded report is saved under: the source and the UTC time it was made.
+
+    >>> report_filename("fleet a+b", pd.Timestamp("2024-06-03 08:00:05", tz="UTC"))
+    'sbg_report_fleet_a_b_20240603T080005Z.html'
+    """
+    return f"sbg_report_{_safe_name(source, 80)}_{made_at.tz_convert('UTC'):%Y%m%dT%H%M%SZ}.html"
 
 
 def _env_megabytes(name: str) -> float | None:
@@ -413,6 +424,17 @@ class Dashboard(pn.viewable.Viewer):
                                                   label="Alerts CSV", color="default")
         self.export_json = pn.widgets.FileDownload(callback=self._alerts_json, filename="sbg_alerts.json",
                                                    label="Alerts JSON", color="default")
+        # Grey like the other secondary buttons: Panel 1.9's FileDownload drops `color` before it reaches
+        # the browser, and `button_type` is deprecated.
+        self.report_button = pn.widgets.FileDownload(callback=self._report_file, filename="sbg_report.html",
+                                                     label="Download report", color="default",
+                                                     sizing_mode="stretch_width",
+                                                     description="An HTML report of the run so far, to open "
+                                                                 "offline or hand over. The replay goes on.")
+        # File names have no spaces: let them break anywhere rather than run under the main area.
+        self.report_status = pn.pane.HTML("", sizing_mode="stretch_width",
+                                          styles={"font-size": "12px", "color": "#4b5563",
+                                                  "overflow-wrap": "anywhere"})
         signals = m.signals
         self._xy = (signals[0], signals[1] if len(signals) > 1 else signals[0])
         self.x_select = pn.widgets.Select(label="x", options=signals, value=self._xy[0], width=150)
@@ -648,6 +670,34 @@ class Dashboard(pn.viewable.Viewer):
     def _on_upload_limit(self):
         self.upload_status.object = self._upload_hint()
 
+    async def _report_file(self):
+        """The report of the run so far, as the download button's file.
+
+        The snapshot is taken here, on the event loop the replay also runs on,
+        so it sees whole chunks; it costs tens of milliseconds. Rendering takes
+        up to seconds, so it runs on a worker thread: the replay (shared by
+        every session) and this page keep going meanwhile. The thread does not
+        carry this session's document, so the report is the one ``sbg report``
+        writes.
+        """
+        monitor = self.monitor
+        self.report_button.loading = True
+        try:
+            snap = Snapshot.of(monitor)
+            text = await asyncio.get_running_loop().run_in_executor(None, render, snap)
+        except Exception as exc:
+            self.report_status.object = _error_html(f"The report could not be made: {type(exc).__name__}: {exc}")
+            raise  # the server log gets the traceback
+        finally:
+            self.report_button.loading = False
+        data = text.encode("utf-8")
+        filename = report_filename(monitor.source_key, snap.made_at)
+        self.report_button.filename = filename
+        run = "the finished run" if snap.progress.get("state") == "finished" else \
+            f"the run so far ({snap.progress.get('percent') or 0:.0f}%)"
+        self.report_status.object = html.escape(f"Report of {run}, {_fmt_size(len(data))}: {filename}")
+        return io.BytesIO(data)
+
     def _alerts_csv(self):
         return io.StringIO(self.monitor.alerts.to_csv(index=False))
 
@@ -863,6 +913,7 @@ class Dashboard(pn.viewable.Viewer):
         items += [self.progress, self.progress_text]
         if not self.read_only:
             items += [pn.Row(self.seek, self.seek_btn, sizing_mode="stretch_width")]
+        items += [pn.pane.Markdown("**Report**", margin=(10, 10, 0, 10)), self.report_button, self.report_status]
         items += [self.window_select, self.entity_choice,
                   pn.pane.Markdown("**Detectors and rules**", margin=(10, 10, 0, 10)), self.settings_area]
         if self.read_only:
