@@ -153,6 +153,7 @@ CSS = ":host, :root { " + _STATE_VARS + "}\n" + """
 .sbg-dot { width: 12px; height: 12px; border-radius: 50%; background: var(--sbg-stale); }
 .sbg-live.running .sbg-dot { background: var(--sbg-normal); animation: sbg-pulse 1.4s ease-in-out infinite; }
 .sbg-live.error .sbg-dot { background: var(--sbg-critical); animation: none; }
+.sbg-live.stale .sbg-dot { background: var(--sbg-warning); animation: none; }
 @keyframes sbg-pulse { 0% { box-shadow: 0 0 0 0 rgba(22,163,74,0.7); } 70% { box-shadow: 0 0 0 10px rgba(22,163,74,0); }
                        100% { box-shadow: 0 0 0 0 rgba(22,163,74,0); } }
 .sbg-kpis { display: grid; grid-template-columns: repeat(auto-fit, minmax(92px, 1fr)); gap: 7px; width: 100%; }
@@ -686,6 +687,7 @@ class Dashboard(pn.viewable.Viewer):
             snap = Snapshot.of(monitor)
             text = await asyncio.get_running_loop().run_in_executor(None, render, snap)
         except Exception as exc:
+            monitor.pipeline.fault("report", exc)
             self.report_status.object = _error_html(f"The report could not be made: {type(exc).__name__}: {exc}")
             raise  # the server log gets the traceback
         finally:
@@ -727,7 +729,7 @@ class Dashboard(pn.viewable.Viewer):
         self.bridge.flush()
 
     def _tick(self):
-        if self.live is None:
+        if self.live is None or self._disconnected():
             return
         now = time.monotonic()
         plot_due = bool(self._pending) and now - self._last_plot >= self.plot_ms / 1000
@@ -749,7 +751,21 @@ class Dashboard(pn.viewable.Viewer):
                 self._last_fast = now
                 self._update_fast()
         except Exception as exc:  # a view must never stop the replay
-            self.monitor.metrics.record_error("dashboard", exc)
+            self.monitor.pipeline.fault("dashboard", exc)
+
+    @staticmethod
+    def _disconnected() -> bool:
+        """True in a served session whose websocket is not open (not yet, or no longer).
+
+        Nothing may reach a HoloViews plot then: a plot refreshed in a session
+        Panel does not count as connected reschedules itself on every tick of
+        the event loop, and each pending callback blocks the session's
+        expiry, so a closed tab was never freed and the loop spun at full CPU.
+        """
+        doc = pn.state.curdoc
+        if doc is None or doc.session_context is None:
+            return False  # a notebook, or in-process
+        return not pn.state._connected.get(doc)
 
     def _documents(self):
         """The documents showing this view, with their notebook comm (``None`` when served)."""
@@ -774,7 +790,16 @@ class Dashboard(pn.viewable.Viewer):
                  "finished": "Finished"}[state]
         if errors:
             label += f" · {errors} error{'s' if errors != 1 else ''}"
-        self.live_indicator.object = (f'<span class="sbg-live {css}" title="replay state" data-state="{state}">'
+        data = m.data_state()
+        title = "replay state"
+        if data["state"] == "stale" and state == "running":
+            css = css or "stale"
+            label += f" · no data for {_fmt_duration(data['silent_s'])}"
+        elif data["state"] in ("stale", "partly stale"):
+            label += f" · {data['stale_count']} of {data['entities']} stale"
+            title = "no rows for 60 s of replay time: " + ", ".join(data["stale_entities"][:20])
+        self.live_indicator.object = (f'<span class="sbg-live {css}" title="{html.escape(title)}" '
+                                      f'data-state="{state}" data-data="{data["state"]}">'
                                       f'<span class="sbg-dot"></span>{label}</span>')
         pct = r.percent
         self.progress.value = int(pct)
@@ -822,6 +847,8 @@ class Dashboard(pn.viewable.Viewer):
 
     def _update_slow(self):
         m = self.monitor
+        if self._disconnected():
+            return
         health = m.health()
         self.health_empty.visible = health.empty
         self.health_pane.visible = not health.empty
@@ -954,10 +981,20 @@ class Dashboard(pn.viewable.Viewer):
         return template.servable(**kwargs)
 
 
+def _rss_bytes() -> int | None:
+    """This process's resident memory (Linux), for operators watching the server's footprint."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def status_payload(monitor: Monitor) -> dict:
     """What ``/api/status`` answers: metrics, replay state and progress, source and start time."""
     status = monitor.status()
     status["started_at"] = monitor.started_at.isoformat()
     status["sessions"] = session_count()
     status["subscribers"] = monitor.subscriber_count
+    status["process"] = {"pid": os.getpid(), "rss_bytes": _rss_bytes()}
     return json.loads(json.dumps(status, default=str))

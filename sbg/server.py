@@ -140,6 +140,12 @@ def prometheus_text(monitors) -> str:
             d["sessions"] = m.subscriber_count
             state = m.replay.state
             lines.append(f'{full}{{source="{_escape_label(m.source_key)}",state="{state}"}} {float(d[name]):.6g}')
+    from .app import _rss_bytes
+
+    rss = _rss_bytes()
+    if rss is not None:
+        lines += ["# HELP process_resident_memory_bytes Resident memory size in bytes.",
+                  "# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {rss}"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,157 @@
+"""Fault injection: each step of the flow raises in turn, and the run goes on.
+
+Every step is made to fail on every third call, on the real data of the
+machine monitor replayed at ``max``. Each time:
+
+* the replay keeps going to the end of the data;
+* the error is counted, named in ``/api/status``'s payload and shown in the
+  event feed the dashboard renders;
+* the dashboard's live indicator turns red;
+* no row goes uncounted: rows in = ok + quarantined = the rows in the file.
+"""
+
+import asyncio
+
+import pandas as pd
+import pytest
+
+from sbg import detect, history, stats
+from sbg.alerts import AlertEngine
+from sbg.app import Dashboard, status_payload
+from sbg.datasets import DATA_DIR
+from sbg.monitor import Monitor
+from sbg.plots import LiveBuffers
+from sbg.report import Snapshot
+
+DATA = DATA_DIR / "machine_monitor.csv"
+ROWS = len(DATA.read_text(encoding="utf-8").splitlines()) - 1
+
+
+class Injected(RuntimeError):
+    pass
+
+
+def flaky(fn, every=3):
+    """``fn``, raising :class:`Injected` on every ``every``-th call."""
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] % every == 0:
+            raise Injected(f"injected fault #{calls['n']}")
+        return fn(*args, **kwargs)
+
+    wrapper.calls = calls
+    return wrapper
+
+
+STEPS = {
+    "stats": (stats.Stats, "compute", "stats"),
+    "features": (stats.Features, "chunk", "features"),
+    **{f"detector {d.label}": (type(d), "scores", f"detector {d.label}")
+       for d in detect.default_detectors() if d.enabled},
+    "alerts": (AlertEngine, "update", "alerts"),
+    "history": (history.History, "append", "history"),
+    "display": (LiveBuffers, "send", "dashboard"),
+}
+
+
+def tick(view):
+    """One run of the session's periodic callback, with the plots due."""
+    view._last_plot = 0.0
+    view._tick()
+
+
+def check_survived(monitor, where, view):
+    m = monitor.metrics
+    assert monitor.replay.state == "finished"
+    assert m.rows_in == m.rows_ok + m.rows_quarantined == ROWS, (m.rows_in, m.rows_ok, m.rows_quarantined)
+    assert m.errors > 0 and m.last_error.startswith(where), m.last_error
+    status = status_payload(monitor)
+    assert status["metrics"]["errors"] == m.errors and status["metrics"]["last_error"].startswith(where)
+    errors = [e for e in monitor.events if e["kind"] == "error"]
+    assert errors and any(e["message"].startswith(where) for e in errors), errors[-3:]
+    view._update_fast(force=True)
+    view._update_slow()
+    assert 'class="sbg-live error"' in view.live_indicator.object
+    assert "injected fault" in view.feed.object
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_a_failing_step_is_counted_shown_and_survived(step, monkeypatch):
+    cls, method, where = STEPS[step]
+    monkeypatch.setattr(cls, method, flaky(getattr(cls, method)))
+    monitor = Monitor([DATA], speed="max")
+    try:
+        view = Dashboard(monitor=monitor)
+        monitor.subscribe(lambda chunk: tick(view))
+        monitor.run_to_end()
+        tick(view)
+        check_survived(monitor, where, view)
+        view.close()
+    finally:
+        monitor.close()
+
+
+def test_a_failing_report_is_shown_and_the_replay_goes_on(monkeypatch):
+    monkeypatch.setattr(Snapshot, "of", classmethod(flaky(Snapshot.of.__func__, every=1)))
+    monitor = Monitor([DATA], speed="max")
+    try:
+        view = Dashboard(monitor=monitor)
+        monitor.run_to_end()
+        with pytest.raises(Injected):  # raised on to the server's log, after it is counted and shown
+            asyncio.run(view._report_file())
+        check_survived(monitor, "report", view)
+        assert "could not be made" in view.report_status.object
+    finally:
+        monitor.close()
+
+
+def test_without_faults_the_indicator_is_not_red():
+    monitor = Monitor([DATA], speed="max")
+    try:
+        view = Dashboard(monitor=monitor)
+        monitor.run_to_end()
+        view._update_fast(force=True)
+        assert monitor.metrics.errors == 0
+        assert "sbg-live error" not in view.live_indicator.object
+        assert monitor.metrics.rows_in == ROWS
+        assert isinstance(monitor.alerts, pd.DataFrame)
+    finally:
+        monitor.close()
+
+
+def test_a_source_that_stops_delivering_is_stale_not_normal(tmp_path):
+    # Two cells at 1 Hz; b02 goes silent after 5 minutes, and then both stop for 10 minutes.
+    t = pd.date_range("2024-06-03 08:00", periods=1800, freq="1s")
+    a = pd.DataFrame({"timestamp": t, "entity": "b01", "voltage_v": 3.7, "temperature_c": 25.0})
+    b = a.iloc[:300].assign(entity="b02")
+    late = a.iloc[-5:].assign(timestamp=a["timestamp"].iloc[-1] + pd.to_timedelta(range(601, 606), unit="s"))
+    frame = pd.concat([a, b, late]).sort_values("timestamp", kind="stable")
+    frame["voltage_v"] += (frame.index % 7) * 0.001
+    path = tmp_path / "silent.csv"
+    frame.to_csv(path, index=False)
+    monitor = Monitor([path], speed="1000x")
+    seen = []
+
+    def look():
+        seen.append(monitor.data_state()["state"])
+        health = monitor.health()
+        if len(health) and seen[-1] != "no data":
+            stale = set(health.loc[health["state"] == 3, "entity"])
+            assert stale == set(monitor.data_state()["stale_entities"])
+
+    try:
+        assert monitor.data_state()["state"] == "no data"
+        monitor.run_to_end(on_tick=look)
+        assert {"live", "partly stale", "stale"} <= set(seen)
+        # Once b02 has been silent long enough it is never shown as normal again.
+        first_partly = seen.index("partly stale")
+        assert "live" not in seen[first_partly:]
+        assert status_payload(monitor)["data"]["stale_entities"] == ["b02"]
+        view = Dashboard(monitor=monitor)
+        view._update_slow()
+        view._update_fast(force=True)
+        assert "stale" in view.live_indicator.object.lower()
+    finally:
+        monitor.close()
