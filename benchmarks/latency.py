@@ -105,16 +105,29 @@ def start_server(data: Path, speed: str, emits: Path, log: Path, history_rows: i
     out = open(log, "wb")
     proc = subprocess.Popen(cmd, env={**os.environ, **env, "SBG_BENCH_EMITS": str(emits)}, stdout=out,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    return proc, wait_until_up(proc, port, log)
+
+
+def wait_until_up(proc, port: int, log: Path) -> str:
+    """The server's base URL once ``/api/status`` answers; exits with its log if it never does."""
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             status(base)
-            return proc, base
+            return base
         except OSError:
             time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGTERM)
+    stop(proc)
     raise SystemExit("the server did not come up:\n" + log.read_text())
+
+
+def stop(proc):
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def latencies(emits: list, records: list) -> list[float]:
@@ -207,11 +220,7 @@ def main(argv=None) -> int:
             print(log.read_text()[-3000:], file=sys.stderr)
             raise
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop(proc)
         emits = [json.loads(line) for line in emits_path.read_text().splitlines() if line]
     result = []
     for i in range(opts.sessions):
