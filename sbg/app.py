@@ -128,8 +128,11 @@ def _default_monitor() -> Monitor:
     """The monitor the served app starts with, from ``sbg serve``'s environment."""
     data_dir = Path(os.environ.get("SBG_DATA_DIR") or _bundled_data_dir())
     files = [f for f in os.environ.get("SBG_FILES", "").split(os.pathsep) if f]
-    if not files:
-        files = ["battery_fleet.csv.gz"]
+    if not files:  # the bundled fleet, or else the first data file of the directory
+        found = data_files(data_dir)
+        if not found:
+            raise SbgError(f"{data_dir}: no data files (.csv, .csv.gz, .parquet) to serve")
+        files = ["battery_fleet.csv.gz" if "battery_fleet.csv.gz" in found else found[0]]
     paths = [resolve_data_file(f, data_dir) if not Path(f).is_absolute() else Path(f) for f in files]
     baseline = os.environ.get("SBG_BASELINE") or None
     monitor = shared_monitor(paths, baseline=baseline, config=os.environ.get("SBG_CONFIG") or None,
@@ -153,6 +156,10 @@ CSS = ":host, :root { " + _STATE_VARS + "}\n" + """
 .sbg-dot { width: 12px; height: 12px; border-radius: 50%; background: var(--sbg-stale); }
 .sbg-live.running .sbg-dot { background: var(--sbg-normal); animation: sbg-pulse 1.4s ease-in-out infinite; }
 .sbg-live.error .sbg-dot { background: var(--sbg-critical); animation: none; }
+.sbg-readonly { display: inline-block; font-weight: 600; font-size: 13px; padding: 4px 10px; border-radius: 14px;
+                background: rgba(255,255,255,0.18); color: #fff; }
+.sbg-settings { font-size: 12px; border-collapse: collapse; width: 100%; }
+.sbg-settings th { text-align: left; font-weight: 500; color: #6b7280; padding: 2px 6px 2px 0; }
 .sbg-live.stale .sbg-dot { background: var(--sbg-warning); animation: none; }
 @keyframes sbg-pulse { 0% { box-shadow: 0 0 0 0 rgba(22,163,74,0.7); } 70% { box-shadow: 0 0 0 10px rgba(22,163,74,0); }
                        100% { box-shadow: 0 0 0 0 rgba(22,163,74,0); } }
@@ -473,13 +480,27 @@ class Dashboard(pn.viewable.Viewer):
         cards = []
         for det in m.pipeline.detectors:
             names = [p for p in det.param if p != "name" and not isinstance(det.param[p], param.Dict)]
-            cards.append(pn.Card(pn.Param(det, parameters=names, show_name=False, sizing_mode="stretch_width"),
-                                 title=f"Detector: {det.label}", collapsed=True, sizing_mode="stretch_width"))
+            cards.append(pn.Card(self._settings_view(det, names), title=f"Detector: {det.label}", collapsed=True,
+                                 sizing_mode="stretch_width"))
         for rule in m.engine.rules:
             names = ["severity", "min_score", "pending_rows", "clear_rows"]
-            cards.append(pn.Card(pn.Param(rule, parameters=names, show_name=False, sizing_mode="stretch_width"),
-                                 title=f"Rule: {rule.name}", collapsed=True, sizing_mode="stretch_width"))
+            cards.append(pn.Card(self._settings_view(rule, names), title=f"Rule: {rule.name}", collapsed=True,
+                                 sizing_mode="stretch_width"))
         return pn.Column(*cards, sizing_mode="stretch_width")
+
+    def _settings_view(self, obj, names):
+        """Widgets generated from the ``param`` declarations; a plain table for a read-only viewer.
+
+        The table holds no widget at all: a disabled widget is disabled only
+        in the browser, and a crafted message could still change the shared
+        monitor's settings.
+        """
+        if not self.read_only:
+            return pn.Param(obj, parameters=names, show_name=False, sizing_mode="stretch_width")
+        rows = "".join(f"<tr><th>{html.escape(n)}</th><td>{html.escape(str(getattr(obj, n)))}</td></tr>"
+                       for n in names)
+        return pn.pane.HTML(f'<table class="sbg-settings">{rows}</table>', sizing_mode="stretch_width",
+                            stylesheets=[CSS])
 
     # ---- views ----------------------------------------------------------
     def _build_views(self):
@@ -801,9 +822,14 @@ class Dashboard(pn.viewable.Viewer):
         self.live_indicator.object = (f'<span class="sbg-live {css}" title="{html.escape(title)}" '
                                       f'data-state="{state}" data-data="{data["state"]}">'
                                       f'<span class="sbg-dot"></span>{label}</span>')
+        if r.rows_total is None and not getattr(r, "_sbg_scanning", False):
+            # A replay started before anyone looked (--autostart) has not counted its rows: count them aside.
+            r._sbg_scanning = True
+            threading.Thread(target=r.scan, name="sbg-scan", daemon=True).start()
         pct = r.percent
         self.progress.value = int(pct)
-        self.progress_text.object = (f"{_fmt_int(r.rows_emitted)} of {_fmt_int(r.rows_total or 0)} rows · "
+        total = "…" if r.rows_total is None else _fmt_int(r.rows_total)
+        self.progress_text.object = (f"{_fmt_int(r.rows_emitted)} of {total} rows · "
                                      f"{pct:.1f}% · speed {html.escape(str(r.speed))}")
         sim_ts = None if r.sim_time is None else pd.Timestamp(r.sim_time)
         sim = "–" if sim_ts is None else sim_ts.strftime("%H:%M:%S")
@@ -838,7 +864,9 @@ class Dashboard(pn.viewable.Viewer):
         if state == "idle" and not d.rows_in:
             names = ", ".join(html.escape(p.name) for p in m.paths)
             empty = (f'<div class="sbg-empty">Ready to replay <b>{names}</b> '
-                     f"({_fmt_int(r.rows_total or m.replay.scan())} rows). Press <b>Start</b> in the sidebar.</div>")
+                     f"({_fmt_int(r.rows_total or m.replay.scan())} rows). "
+                     + ("An admin starts the replay; this page follows it." if self.read_only
+                        else "Press <b>Start</b> in the sidebar.") + "</div>")
             if not isinstance(self.empty_state.object, str) or self.empty_state.object != empty:
                 self.empty_state.object = empty
             self.empty_state.visible = True
@@ -964,9 +992,16 @@ class Dashboard(pn.viewable.Viewer):
         doc = pn.state.curdoc
         if doc is None or doc.session_context is None:
             return super().servable(title=title, **kwargs)
+        header = [self.live_indicator]
+        admins = [u.strip() for u in os.environ.get("SBG_ADMIN_USERS", "").split(",") if u.strip()]
+        if admins and pn.state.user not in admins:
+            # sbg serve --admin-users: everyone else watches; the callbacks check read_only too.
+            self.read_only = True
+            header.append(pn.pane.HTML(f'<span class="sbg-readonly" title="signed in as '
+                                       f'{html.escape(str(pn.state.user))}">View only</span>', stylesheets=[CSS]))
         # Bootstrap: the one template that needs no web fonts from the internet.
         template = pn.template.BootstrapTemplate(
-            title=title, sidebar=[self._sidebar()], main=[self._main()], header=[self.live_indicator],
+            title=title, sidebar=[self._sidebar()], main=[self._main()], header=header,
             header_background="#0f172a", sidebar_width=340,
         )
         self.start_updates()

@@ -70,8 +70,13 @@ class _Api(AuthRequestHandler):
 
     def prepare(self):
         if not self.current_user:
-            self.set_header("WWW-Authenticate", 'Basic realm="sbg"')
             raise HTTPError(401)
+
+    def write_error(self, status_code, **kwargs):
+        # send_error clears the headers set before it: say here how to log in.
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'Basic realm="sbg"')
+        super().write_error(status_code, **kwargs)
 
     def write_json(self, payload):
         self.set_header("Content-Type", "application/json")
