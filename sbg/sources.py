@@ -33,6 +33,7 @@ import codecs
 import csv
 import gzip
 import io
+import itertools
 import re
 import zlib
 from collections.abc import Iterator, Sequence
@@ -83,6 +84,10 @@ _NULLS = ("", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "null", "NULL", "None", "
 _SAMPLE_BYTES = 256 * 1024
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 _SAMPLE_ROWS = 1000
+
+# The csv module refuses fields over 128 KiB; a field may be as long as a line.
+if csv.field_size_limit() < MAX_LINE_BYTES:
+    csv.field_size_limit(MAX_LINE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -479,6 +484,105 @@ def _infer_entity(header, sample, exclude):
     return None
 
 
+class _Unbalanced(Exception):
+    """An open quote met a line that is a record of its own, or ran past the size limit."""
+
+
+class _Continuation:
+    """Physical lines from ``start`` on, fed one by one to ``csv.reader``.
+
+    Refuses (raising :class:`_Unbalanced`) to hand over a line without quotes
+    that has the header's field count, or to go past :data:`MAX_LINE_BYTES`.
+    """
+
+    def __init__(self, lines, start, delimiter, ncol):
+        self.lines, self.start, self.at = lines, start, start - 1
+        self.delimiter, self.ncol = delimiter, ncol
+        self.size = 0
+        self.ran_out = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.at += 1
+        if self.at >= len(self.lines):
+            self.ran_out = True
+            raise StopIteration
+        line = self.lines[self.at]
+        self.size += len(line) + 1
+        if self.at > self.start and (
+            self.size > MAX_LINE_BYTES or ('"' not in line and line.count(self.delimiter) == self.ncol - 1)
+        ):
+            raise _Unbalanced
+        return line + "\n"
+
+
+def _single_line_records(lines: list[str], start: int, delimiter: str, spans: list) -> int:
+    """Append to ``spans`` the lines from ``start`` on that are records of their own.
+
+    One ``csv.reader`` reads the run, the common case; returns the index of
+    the first line that opens a quote it does not close, or is malformed.
+    """
+    reader = csv.reader(itertools.islice(lines, start, None), delimiter=delimiter, strict=True)
+    i = start
+    try:
+        for _ in reader:
+            if reader.line_num != i - start + 1:
+                break  # that record ran over several lines
+            spans.append((i, i, False))
+            i += 1
+    except csv.Error:
+        pass
+    return i
+
+
+def _records(lines: list[str], delimiter: str, ncol: int, final: bool = True):
+    """Group physical lines into CSV records.
+
+    A record is one line, unless a field opens a quote that does not close on
+    that line. It then runs on to the line where the quote closes, provided
+    the record is well-formed (strict CSV), stays under
+    :data:`MAX_LINE_BYTES` and swallows no line that is a record of its own
+    (no quotes, the header's field count). Otherwise the opening line alone
+    is a record, marked unbalanced, and reading resumes at the next line: a
+    stray quote costs its own row, never the rows after it.
+
+    Returns ``(spans, resolved)``: ``spans`` lists ``(first, last, unbalanced)``
+    line indexes; with ``final`` false, a record still open at the last line
+    is left out and ``resolved`` is the index of its first line.
+
+    >>> _records(['1,"a', 'b",2', '3,"c', '4,d', '5,e"f'], ",", 2)
+    ([(0, 1, False), (2, 2, True), (3, 3, False), (4, 4, False)], 5)
+    """
+    spans = []
+    i, n = 0, len(lines)
+    while (i := _single_line_records(lines, i, delimiter, spans)) < n:
+        if '"' not in lines[i]:
+            spans.append((i, i, False))
+            i += 1
+            continue
+        feed = _Continuation(lines, i, delimiter, ncol)
+        try:
+            next(csv.reader(feed, delimiter=delimiter, strict=True))
+        except csv.Error:
+            if feed.at == i and not feed.ran_out:  # malformed within its own line: read leniently later
+                spans.append((i, i, False))
+                i += 1
+                continue
+            if feed.ran_out and not final:
+                return spans, i
+        except _Unbalanced:
+            pass
+        else:
+            spans.append((i, feed.at, False))
+            i = feed.at + 1
+            continue
+        spans.append((i, i, True))
+        i += 1
+    return spans, n
+
+
 class _Validator:
     """Turns raw or typed rows into a clean frame, carrying order/duplicate state."""
 
@@ -745,6 +849,12 @@ def _ns_or_nat(values: pd.Series):
     return arr.view("int64").copy(), np.isnat(arr)
 
 
+def _bare_cr(block: bytes) -> bool:
+    """A CR not ending a CRLF: pyarrow would take it for a line end, the csv module refuses it."""
+    crs = block.count(b"\r")
+    return crs > 0 and crs != block.count(b"\r\n")
+
+
 def _short(text: str, limit: int = 60) -> str:
     text = str(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -963,12 +1073,10 @@ class Source:
                         pending = buf
                         continue
                     block, pending = buf[:cut], buf[cut:]
-                    if b'"' in block and block.count(b'"') % 2:
-                        # A quoted field spans the cut: read on until the quotes balance.
-                        pending = block + pending
-                        if len(pending) > 8 * MAX_LINE_BYTES:
-                            raise SourceError(self.path, "unbalanced quote runs past 80 MB", line=line_no)
-                        continue
+                    if b'"' in block:
+                        # A quoted field may run past the cut: keep its record for the next read.
+                        keep = self._whole_records(block)
+                        block, pending = block[:keep], block[keep:] + pending
                 if not block:
                     continue
                 for batch in self._parse_lines(block, line_no):
@@ -976,6 +1084,13 @@ class Source:
                         yield batch
                 line_no += block.count(b"\n")
         del s
+
+    def _whole_records(self, block: bytes) -> int:
+        """Bytes of ``block`` (whole lines) up to a record that may close only after it."""
+        physical = block.split(b"\n")[:-1]
+        _, resolved = _records([p.decode("latin-1") for p in physical], self.schema.delimiter,
+                               len(self.schema.columns), final=False)
+        return sum(len(p) + 1 for p in physical[:resolved])
 
     def _parse_lines(self, block: bytes, first_line: int):
         """Parse a block of whole lines, quarantining unread any line over the size limit.
@@ -1019,7 +1134,7 @@ class Source:
         s = self.schema
         plain = b'"' not in block and s.encoding.lower().replace("-", "") in (
             "utf8", "ascii", "latin1", "iso88591", "cp1252")
-        if plain and 0 not in block:
+        if plain and 0 not in block and not _bare_cr(block):
             # Fast path: a clean block parses in one typed pyarrow call, which
             # itself refuses rows with the wrong field count; line numbers are
             # only worked out if a row has to be quarantined.
@@ -1044,7 +1159,8 @@ class Source:
         ends[has_cr] -= 1
         nonblank = ends > starts
         line_numbers = first_line + np.arange(len(nl))
-        if b'"' in block or s.encoding.lower().replace("-", "") not in ("utf8", "ascii", "latin1", "iso88591", "cp1252"):
+        if (b'"' in block or _bare_cr(block)
+                or s.encoding.lower().replace("-", "") not in ("utf8", "ascii", "latin1", "iso88591", "cp1252")):
             return self._parse_slow(block, first_line)
         delim = ord(s.delimiter)
         cum = np.concatenate([[0], np.cumsum(arr == delim)])
@@ -1111,49 +1227,53 @@ class Source:
         return table.to_pandas()
 
     def _parse_slow(self, block: bytes, first_line: int) -> Batch:
-        """Row-by-row parsing for quoted fields, odd encodings and broken bytes."""
+        """Record-by-record parsing for quoted fields, odd encodings and broken bytes."""
         s = self.schema
-        prior = []
-        decoded_lines = []
         physical = block.split(b"\n")
         if physical and physical[-1] == b"":
             physical.pop()
-        for k, raw in enumerate(physical):
+        # Quotes, delimiters and newlines are ASCII bytes in every encoding sbg reads,
+        # so records are found on latin-1 text (one character per byte), then decoded.
+        spans, _ = _records([p.decode("latin-1") for p in physical], s.delimiter, len(s.columns))
+        prior, records, lines, raws = [], [], [], []
+        expected = len(s.columns)
+        for first, last, unbalanced in spans:
+            raw = b"\n".join(physical[first:last + 1])
+            line_no = first_line + first
+            if not raw.strip(b"\r"):
+                continue
             try:
-                decoded_lines.append((first_line + k, raw.decode(s.encoding)))
+                text = raw.decode(s.encoding).rstrip("\r")
             except UnicodeDecodeError as err:
                 column = raw[: err.start].count(s.delimiter.encode()) + 1
-                prior.append(QuarantinedRow(
-                    s.path, first_line + k, _raw_text(raw, s.encoding),
-                    f"column {column}: not valid {s.encoding} (byte 0x{raw[err.start]:02x})",
-                ))
-        records, lines, raws = [], [], []
-        expected = len(s.columns)
-        it = iter(decoded_lines)
-        for line_no, text in it:
-            if not text.strip("\r"):
+                prior.append(QuarantinedRow(s.path, line_no, _raw_text(raw, s.encoding),
+                                            f"column {column}: not valid {s.encoding} (byte 0x{raw[err.start]:02x})"))
                 continue
-            buf = text
-            # Keep joining physical lines while a quoted field is open.
-            while buf.count('"') % 2:
-                nxt = next(it, None)
-                if nxt is None:
-                    break
-                buf += "\n" + nxt[1]
             try:
-                row = next(csv.reader([buf.rstrip("\r")], delimiter=s.delimiter))
+                row = next(csv.reader([text], delimiter=s.delimiter))
             except csv.Error as exc:
-                prior.append(QuarantinedRow(s.path, line_no, _raw_str(buf, s.encoding), f"malformed CSV: {exc}"))
-                continue
-            if "\x00" in buf:
-                prior.append(QuarantinedRow(s.path, line_no, _raw_str(buf, s.encoding), "contains NUL bytes"))
+                row, error = None, exc
+            if unbalanced and row is not None:
+                # Read leniently, the open quote runs to the end of the line: the last field opened it.
+                name = f" {s.columns[len(row) - 1]!r}" if len(row) <= expected else ""
+                prior.append(QuarantinedRow(s.path, line_no, _raw_str(text, s.encoding),
+                                            f"column {len(row)}{name}: unbalanced quote (a quoted field never closes)"))
+            elif "\x00" in text:
+                prior.append(QuarantinedRow(s.path, line_no, _raw_str(text, s.encoding), "contains NUL bytes"))
+            elif row is None:
+                # As the quote-free parser sees such a line: fields counted by delimiter first.
+                found = text.count(s.delimiter) + 1
+                reason = (f"expected {expected} fields, found {found}" if found != expected
+                          else "carriage return inside an unquoted field" if "new-line" in str(error)
+                          else f"malformed CSV: {error}")
+                prior.append(QuarantinedRow(s.path, line_no, _raw_str(text, s.encoding), reason))
             elif len(row) != expected:
-                prior.append(QuarantinedRow(s.path, line_no, _raw_str(buf, s.encoding),
+                prior.append(QuarantinedRow(s.path, line_no, _raw_str(text, s.encoding),
                                             f"expected {expected} fields, found {len(row)}"))
             else:
                 records.append(row)
                 lines.append(line_no)
-                raws.append(buf)
+                raws.append(text)
         frame = pd.DataFrame(records, columns=list(s.columns), dtype="string") if records else self._empty()
         frame = frame.replace({c: {v: pd.NA for v in _NULLS} for c in s.columns})
         return self._validator.validate(
