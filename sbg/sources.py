@@ -133,6 +133,7 @@ class Schema:
     encoding: str = "utf-8"
     date: str = DEFAULT_CLOCK_DATE
     time_format: str | None = None
+    newline: str = "\n"  # "\r" for files whose lines end in CR alone
 
     @property
     def name(self) -> str:
@@ -152,7 +153,8 @@ class Schema:
             f"entity:    {self.entity!r}" if self.entity else f"entity:    none (wide format; entity is {self.name!r})",
             f"signals:   {', '.join(self.signals)}",
             f"carried:   {', '.join(self.carried) or 'none'} (kept, not analysed)",
-            f"delimiter: {self.delimiter!r}   encoding: {self.encoding}",
+            f"delimiter: {self.delimiter!r}   encoding: {self.encoding}"
+            + ("   line ends: CR" if self.newline == "\r" else ""),
         ]
         return "\n".join(lines)
 
@@ -162,6 +164,7 @@ class Schema:
             "time_kind": self.time_kind, "entity": self.entity, "signals": list(self.signals),
             "carried": list(self.carried), "delimiter": self.delimiter,
             "encoding": self.encoding, "date": self.date,
+            "line_ends": "CR" if self.newline == "\r" else "LF or CRLF",
         }
 
 
@@ -204,10 +207,33 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 
-def _open_binary(path: Path):
-    if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rb")
-    return open(path, "rb")
+class _CarriageReturns(io.RawIOBase):
+    """A file with CR-only line ends (classic Mac, Excel's "CSV (Macintosh)") read as LF.
+
+    One byte for one byte, so offsets and line numbers stay those of the file.
+    """
+
+    def __init__(self, fh):
+        self._fh = fh
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self._fh.read(len(buffer)).replace(b"\r", b"\n")
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self):
+        self._fh.close()
+        super().close()
+
+
+def _open_binary(path: Path, newline: str = "\n"):
+    fh = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+    if newline == "\r":
+        return io.BufferedReader(_CarriageReturns(fh), buffer_size=1 << 20)
+    return fh
 
 
 def _sniff_delimiter(header: str) -> str:
@@ -216,52 +242,77 @@ def _sniff_delimiter(header: str) -> str:
     return best if counts[best] else ","
 
 
-def _decode_error(path, data: bytes, err: UnicodeDecodeError, first_line=1, delimiter=","):
+def _decode_error(path, data: bytes, err: UnicodeDecodeError, first_line=1, delimiter=",", encoding="utf-8"):
     before = data[: err.start]
     line = first_line + before.count(b"\n")
     line_start = before.rfind(b"\n") + 1
     column = before[line_start:].count(delimiter.encode()) + 1
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    advice = ("re-save the file as UTF-8 or pass --encoding (for example latin-1)" if utf8
+              else "pass the file's own --encoding")
     return SourceError(
-        path,
-        f"not valid UTF-8 (byte 0x{data[err.start]:02x}); re-save the file as UTF-8 "
-        "or pass --encoding (for example latin-1)",
-        line=line,
-        column=column,
+        path, f"not valid {'UTF-8' if utf8 else encoding} (byte 0x{data[err.start]:02x}); {advice}",
+        line=line, column=column,
     )
 
 
-def _read_sample(path: Path, encoding: str):
-    """Header and the first rows of a text file, as decoded text."""
+def _looks_utf16(line: bytes) -> bool:
+    """NUL at every other byte: UTF-16 text without its byte order mark."""
+    head = line[:64]
+    return len(head) >= 4 and (head[0::2].count(0) == len(head[0::2]) or head[1::2].count(0) == len(head[1::2]))
+
+
+def _read_sample(path: Path, encoding: str, delimiter: str | None):
+    """The header and the first data lines of a text file, decoded, and the file's line end.
+
+    Returns ``(header, lines, newline, too_long)``: ``lines`` holds whole
+    physical lines (``\\n`` removed, ``\\r`` kept) from the first
+    ``_SAMPLE_BYTES``; a line over :data:`MAX_LINE_BYTES` is skipped, never
+    read into memory, and ``too_long`` is the number of the first such line.
+    """
     if not path.exists():
         raise SourceError(path, "no such file")
     if path.is_dir():
         raise SourceError(path, "is a directory, not a file")
     try:
         with _open_binary(path) as fh:
-            raw = fh.read(_SAMPLE_BYTES)
-            # Never cut the sample mid-line: finish the line that spills over.
-            if len(raw) == _SAMPLE_BYTES:
-                rest = fh.readline(MAX_LINE_BYTES)
-                raw += rest
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            head = fh.read(1 << 16)
+        first = head.split(b"\n", 1)[0]
+        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (b"\x00" in first and _looks_utf16(first)):
+            raise SourceError(path, "is UTF-16 encoded; re-save it as UTF-8", line=1)
+        # A CR inside the first line, not just before its LF: the file's lines end in CR alone.
+        newline = "\r" if b"\r" in first.rstrip(b"\r") else "\n"
+        if b"\x00" in head.split(newline.encode(), 1)[0]:
+            raise SourceError(path, "header contains NUL bytes; is this a binary file?", line=1)
+        lines = []
+        too_long = None
+        with _open_binary(path, newline) as fh:
+            header = fh.readline(MAX_LINE_BYTES + 1)
+            if len(header) > MAX_LINE_BYTES and not header.endswith(b"\n"):
+                raise SourceError(path, "header line longer than 10 MB", line=1)
+            size, line_no = 0, 1
+            while size < _SAMPLE_BYTES and (line := fh.readline(MAX_LINE_BYTES + 1)):
+                line_no += 1
+                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                    while (more := fh.readline(1 << 20)) and not more.endswith(b"\n"):
+                        pass  # skip the rest of the monster line
+                    too_long = too_long or line_no
+                    continue
+                size += len(line)
+                lines.append((line_no, line.removesuffix(b"\n")))
+    except (OSError, EOFError, zlib.error) as exc:
         raise SourceError(path, f"cannot read: {exc}") from None
-    if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise SourceError(path, "is UTF-16 encoded; re-save it as UTF-8", line=1)
-    if not raw.strip():
+    header = header.removeprefix(codecs.BOM_UTF8).rstrip(b"\r\n")
+    if not header.strip() and not any(raw.strip() for _, raw in lines) and too_long is None:
         raise SourceError(path, "is empty")
-    if b"\x00" in raw.split(b"\n", 1)[0]:
-        raise SourceError(path, "header contains NUL bytes; is this a binary file?", line=1)
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as err:
-        # A multi-byte char cut by the sample limit is not an error.
-        if err.start >= len(raw) - 4 and len(raw) >= _SAMPLE_BYTES:
-            text = raw[: err.start].decode(encoding)
-        else:
-            raise _decode_error(path, raw, err) from None
-    return text
+    delimiter = delimiter or _sniff_delimiter(header.decode("latin-1"))
+    decoded = []
+    for line_no, raw in [(1, header), *lines]:
+        try:
+            decoded.append(raw.decode(encoding))
+        except UnicodeDecodeError as err:
+            raise _decode_error(path, raw, err, line_no, delimiter, encoding) from None
+    return decoded[0], decoded[1:], newline, too_long
 
 
 def infer_schema(
@@ -289,31 +340,18 @@ def infer_schema(
     """
     path = Path(path)
     _check_options(encoding, delimiter, date, time_format)
+    newline, too_long = "\n", None
     if path.suffix.lower() in (".parquet", ".pq"):
         header, rows = _parquet_sample(path)
         delimiter = ","
     else:
-        text = _read_sample(path, encoding)
-        first = text.split("\n", 1)[0]
-        delimiter = delimiter or _sniff_delimiter(first)
-        reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+        header_text, lines, newline, too_long = _read_sample(path, encoding, delimiter)
+        delimiter = delimiter or _sniff_delimiter(header_text)
         try:
-            header = next(reader)
-        except (StopIteration, csv.Error) as exc:
+            header = next(csv.reader([header_text], delimiter=delimiter), [])
+        except csv.Error as exc:
             raise SourceError(path, f"cannot read the header: {exc}", line=1) from None
-        rows = []
-        cut = len(text) >= _SAMPLE_BYTES
-        try:
-            for row in reader:
-                if row:
-                    rows.append(row)
-                if len(rows) >= _SAMPLE_ROWS:
-                    break
-        except csv.Error:
-            cut = False  # e.g. a huge field: sample the whole rows before it
-        # The last sampled row may be cut by the sample limit.
-        if cut and rows:
-            rows.pop()
+        rows = _sample_rows(lines, delimiter, len(header))
     header = [h.strip() for h in header]
     if not any(header):
         raise SourceError(path, "has an empty header line", line=1)
@@ -321,6 +359,9 @@ def infer_schema(
     if dupes:
         raise SourceError(path, f"duplicate column names in the header: {', '.join(map(repr, dupes))}", line=1)
     if not rows:
+        if too_long is not None:
+            raise SourceError(path, "has no data row shorter than 10 MB to infer the schema from "
+                              f"(line {too_long} is longer)", line=too_long)
         raise SourceError(path, "has a header but no data rows")
     ncol = len(header)
     good = [r for r in rows if len(r) == ncol]
@@ -365,16 +406,37 @@ def infer_schema(
     return Schema(
         path=str(path), columns=tuple(header), time=time_col, time_kind=kind, entity=entity_col,
         signals=sigs, carried=carried, delimiter=delimiter, encoding=encoding,
-        date=date or DEFAULT_CLOCK_DATE, time_format=time_format,
+        date=date or DEFAULT_CLOCK_DATE, time_format=time_format, newline=newline,
     )
+
+
+def _sample_rows(lines: list[str], delimiter: str, ncol: int) -> list[list[str]]:
+    """The fields of the sample's records, cut into records as :class:`Source` cuts them."""
+    rows = []
+    spans, _ = _records(lines, delimiter, ncol)
+    for first, last, unbalanced in spans:
+        if unbalanced:
+            continue
+        try:
+            row = next(csv.reader(["\n".join(lines[first:last + 1]).rstrip("\r")], delimiter=delimiter), [])
+        except csv.Error:
+            continue
+        if row:
+            rows.append(row)
+        if len(rows) >= _SAMPLE_ROWS:
+            break
+    return rows
 
 
 def _check_options(encoding, delimiter, date, time_format):
     """Reject option values that cannot work with any file (a usage error)."""
     try:
-        codecs.lookup(encoding)
+        codec = codecs.lookup(encoding).name
     except LookupError:
         raise SbgError(f"unknown encoding {encoding!r} (try utf-8 or latin-1)") from None
+    if codec.startswith(("utf-16", "utf-32")):
+        # Lines are found by their newline byte, which these encodings spread over several bytes.
+        raise SbgError(f"encoding {encoding!r} is not supported; re-save the file as UTF-8")
     if delimiter is not None and (len(delimiter) != 1 or delimiter in '"\r\n'):
         raise SbgError(f"the delimiter must be one character other than a quote or newline, not {delimiter!r}")
     if date is not None:
@@ -422,11 +484,12 @@ def _time_kind_of(values, named: bool):
     share = 0.5 if named else 0.9
     if sum(bool(_CLOCK_RE.match(v)) for v in present) >= share * len(present):
         return "clock"
-    if _numeric_share(present) >= share:
+    # inf, nan or 1e400 cannot be a time: they are no evidence of a numeric time column.
+    nums = np.array([x for x in (float(v) for v in present if _is_number(v)) if np.isfinite(x)])
+    if len(nums) >= share * len(present):
         if not named:
             return None
-        nums = np.array([float(v) for v in present if _is_number(v)])
-        med = float(np.nanmedian(np.abs(nums)))
+        med = float(np.median(np.abs(nums)))
         if med >= 1e11:
             return "epoch_ms"
         if med >= 1e8:
@@ -950,7 +1013,7 @@ class Source:
                 count = 0
                 tail = b""
                 blank = 0
-                with _open_binary(self.path) as fh:
+                with _open_binary(self.path, self.schema.newline) as fh:
                     while chunk := self._read(fh, 1 << 22, None):
                         count += chunk.count(b"\n")
                         # Blank lines ("\n\n" or "\n\r\n", overlapping), ending in this chunk.
@@ -981,7 +1044,7 @@ class Source:
         else:
             self.count_rows()
             head_lines = []
-            with _open_binary(self.path) as fh:
+            with _open_binary(self.path, self.schema.newline) as fh:
                 fh.readline(MAX_LINE_BYTES)
                 while len(head_lines) < 100 and (line := fh.readline(MAX_LINE_BYTES)):
                     head_lines.append(line)
@@ -1045,7 +1108,7 @@ class Source:
 
     def _csv_batches(self):
         s = self.schema
-        with _open_binary(self.path) as fh:
+        with _open_binary(self.path, s.newline) as fh:
             header = fh.readline(MAX_LINE_BYTES + 1)
             line_no = 2  # the next line to be read
             if len(header) > MAX_LINE_BYTES:
