@@ -195,6 +195,12 @@ CSS = ":host, :root { " + _STATE_VARS + "}\n" + """
 """
 
 
+def _choices(labels) -> dict:
+    """Options for a choice widget, escaped: Bokeh's MultiChoice (choices.js) renders labels as HTML,
+    so an entity id such as ``<img onerror=...>`` would run in every viewer's browser."""
+    return {html.escape(label, quote=False): label for label in labels}
+
+
 def _fmt_int(n) -> str:
     return f"{int(n):,}"
 
@@ -352,7 +358,7 @@ class Dashboard(pn.viewable.Viewer):
         self._entity_options = labels
         self._resetting = True
         try:
-            self.param.entities.objects = labels
+            self.param.entities.objects = _choices(labels)
             self.entities = chosen
         finally:
             self._resetting = False
@@ -741,7 +747,7 @@ class Dashboard(pn.viewable.Viewer):
         if len(self.monitor.pipeline.features.index.labels) != known:
             labels = [str(e) for e in self.monitor.pipeline.features.index.labels]
             self._entity_options = labels
-            self.param.entities.objects = labels
+            self.param.entities.objects = _choices(labels)
             if not self.entities:
                 self._reset_live()
                 return
