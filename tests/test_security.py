@@ -213,3 +213,52 @@ def test_it_listens_on_loopback_only_by_default(data_dir):
     assert "--allow-websocket-origin" in cmd
     assert all(o.split(":")[0] in ("127.0.0.1", "localhost")
                for i, o in enumerate(cmd) if i and cmd[i - 1] == "--allow-websocket-origin")
+
+
+@pytest.fixture
+def jail(tmp_path):
+    """A data directory, a sibling sharing its prefix, and files outside reached by links."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "ok.csv").write_text("t,v\n")
+    (data / "sub" / "nested.csv").write_text("t,v\n")
+    sibling = tmp_path / "data-private"
+    sibling.mkdir()
+    (sibling / "secret.csv").write_text("t,v\n")
+    (tmp_path / "outside.csv").write_text("t,v\n")
+    (data / "link_out.csv").symlink_to(tmp_path / "outside.csv")
+    (data / "dir_out").symlink_to(sibling, target_is_directory=True)
+    return data
+
+
+@pytest.mark.parametrize("name", [
+    "../outside.csv", "../data-private/secret.csv", "sub/../../outside.csv", "link_out.csv",
+    "dir_out/secret.csv", "/etc/passwd", "", " ", "sub", "missing.csv", "..", ".",
+])
+def test_a_file_named_in_the_ui_or_api_stays_inside_the_data_dir(jail, name):
+    from sbg.app import resolve_data_file
+    from sbg.errors import SbgError
+
+    with pytest.raises(SbgError, match="not a file inside the data directory"):
+        resolve_data_file(name, jail)
+    with pytest.raises(SbgError):
+        resolve_data_file(str(jail.parent / "outside.csv"), jail)
+
+
+def test_the_data_dir_lists_and_opens_only_its_own_files(jail):
+    from sbg.app import Dashboard, data_files, resolve_data_file
+    from sbg.monitor import Monitor
+
+    assert data_files(jail) == ["ok.csv", "sub/nested.csv"]
+    assert resolve_data_file("sub/nested.csv", jail) == (jail / "sub" / "nested.csv").resolve()
+    # A crafted choice in the source selector (the browser can send any value) is refused, with a message.
+    monitor = Monitor([DATA_DIR / "machine_monitor.csv"])
+    try:
+        view = Dashboard(monitor=monitor, data_dir=str(jail))
+        view.source_select.options = [*view.source_select.options, "../data-private/secret.csv"]
+        view.source_select.value = "../data-private/secret.csv"
+        assert view.monitor is monitor
+        assert "not a file inside the data directory" in view.upload_status.object
+        view.close()
+    finally:
+        monitor.close()
