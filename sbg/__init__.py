@@ -11,7 +11,12 @@ The headless engine is importable without Panel installed:
 '0.1.0'
 """
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
+
+# A library logs, the application decides where it goes: the served app's log
+# gets the tracebacks of faults the flow survived; the CLI prints its own summary.
+logging.getLogger("sbg").addHandler(logging.NullHandler())
 
 try:
     __version__ = version("sbg")

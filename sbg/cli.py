@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import EXIT_USAGE, SbgError
+from .errors import EXIT_INPUT, EXIT_USAGE, SbgError
 
 __all__ = ["main"]
 
@@ -412,9 +412,12 @@ def cmd_validate(args) -> int:
     shown = []
     entities = set()
     first = last = None
+    faults = []
     for batch in src.batches():
         rows_in += batch.rows_in
         rows_q += batch.rows_quarantined
+        if batch.fault is not None:
+            faults.append(f"{type(batch.fault).__name__}: {batch.fault}")
         if len(shown) < args.show:
             shown += batch.quarantined[: args.show - len(shown)]
         if len(batch.frame):
@@ -425,7 +428,7 @@ def cmd_validate(args) -> int:
     report = {"schema": src.schema.as_dict(), "rows_in": rows_in, "rows_ok": rows_in - rows_q,
               "rows_quarantined": rows_q, "entities": len(entities),
               "first": None if first is None else str(first), "last": None if last is None else str(last),
-              "quarantined": [q.as_dict() for q in shown]}
+              "quarantined": [q.as_dict() for q in shown], "reader_errors": faults}
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -437,7 +440,9 @@ def cmd_validate(args) -> int:
             print(f"  {Path(q.source).name}:{q.line}: {q.reason}\n      {q.raw[:200]}")
         if rows_q > len(shown):
             print(f"  ... {rows_q - len(shown):,} more quarantined rows (use sbg detect --quarantine Q.csv)")
-    return 0
+        for text in faults:
+            print(f"reader error (its block was quarantined): {text}", file=sys.stderr)
+    return EXIT_INPUT if faults else 0
 
 
 def serve_command(args) -> tuple[list[str], dict]:

@@ -115,6 +115,7 @@ class Monitor:
         self.replay = Replay(self.sources, speed=speed, loop=loop, **replay_opts)
         self.replay.on_batch(self._on_batch)
         self.replay.on_restart(self._on_restart)
+        self.replay.on_fault(lambda exc: self.pipeline.fault("replay", exc))
         self._chunk_subscribers: list[Callable[[pd.DataFrame], None]] = []
         self._latest: pd.DataFrame | None = None
         #: wall-clock minute -> [rows ingested, alerts raised]
@@ -159,6 +160,8 @@ class Monitor:
                 self.pipeline.emit_event("quarantine", f"... and {len(batch.quarantined) - 20} more rows quarantined",
                                          "warning")
         self.metrics.count_batch(batch.rows_quarantined, 0, batch.rows_quarantined)
+        if batch.fault is not None:
+            self.pipeline.fault("source", batch.fault)
 
     def _minute(self):
         minute = int(time.time() // 60)

@@ -25,6 +25,7 @@ Enriched columns
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,6 +38,8 @@ from .alerts import AlertEngine, AlertLog
 from .detect import Detector, default_detectors
 from .metrics import Metrics
 from .stats import Features, Stats
+
+_log = logging.getLogger("sbg")
 
 __all__ = ["Pipeline", "OUTPUT_COLUMNS"]
 
@@ -99,6 +102,7 @@ class Pipeline(param.Parameterized):
     def fault(self, where: str, exc: BaseException):
         """Count an exception caught in ``where`` and put it in the event feed (the run goes on)."""
         self.metrics.record_error(where, exc)
+        _log.error("%s failed (the run goes on)", where, exc_info=exc)
         self.emit_event("error", f"{where} failed: {type(exc).__name__}: {exc}", "critical")
 
     def _guard(self, where, fn, fallback):

@@ -155,6 +155,7 @@ class Replay(param.Parameterized):
         self.rows_quarantined = 0
         self._batch_callbacks: list[Callable[[Batch], None]] = []
         self._restart_callbacks: list[Callable[[str], None]] = []
+        self._fault_callbacks: list[Callable[[BaseException], None]] = []
         self._cursors = [_Cursor(s, self._on_batch) for s in self.sources]
         self._task = None
         self._clock = None
@@ -171,6 +172,10 @@ class Replay(param.Parameterized):
     def on_restart(self, callback: Callable[[str], None]):
         """``callback(reason)`` before the data starts over (``'reset'``, ``'loop'`` or ``'seek'``)."""
         self._restart_callbacks.append(callback)
+
+    def on_fault(self, callback: Callable[[BaseException], None]):
+        """``callback(exc)`` when the background replay task fails; the replay is then stopped."""
+        self._fault_callbacks.append(callback)
 
     def _on_batch(self, batch: Batch):
         self.rows_read += batch.rows_in
@@ -364,6 +369,12 @@ class Replay(param.Parameterized):
                 await asyncio.sleep(0 if parse_speed(self.speed) == float("inf") else self.tick)
         except asyncio.CancelledError:
             pass
+        except Exception as exc:  # noqa: BLE001 - a task's exception would otherwise vanish
+            # The readers quarantine a block they fail on; reaching here is a bug.
+            # Stop visibly (counted and in the event feed) rather than hang as "running".
+            self.state = "stopped"
+            for cb in self._fault_callbacks:
+                cb(exc)
 
     def start(self):
         """Start (or restart after stop/finish) as a task on the running event loop."""

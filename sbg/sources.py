@@ -185,6 +185,8 @@ class Batch:
     quarantined: list[QuarantinedRow] = field(default_factory=list)
     rows_in: int = 0
     source: str = ""
+    #: an unexpected exception the reader caught in this block; its rows are quarantined
+    fault: BaseException | None = None
 
     @property
     def rows_ok(self) -> int:
@@ -1097,7 +1099,13 @@ class Source:
             def raw_of(i, frame=frame):
                 return _short(",".join("" if pd.isna(v) else str(v) for v in frame.iloc[i]), MAX_RAW_CHARS)
 
-            yield self._validator.validate(frame, lines, raw_of, [])
+            try:
+                batch = self._validator.validate(frame, lines, raw_of, [])
+            except SbgError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - as in _guarded_parse
+                batch = self._unreadable(exc, [(int(line), raw_of(i)) for i, line in enumerate(lines)])
+            yield batch
 
     def _read(self, fh, size, line_no):
         """``fh.read(size)``, with a truncated or corrupt file (e.g. gzip) as a SourceError."""
@@ -1163,7 +1171,7 @@ class Source:
         block can hold it whole; quarantining it here too keeps chunk invariance.
         """
         if len(block) <= MAX_LINE_BYTES:
-            yield self._parse_block(block, first_line)
+            yield self._guarded_parse(block, first_line)
             return
         arr = np.frombuffer(block, dtype=np.uint8)
         nl = np.flatnonzero(arr == 10)
@@ -1172,11 +1180,40 @@ class Source:
         for i in np.flatnonzero(nl - starts > MAX_LINE_BYTES):
             a, b = int(starts[i]), int(nl[i]) + 1
             if a > pos:
-                yield self._parse_block(block[pos:a], line)
+                yield self._guarded_parse(block[pos:a], line)
             yield self._too_long(block[a:a + MAX_RAW_CHARS], first_line + int(i))
             pos, line = b, first_line + int(i) + 1
         if pos < len(block):
-            yield self._parse_block(block[pos:], line)
+            yield self._guarded_parse(block[pos:], line)
+
+    def _guarded_parse(self, block: bytes, first_line: int) -> Batch:
+        """:meth:`_parse_block`, with a reader failure costing this block, not the run.
+
+        An unexpected exception (a reader bug, not a refusal of the file) puts
+        every line of the block in quarantine with the error as the reason, and
+        rides on the batch as ``fault`` for the caller to count and show.
+        """
+        try:
+            return self._parse_block(block, first_line)
+        except SbgError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported on the batch, with every row accounted for
+            lines = block.split(b"\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            enc = self.schema.encoding
+            return self._unreadable(exc, [(first_line + i, _raw_text(raw.rstrip(b"\r"), enc))
+                                          for i, raw in enumerate(lines) if raw.strip(b"\r")])
+
+    def _unreadable(self, exc: BaseException, rows) -> Batch:
+        """A batch quarantining ``rows`` (line, raw text) because the reader failed on them."""
+        reason = f"not read: the reader failed on this block ({type(exc).__name__}: {_short(str(exc), 200)})"
+        prior = [QuarantinedRow(self.schema.path, line, raw, reason) for line, raw in rows]
+        return Batch(frame=self._empty_batch().frame, quarantined=prior, rows_in=len(prior),
+                     source=self.schema.path, fault=exc)
+
+    def _empty_batch(self) -> Batch:
+        return self._validator.validate(self._empty(), np.array([], dtype=int), None, [])
 
     def _oversized(self, fh, buf, line_no):
         while True:  # skip to the end of the monster line
@@ -1188,8 +1225,7 @@ class Source:
     def _too_long(self, head: bytes, line_no):
         q = QuarantinedRow(self.schema.path, line_no, _raw_text(head, self.schema.encoding),
                            f"line longer than {MAX_LINE_BYTES // (1024 * 1024)} MB")
-        return Batch(frame=self._validator.validate(self._empty(), np.array([], dtype=int), None, []).frame,
-                     quarantined=[q], rows_in=1, source=self.schema.path)
+        return Batch(frame=self._empty_batch().frame, quarantined=[q], rows_in=1, source=self.schema.path)
 
     def _empty(self):
         return pd.DataFrame({c: pd.Series([], dtype="string") for c in self.schema.columns})

@@ -3,7 +3,8 @@
 Every step is made to fail on every third call, on the real data of the
 machine monitor replayed at ``max``. Each time:
 
-* the replay keeps going to the end of the data;
+* the replay keeps going to the end of the data (a failing reader costs
+  the rows of its block, quarantined with the error as the reason);
 * the error is counted, named in ``/api/status``'s payload and shown in the
   event feed the dashboard renders;
 * the dashboard's live indicator turns red;
@@ -11,6 +12,7 @@ machine monitor replayed at ``max``. Each time:
 """
 
 import asyncio
+import json
 
 import pandas as pd
 import pytest
@@ -21,7 +23,9 @@ from sbg.app import Dashboard, status_payload
 from sbg.datasets import DATA_DIR
 from sbg.monitor import Monitor
 from sbg.plots import LiveBuffers
+from sbg.replay import Replay
 from sbg.report import Snapshot
+from sbg.sources import Source
 
 DATA = DATA_DIR / "machine_monitor.csv"
 ROWS = len(DATA.read_text(encoding="utf-8").splitlines()) - 1
@@ -77,10 +81,8 @@ def check_survived(monitor, where, view):
     assert "injected fault" in view.feed.object
 
 
-@pytest.mark.parametrize("step", list(STEPS))
-def test_a_failing_step_is_counted_shown_and_survived(step, monkeypatch):
-    cls, method, where = STEPS[step]
-    monkeypatch.setattr(cls, method, flaky(getattr(cls, method)))
+def replay_survives(where) -> Monitor:
+    """Replay the file at ``max`` with a dashboard ticking along, and check the run survived ``where`` failing."""
     monitor = Monitor([DATA], speed="max")
     try:
         view = Dashboard(monitor=monitor)
@@ -89,6 +91,59 @@ def test_a_failing_step_is_counted_shown_and_survived(step, monkeypatch):
         tick(view)
         check_survived(monitor, where, view)
         view.close()
+    finally:
+        monitor.close()
+    return monitor
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_a_failing_step_is_counted_shown_and_survived(step, monkeypatch):
+    cls, method, where = STEPS[step]
+    monkeypatch.setattr(cls, method, flaky(getattr(cls, method)))
+    replay_survives(where)
+
+
+def test_a_failing_reader_quarantines_its_block_and_the_replay_goes_on(monkeypatch):
+    # The source raises on every third block it parses (blocks of 32 kB: 15 of them).
+    monkeypatch.setitem(Source.__init__.__kwdefaults__, "block_bytes", 32 << 10)
+    monkeypatch.setattr(Source, "_parse_block", flaky(Source._parse_block))
+    monitor = replay_survives("source")
+    # Five of fifteen blocks lost, every row of them counted (the kept list is bounded).
+    assert ROWS / 4 < monitor.metrics.rows_quarantined < ROWS / 2
+    lost = [q for q in monitor.quarantine if q.reason.startswith("not read: the reader failed")]
+    assert lost and all(q.line >= 2 and "injected fault" in q.reason for q in lost)
+    assert len({q.line for q in monitor.quarantine}) == len(monitor.quarantine)  # each row once
+
+
+def test_a_failing_reader_is_refused_by_validate_with_its_rows_counted(monkeypatch, tmp_path, capsys):
+    from sbg.cli import main
+
+    monkeypatch.setitem(Source.__init__.__kwdefaults__, "block_bytes", 32 << 10)
+    monkeypatch.setattr(Source, "_parse_block", flaky(Source._parse_block))
+    assert main(["validate", str(DATA), "--json"]) == 3
+    out = json.loads(capsys.readouterr().out)
+    assert out["rows_in"] == ROWS and out["rows_ok"] + out["rows_quarantined"] == ROWS
+    assert out["reader_errors"] and all("injected fault" in e for e in out["reader_errors"])
+
+
+def test_a_failing_replay_task_stops_visibly(monkeypatch):
+    """A bug past the readers stops the background replay, counted and shown, never a silent 'running'."""
+    monkeypatch.setattr(Replay, "step", flaky(Replay.step, every=5))
+    monitor = Monitor([DATA], speed="max")
+
+    async def run():
+        monitor.replay.start()
+        while monitor.replay.state == "running":
+            await asyncio.sleep(0.01)
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), 60))
+        assert monitor.replay.state == "stopped"
+        assert monitor.metrics.errors == 1 and monitor.metrics.last_error.startswith("replay")
+        assert any(e["message"].startswith("replay failed") for e in monitor.events)
+        view = Dashboard(monitor=monitor)
+        view._update_fast(force=True)
+        assert 'class="sbg-live error"' in view.live_indicator.object
     finally:
         monitor.close()
 
