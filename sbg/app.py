@@ -117,8 +117,10 @@ def shared_monitor(files, baseline=None, config=None, speed="100x", loop=False, 
     with _LOCK:
         monitor = _MONITORS.get(key)
         if monitor is None:
+            from .distributed import fan_out_from_env  # imports Dask only if sbg serve was given it
+
             monitor = Monitor(list(files), baseline=baseline, settings=config, alerts_db=alerts_db, speed=speed,
-                              loop=loop)
+                              loop=loop, fan_out=fan_out_from_env())
             monitor.key = key
             _MONITORS[key] = monitor
         return monitor

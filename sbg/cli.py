@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -66,6 +67,31 @@ def _schema_args(p):
     g.add_argument("--encoding", default="utf-8", help="text encoding (default utf-8; BOM accepted)")
 
 
+def _dask_args(p, partitions="partitions the entities are hashed into (default: %s)"):
+    g = p.add_argument_group("Dask (scale out; needs the dask extra, see docs/scaling.md)")
+    g.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on this Dask cluster's workers")
+    g.add_argument("--workers", type=int, metavar="N", help="start a local Dask cluster of N worker processes")
+    g.add_argument("--partitions", type=int, metavar="N", help=partitions)
+
+
+@contextlib.contextmanager
+def _fan_out(args, echo):
+    """A :class:`sbg.distributed.FanOut` when ``--scheduler`` or ``--workers`` is given, else ``None``."""
+    if not (args.scheduler or args.workers is not None):
+        yield None
+        return
+    from .distributed import FanOut, dask_client
+
+    with dask_client(args.scheduler, args.workers, echo=echo) as client:
+        yield FanOut(client, args.partitions)
+
+
+def _inputs(files):
+    from .inputs import expand_inputs
+
+    return expand_inputs(files)
+
+
 def _schema_options(args) -> dict:
     opts = {}
     if args.time:
@@ -112,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Replay files on a simulated clock through the pipeline. Prints progress "
                                    "and alerts, and a summary whose counts reconcile. On a terminal, type "
                                    "start, pause, resume, stop, status, help or exit.")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="CSV, CSV.gz or Parquet files")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                   help="CSV, CSV.gz or Parquet files, globs or directories")
     p.add_argument("--speed", default="max", type=_speed, help="speed over real time, e.g. 1, 10x, 1000x, or max (default)")
     p.add_argument("--baseline", type=Path, metavar="REF", help="known-good reference file")
     p.add_argument("--config", type=Path, metavar="SBG.YAML", help="settings file")
@@ -123,15 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on", choices=["warning", "critical"], help="exit 1 if an alert of this severity or worse fired")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
+    _dask_args(p, "entity partitions, each with its state on one worker (default: one per worker)")
     _schema_args(p)
 
-    p = sub.add_parser("detect", help="score a file in batch and write flags per row",
-                       description="Run the pipeline over a file as fast as possible and write one output row "
+    p = sub.add_parser("detect", help="score files in batch and write flags per row",
+                       description="Run the pipeline over files as fast as possible and write one output row "
                                    "per accepted input row: the input columns, then anomaly_score, is_anomaly "
                                    "and reason. The output does not depend on --chunk-size and equals what "
-                                   "the streaming pipeline computes.")
-    p.add_argument("file", type=Path, metavar="FILE")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.csv", help="output CSV")
+                                   "the streaming pipeline computes. Several files (globs, directories) are "
+                                   "read one after the other. With --workers or --scheduler the work is split "
+                                   "by entity over Dask workers, with the same result.")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                   help="CSV, CSV.gz or Parquet files, globs (quoted) or directories")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                   help="output CSV, or a Parquet dataset directory (a name ending in .parquet, or a directory)")
     p.add_argument("--baseline", type=Path, metavar="REF")
     p.add_argument("--config", type=Path, metavar="SBG.YAML")
     p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log to write")
@@ -139,17 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quarantine", type=Path, metavar="Q.csv", help="write quarantined rows as line,raw,reason")
     p.add_argument("--summary-json", type=Path, metavar="S.json", help="write counts, alerts and settings used")
     p.add_argument("--fail-on", choices=["warning", "critical"])
+    _dask_args(p, "entity partitions, each a part file of the output (default: four per worker)")
     _schema_args(p)
 
     p = sub.add_parser("report", help="run files through the pipeline and write a self-contained HTML report",
                        description="Replay files headless at max speed, then write one HTML file (inline JS and "
                                    "CSS, no network) with the summary, plots, alerts, data quality and settings.")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="CSV, CSV.gz or Parquet files")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                   help="CSV, CSV.gz or Parquet files, globs or directories")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="REPORT.html", help="HTML file to write")
     p.add_argument("--baseline", type=Path, metavar="REF", help="known-good reference file")
     p.add_argument("--config", type=Path, metavar="SBG.YAML", help="settings file")
     p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log to write")
     p.add_argument("--title", help="report title (default: sbg report: SOURCE)")
+    _dask_args(p, "entity partitions, each with its state on one worker (default: one per worker)")
     _schema_args(p)
 
     p = sub.add_parser("validate", help="print the inferred schema and check every row",
@@ -185,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oauth-encryption-key", help="passed to panel serve")
     p.add_argument("--admin-users", metavar="USER,...", help="with auth: only these users may change state")
     p.add_argument("--print-command", action="store_true", help="print the panel serve command and exit")
+    _dask_args(p, "entity partitions, each with its state on one worker (default: one per worker)")
 
     p = sub.add_parser("data", help="sample datasets", description="Manage the bundled sample datasets.")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
@@ -268,15 +304,21 @@ def _alert_line(out: _Out, event, alert):
 
 
 def cmd_replay(args) -> int:
+    out = _Out(colour=False if args.no_color else None)
+    files = _inputs(args.files)
+    with _fan_out(args, out.line) as fan_out:
+        return _replay(args, out, files, fan_out)
+
+
+def _replay(args, out: _Out, files, fan_out) -> int:
     from .monitor import Monitor
 
-    out = _Out(colour=False if args.no_color else None)
-    monitor = Monitor(args.files, baseline=args.baseline, settings=_settings(args.config),
+    monitor = Monitor(files, baseline=args.baseline, settings=_settings(args.config),
                       alerts_db=args.alerts_db, speed=args.speed, loop=args.loop, resume=args.resume,
-                      **_schema_options(args))
+                      fan_out=fan_out, **_schema_options(args))
     if not args.quiet:
         monitor.engine.subscribe(lambda event, alert: out.line(_alert_line(out, event, alert)))
-    names = ", ".join(str(p) for p in args.files)
+    names = ", ".join(str(p) for p in files) if len(files) <= 8 else f"{files[0]} ... {files[-1]} ({len(files)} files)"
     out.line(f"sbg {__version__}: replaying {names} at {args.speed}"
              + (f" with baseline {args.baseline}" if args.baseline else ""))
     if monitor.resumed_from is not None:
@@ -367,11 +409,18 @@ def cmd_detect(args) -> int:
 
     if args.chunk_size < 1:
         raise SbgError("--chunk-size must be at least 1")
-    result = run_detect(
-        args.file, args.output, baseline=args.baseline, settings=_settings(args.config),
-        alerts_db=args.alerts_db, chunk_size=args.chunk_size, quarantine_path=args.quarantine,
-        summary_path=args.summary_json, schema_options=_schema_options(args),
-    )
+    options = dict(baseline=args.baseline, settings=_settings(args.config), alerts_db=args.alerts_db,
+                   chunk_size=args.chunk_size, quarantine_path=args.quarantine, summary_path=args.summary_json,
+                   schema_options=_schema_options(args))
+    if args.scheduler or args.workers is not None:
+        from .distributed import run_detect_dask
+
+        result = run_detect_dask(args.files, args.output, partitions=args.partitions, scheduler=args.scheduler,
+                                 workers=args.workers, progress=sys.stdout.isatty(), **options)
+    else:
+        if args.partitions is not None:
+            raise SbgError("--partitions needs --workers or --scheduler")
+        result = run_detect(args.files, args.output, **options)
     s = result["summary"]
     print(f"{args.output}: {s['rows_ok']:,} rows scored, {s['rows_flagged']:,} flagged; "
           f"{s['rows_quarantined']:,} quarantined of {s['rows_in']:,}; {s['alerts']} alerts "
@@ -385,13 +434,15 @@ def cmd_report(args) -> int:
 
     t0 = time.monotonic()
     check_output(args.output)
-    monitor = Monitor(args.files, baseline=args.baseline, settings=_settings(args.config),
-                      alerts_db=args.alerts_db, speed="max", **_schema_options(args))
-    try:
-        monitor.run_to_end()
-        path = monitor.report(args.output, title=args.title)
-    finally:
-        monitor.close()
+    files = _inputs(args.files)
+    with _fan_out(args, print) as fan_out:
+        monitor = Monitor(files, baseline=args.baseline, settings=_settings(args.config),
+                          alerts_db=args.alerts_db, speed="max", fan_out=fan_out, **_schema_options(args))
+        try:
+            monitor.run_to_end()
+            path = monitor.report(args.output, title=args.title)
+        finally:
+            monitor.close()
     m = monitor.metrics
     print(f"{path}: {path.stat().st_size / 1e6:.1f} MB; {m.rows_in:,} rows in, {m.rows_quarantined:,} quarantined; "
           f"{m.alerts_total} alerts ({time.monotonic() - t0:.2f}s)")
@@ -461,7 +512,9 @@ def serve_command(args) -> tuple[list[str], dict]:
            "SBG_BASELINE": str(Path(args.baseline).resolve()) if args.baseline else "",
            "SBG_CONFIG": str(args.config.resolve()) if args.config else "",
            "SBG_ALERTS_DB": str(args.alerts_db.resolve()) if args.alerts_db else "",
-           "SBG_ADMIN_USERS": args.admin_users or ""}
+           "SBG_ADMIN_USERS": args.admin_users or "",
+           "SBG_SCHEDULER": args.scheduler or "", "SBG_WORKERS": "" if args.workers is None else str(args.workers),
+           "SBG_PARTITIONS": "" if args.partitions is None else str(args.partitions)}
     # One process (the monitor lives in it); a closed tab is freed within seconds, not Bokeh's 30.
     cmd = [sys.executable, "-m", "panel", "serve", str(app), "--plugins", "sbg.server", "--port", str(args.port),
            "--address", args.address, "--num-procs", "1", "--check-unused-sessions", "2000",

@@ -71,16 +71,20 @@ class Monitor:
         Continue from the checkpoint in ``alerts_db`` instead of starting over.
     checkpoint_every : float
         Wall seconds between commits of the alert log and its checkpoint.
+    fan_out : sbg.distributed.FanOut, optional
+        Score the entities on Dask workers instead of in this process.
     schema_options : passed to every :class:`~sbg.sources.Source`.
     """
 
     def __init__(self, paths, baseline=None, settings=None, alerts_db=None, speed="max", loop=False,
                  max_chunk_rows=None, quarantine_keep: int = 1000, resume: bool = False,
-                 checkpoint_every: float = 0.25, **schema_options):
+                 checkpoint_every: float = 0.25, fan_out=None, **schema_options):
         if isinstance(paths, (str, Path)):
             paths = [paths]
         if not paths:
             raise SbgError("no data file given")
+        if resume and fan_out is not None:
+            raise SbgError("--resume runs in one process: the carried state of a Dask fan-out is not checkpointed")
         if resume and not alerts_db:
             raise SbgError("--resume needs --alerts-db: the checkpoint is kept in the alert log")
         if resume and not Path(alerts_db).exists():
@@ -103,7 +107,8 @@ class Monitor:
         self.log = AlertLog(alerts_db) if alerts_db else None
         self.engine = AlertEngine(settings.make_rules(), source=self.source_key)
         # The monitor writes the log itself: alert rows only ever go in with the checkpoint that covers them.
-        self.pipeline = Pipeline(
+        self.fan_out = fan_out
+        self.pipeline = (Pipeline if fan_out is None else fan_out.pipeline)(
             stats=settings.make_stats(), detectors=settings.make_detectors(self.reference), engine=self.engine,
             metrics=self.metrics, signals=signals, carried=carried,
         )
@@ -340,6 +345,7 @@ class Monitor:
         config = {
             "sbg": __version__, "settings": self.settings.data, "schema_options": schema_options,
             "schemas": [s.schema.as_dict() for s in self.sources],
+            **({"fan_out": True} if self.fan_out is not None else {}),  # its checkpoints lack the workers' state
             "baseline": None if self.baseline_path is None else _file_identity(self.baseline_path),
         }
         # Through JSON once, so it compares equal to what a checkpoint reads back.

@@ -137,10 +137,21 @@ class Pipeline(param.Parameterized):
         ``stats=False`` leaves out the rolling-statistics columns (batch scoring
         does not write them); scores, flags and alerts are the same either way.
         """
-        n = len(frame)
         chunk = self._guard("features", lambda: self.features.chunk(frame), lambda: None)
         if chunk is None:  # nothing can be analysed: the rows go on with neutral output, counted
             return self._neutral(frame, count, stats)
+        result, S = self.score(frame, chunk, stats)
+        if len(frame) and count:
+            self.account(result, S, chunk)
+        return result
+
+    def score(self, frame: pd.DataFrame, chunk, stats: bool = True) -> tuple[pd.DataFrame, np.ndarray]:
+        """The enriched frame of one chunk and its score matrix (a column per :attr:`pairs`), no alerts.
+
+        This is the part of :meth:`process` that carries per-entity state; a
+        Dask fan-out runs it on the workers and :meth:`account` on the client.
+        """
+        n = len(frame)
         k = len(self.signals)
 
         def nan_stats():
@@ -194,12 +205,14 @@ class Pipeline(param.Parameterized):
         out["reason"] = pd.Series(reason, dtype=object)
         # copy=False keeps one block per column: consolidating ~30 columns per chunk costs more than the maths.
         result = pd.concat([frame.reset_index(drop=True), pd.DataFrame(out, copy=False)], axis=1)
-        if n and count:
-            self._guard("alerts", lambda: self._alerts(result, pairs, S, chunk), lambda: None)
-            self.metrics.analyses += 1
-            self.metrics.entities = len(self.features.index)
-            self.metrics.sim_time = pd.Timestamp(chunk.ts[-1]) if n else None
-        return result
+        return result, S
+
+    def account(self, result: pd.DataFrame, S: np.ndarray, chunk):
+        """Advance the alert rules over a scored chunk and count it in the metrics."""
+        self._guard("alerts", lambda: self._alerts(result, self.pairs, S, chunk), lambda: None)
+        self.metrics.analyses += 1
+        self.metrics.entities = len(self.features.index)
+        self.metrics.sim_time = pd.Timestamp(chunk.ts[-1])
 
     def _neutral(self, frame: pd.DataFrame, count: bool, stats: bool) -> pd.DataFrame:
         """``frame`` with the enriched columns of a chunk that could not be analysed: NaN, zero, unflagged."""

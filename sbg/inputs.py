@@ -1,0 +1,158 @@
+"""Input sets: the files a command reads, from paths, globs and directories.
+
+``sbg detect``, ``sbg report`` and ``sbg replay`` take several inputs at
+once. A glob (``'archive/2024-*.csv.gz'``) expands to its matches and a
+directory (a partitioned Parquet dataset, a folder of CSVs) to the data files
+under it, each in sorted name order, so the same command line always reads
+the same files in the same order. A glob that matches nothing, or a
+directory without data files, is an error, never an empty run.
+
+Files read together must agree on their schema (time, entity, signals and
+carried columns): one output dataset has one set of columns. An entity's
+rows are read file after file, so its rows must not go back in time from
+one file to the next; :class:`FileOrder` checks that.
+
+>>> import pathlib, tempfile
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> for day in (2, 1):
+...     _ = (d / f"day{day}.csv").write_text(f"time,id,v\\n2024-01-0{day}T00:00:00,a,1\\n")
+>>> [p.name for p in expand_inputs([str(d / "day*.csv")])]
+['day1.csv', 'day2.csv']
+>>> source_name(open_inputs(expand_inputs([d])))
+'day1+day2'
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import SbgError, SourceError
+from .sources import Source
+
+__all__ = ["DATA_SUFFIXES", "expand_inputs", "open_inputs", "source_name", "FileOrder"]
+
+#: File names a directory or glob contributes (case-insensitive).
+DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt", ".parquet", ".pq")
+_GLOB_CHARS = set("*?[")
+
+
+def _is_data_file(path: Path) -> bool:
+    name = path.name.lower()
+    return path.is_file() and name.endswith(DATA_SUFFIXES) and not name.startswith((".", "_"))
+
+
+def expand_inputs(specs: Sequence) -> list[Path]:
+    """The data files named by ``specs``: paths, globs (``**`` recurses) and directories.
+
+    Each glob and directory contributes its files in sorted order; a file
+    named twice is read once, where it first appears.
+    """
+    if isinstance(specs, (str, Path)):
+        specs = [specs]
+    out: list[Path] = []
+    for spec in specs:
+        text = str(spec)
+        if _GLOB_CHARS & set(text) and not Path(text).exists():
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True))
+            files = [p for p in found if _is_data_file(p)]
+            if not files:
+                what = "no data file (.csv, .csv.gz, .parquet)" if found else "nothing"
+                raise SbgError(f"{text}: the pattern matches {what}")
+        elif Path(text).is_dir():
+            files = sorted(p for p in Path(text).rglob("*") if _is_data_file(p)
+                           and not any(part.startswith((".", "_")) for part in p.relative_to(text).parts[:-1]))
+            if not files:
+                raise SourceError(text, "directory holds no data files (.csv, .csv.gz, .parquet)")
+        else:
+            files = [Path(text)]
+        out += files
+    if not out:
+        raise SbgError("no data file given")
+    seen: set = set()
+    unique = []
+    for p in out:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def _shape(schema) -> dict:
+    return {"time": schema.time, "entity": schema.entity, "signals": list(schema.signals),
+            "carried": list(schema.carried)}
+
+
+def open_inputs(paths: Sequence, **schema_options) -> list[Source]:
+    """A :class:`~sbg.sources.Source` per file, refusing files whose schema differs from the first's."""
+    sources = [Source(p, **schema_options) for p in paths]
+    first = _shape(sources[0].schema)
+    for src in sources[1:]:
+        shape = _shape(src.schema)
+        if shape != first:
+            diff = "; ".join(f"{k} {shape[k]!r}, not {first[k]!r}" for k in first if shape[k] != first[k])
+            raise SourceError(src.path, f"has a different schema from {sources[0].path}: {diff}")
+    return sources
+
+
+def source_name(sources: Sequence[Source]) -> str:
+    """The name alerts are filed under: the sources' names joined by ``+`` (as ``sbg replay`` names them).
+
+    A long list is shortened to its ends and a hash of the whole, so the
+    name stays readable and still differs between inputs.
+    """
+    names = [src.name for src in sources]
+    joined = "+".join(names)
+    if len(joined) <= 200:
+        return joined
+    digest = hashlib.sha1(joined.encode()).hexdigest()[:12]
+    return f"{names[0]}+...+{names[-1]} ({len(names)} files, {digest})"
+
+
+class FileOrder:
+    """Checks that no entity goes back in time from one file to the next.
+
+    Feed it each file's rows in order (:meth:`start` a file, then
+    :meth:`update` with its rows' entities and int64 ns timestamps, in any
+    number of pieces). A file whose rows of an entity start before an
+    earlier file's rows of that entity ended raises :class:`SourceError`.
+
+    >>> order = FileOrder()
+    >>> order.start("a.csv"); order.update(np.array(["x"], dtype=object), np.array([10]))
+    >>> order.start("b.csv"); order.update(np.array(["x"], dtype=object), np.array([5]))
+    Traceback (most recent call last):
+    ...
+    sbg.errors.SourceError: b.csv: entity 'x' starts at 1970-01-01 00:00:00.000000005, before a.csv ends (1970-01-01 00:00:00.000000010); an entity's files must be given in time order
+    """
+
+    def __init__(self):
+        self._done: dict[str, tuple[int, str]] = {}  # entity -> (last ns, file) of the finished files
+        self._current: dict[str, int] = {}
+        self._path = None
+
+    def start(self, path):
+        """Begin the next file."""
+        for entity, last in self._current.items():
+            self._done[entity] = (last, str(self._path))
+        self._current = {}
+        self._path = path
+
+    def update(self, entities: np.ndarray, ns: np.ndarray):
+        """Rows of the current file (entities as text, times as int64 ns)."""
+        if len(ns) == 0:
+            return
+        frame = pd.DataFrame({"e": entities, "t": ns})
+        bounds = frame.groupby("e", sort=False)["t"].agg(["min", "max"])
+        for entity, lo, hi in zip(bounds.index.tolist(), bounds["min"].tolist(), bounds["max"].tolist(), strict=True):
+            before = self._done.get(entity)
+            if before is not None and lo < before[0]:
+                raise SourceError(self._path, f"entity {entity!r} starts at {pd.Timestamp(lo)}, before {before[1]} "
+                                              f"ends ({pd.Timestamp(before[0])}); an entity's files must be given "
+                                              "in time order")
+            self._current[entity] = max(hi, self._current.get(entity, hi))
