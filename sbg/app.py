@@ -525,7 +525,10 @@ class Dashboard(pn.viewable.Viewer):
         self.health_pipe = hv.streams.Pipe(data=pd.DataFrame())
         self.activity_pipe = hv.streams.Pipe(data=self.monitor.activity_frame(10))
         self._health_rows = -1
-        self.health_pane = pn.pane.HoloViews(sizing_mode="stretch_width", linked_axes=False, visible=False)
+        self.health_pane = pn.pane.HoloViews(sizing_mode="stretch_width", linked_axes=False)
+        # Shown and hidden through a layout: toggling a drawn HoloViews pane's own
+        # ``visible`` makes Panel copy Bokeh stylesheet models into a str-only list.
+        self.health_box = pn.Column(self.health_pane, sizing_mode="stretch_width", visible=False, margin=0)
         self.activity_pane = pn.pane.HoloViews(activity_view(self.activity_pipe), sizing_mode="stretch_width",
                                                linked_axes=False)
         self.entity_legend = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
@@ -761,7 +764,9 @@ class Dashboard(pn.viewable.Viewer):
         if self.live is None or self._disconnected():
             return
         now = time.monotonic()
-        plot_due = bool(self._pending) and now - self._last_plot >= self.plot_ms / 1000
+        # Called twice per plot period: a due update waits at most half a period, and
+        # the 10 % slack keeps timer jitter from pushing it a whole period back.
+        plot_due = bool(self._pending) and now - self._last_plot >= 0.9 * self.plot_ms / 1000
         slow_due = now - self._last_slow >= 1.0
         try:
             if plot_due or slow_due:
@@ -887,7 +892,7 @@ class Dashboard(pn.viewable.Viewer):
             return
         health = m.health()
         self.health_empty.visible = health.empty
-        self.health_pane.visible = not health.empty
+        self.health_box.visible = not health.empty
         if not health.empty:
             # Room for the next multiple of 8 entities: a fleet coming online does not redraw the grid per entity.
             n = -(-health["entity"].nunique() // 8) * 8
@@ -920,7 +925,7 @@ class Dashboard(pn.viewable.Viewer):
     def start_updates(self):
         """Begin the per-session display callback (served sessions and notebooks)."""
         if self._callback is None:
-            self._callback = pn.state.add_periodic_callback(self._tick, period=min(self.update_ms, self.plot_ms))
+            self._callback = pn.state.add_periodic_callback(self._tick, period=max(25, min(self.update_ms, self.plot_ms) // 2))
         self._update_fast(force=True)
         self._update_slow()
 
@@ -946,7 +951,7 @@ class Dashboard(pn.viewable.Viewer):
         top = pn.Column(self.kpis, self.banner, self.empty_state, sizing_mode="stretch_width")
         right = pn.Column(pn.pane.HTML('<div class="sbg-plot-title">Fleet health</div>', stylesheets=[CSS],
                                        margin=(0, 10)), self.legend,
-                          self.health_empty, self.health_pane, self.activity_pane, sizing_mode="stretch_width")
+                          self.health_empty, self.health_box, self.activity_pane, sizing_mode="stretch_width")
         plots = pn.Row(pn.Column(self.entity_legend, self.signals_area, sizing_mode="stretch_width"), right,
                        sizing_mode="stretch_width")
         plots[0].width_policy = "max"
