@@ -217,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oauth-provider", help="passed to panel serve")
     p.add_argument("--oauth-key", help="passed to panel serve")
     p.add_argument("--oauth-secret", help="passed to panel serve")
-    p.add_argument("--oauth-encryption-key", help="passed to panel serve")
+    p.add_argument("--oauth-encryption-key", help="passed to panel serve (needs the cryptography package)")
+    p.add_argument("--oauth-redirect-uri", metavar="URL", help="passed to panel serve: this server's /login URL")
+    p.add_argument("--oauth-extra-params", metavar="JSON", help="passed to panel serve (provider URLs, scope, ...)")
     p.add_argument("--admin-users", metavar="USER,...", help="with auth: only these users may change state")
     p.add_argument("--print-command", action="store_true", help="print the panel serve command and exit")
     _dask_args(p, "entity partitions, each with its state on one worker (default: one per worker)")
@@ -522,7 +524,8 @@ def serve_command(args) -> tuple[list[str], dict]:
     origins = args.allow_websocket_origin or [f"{args.address}:{args.port}", f"localhost:{args.port}"]
     for origin in origins:
         cmd += ["--allow-websocket-origin", origin]
-    for flag in ("basic_auth", "cookie_secret", "oauth_provider", "oauth_key", "oauth_secret", "oauth_encryption_key"):
+    for flag in ("basic_auth", "cookie_secret", "oauth_provider", "oauth_key", "oauth_secret", "oauth_encryption_key",
+                 "oauth_redirect_uri", "oauth_extra_params"):
         value = getattr(args, flag)
         if value:
             cmd += ["--" + flag.replace("_", "-"), str(value)]

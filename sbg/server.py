@@ -48,33 +48,43 @@ class _Api(AuthRequestHandler):
     """Authenticated like the app page.
 
     Plugin routes are not guarded by ``panel serve --basic-auth`` themselves:
-    this handler accepts the signed login cookie the page sets, or an HTTP
+    this handler accepts the signed login cookie the page sets (password or OAuth), or an HTTP
     Basic header (for Prometheus and curl), and answers 401 otherwise.
     """
 
-    def get_current_user(self):
-        if isinstance(self.application.auth_provider, NullAuth):
-            return "anonymous"  # served without --basic-auth or OAuth
-        user = super().get_current_user()
-        if user:
-            return user
-        header = self.request.headers.get("Authorization", "")
-        if header.startswith("Basic "):
-            try:
-                name, _, password = base64.b64decode(header[6:]).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                return None
-            if _check_password(name, password):
-                return name
-        return None
-
-    def prepare(self):
-        if not self.current_user:
+    async def prepare(self):
+        provider = self.application.auth_provider
+        if isinstance(provider, NullAuth):
+            self.current_user = "anonymous"  # served without --basic-auth or OAuth
+            return
+        # Bokeh's own get_current_user answers "default_user" for a provider with only an
+        # async hook (Panel's OAuth): ask the provider itself, whichever hook it has.
+        user = None
+        if provider.get_user_async is not None:
+            user = await provider.get_user_async(self)
+        elif provider.get_user is not None:
+            user = provider.get_user(self)
+        user = user or self._basic_header_user()
+        if not user:
             raise HTTPError(401)
+        self.current_user = user
+
+    def _basic_header_user(self):
+        """The user of a valid HTTP Basic header (Prometheus, curl), if any."""
+        header = self.request.headers.get("Authorization", "")
+        if not header.startswith("Basic "):
+            return None
+        try:
+            name, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return name if _check_password(name, password) else None
 
     def write_error(self, status_code, **kwargs):
         # send_error clears the headers set before it: say here how to log in.
-        if status_code == 401:
+        from panel.config import config
+
+        if status_code == 401 and config.basic_auth:
             self.set_header("WWW-Authenticate", 'Basic realm="sbg"')
         super().write_error(status_code, **kwargs)
 

@@ -32,6 +32,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
 USERS = {"alice": "wonderland-1", "bob": "builder-22"}
+#: What Panel's login page loads from its CDN (filled in by the ``guarded`` fixture).
+LOGIN_ASSETS: set[str] = set()
 
 
 def free_port():
@@ -57,13 +59,14 @@ def request(port, path, user=None, password=None, host="127.0.0.1", headers=None
 class Served:
     """``sbg serve ARGS`` on a free port; stopped by :meth:`stop`, whose log must hold no sbg traceback."""
 
-    def __init__(self, tmp, *args):
-        self.port = free_port()
+    def __init__(self, tmp, *args, port=None, env=None):
+        self.port = port or free_port()
         self.log = tmp / f"serve-{self.port}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "sbg.cli", "serve", "--port", str(self.port), *map(str, args)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT,
+                env={**os.environ, **(env or {})})
         self.base = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -100,6 +103,7 @@ def guarded(tmp_path_factory, data_dir):
     users.write_text(json.dumps(USERS))
     served = Served(tmp, "--data-dir", data_dir, "--speed", "10x", "--basic-auth", users,
                     "--cookie-secret", "a-long-cookie-secret-for-tests-0123456789", "--admin-users", "alice")
+    LOGIN_ASSETS.update(re.findall(r'(?:src|href)="(https?://[^"]+)"', request(served.port, "/login")[2]))
     yield served
     served.stop()
 
@@ -135,17 +139,29 @@ def test_endpoints_answer_with_a_login(guarded, path):
 def log_in(browser, base, user, tmp=None):
     ctx = browser.new_context(viewport={"width": 1366, "height": 768})
     page = ctx.new_page()
-    errors = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    errors = watch_errors(page)
     page.goto(base + "/monitor")
     page.fill('input[name="username"]', user)
     page.fill('input[name="password"]', USERS[user])
     page.click('button[type="submit"]')
     page.wait_for_selector(".sbg-kpis", timeout=60_000)
-    # Panel's own login page asks a CDN for its style sheet (refused here); from the dashboard on, nothing may fail.
-    errors.clear()
     return ctx, page, errors
+
+
+def watch_errors(page) -> list:
+    """Script errors, console errors and failed requests of ``page``, except the login page's own assets.
+
+    Panel's login page asks a CDN for its logo and style sheet (no network
+    here), and those failures can be reported after the dashboard is up; only
+    the exact URLs the login page names are let through.
+    """
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
+    page.on("requestfailed", lambda r: errors.append(f"{r.url} failed")
+            if r.url not in LOGIN_ASSETS else None)
+    return errors
 
 
 def test_admins_control_and_viewers_watch(guarded, browser):
@@ -175,6 +191,113 @@ def test_admins_control_and_viewers_watch(guarded, browser):
     finally:
         admin_ctx.close()
         viewer_ctx.close()
+
+
+class IdentityProvider:
+    """An OAuth 2 identity provider on loopback (authorization-code flow), where GitHub or Okta would be.
+
+    It approves ``user`` at once: ``/authorize`` sends the browser back with
+    a code, ``/token`` trades the code (with the client's secret) for a
+    token, ``/userinfo`` names the user for that token. Every step it served
+    is in :attr:`seen`.
+    """
+
+    KEY, SECRET, CODE, TOKEN = "sbg-dashboard", "client-secret-9f2", "code-4711", "token-abc123"
+
+    def __init__(self, user):
+        import asyncio
+        import threading
+        import urllib.parse
+
+        from tornado.web import Application, RequestHandler
+
+        provider, self.user, self.seen = self, user, []
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+
+        class Authorize(RequestHandler):
+            def get(self):
+                provider.seen.append("authorize")
+                assert self.get_argument("client_id") == provider.KEY
+                back = self.get_argument("redirect_uri")
+                query = urllib.parse.urlencode({"code": provider.CODE, "state": self.get_argument("state")})
+                self.redirect(back + ("&" if "?" in back else "?") + query)
+
+        class Token(RequestHandler):
+            def post(self):
+                provider.seen.append("token")
+                if (self.get_argument("code", "") != provider.CODE
+                        or self.get_argument("client_secret", "") != provider.SECRET):
+                    self.set_status(400)
+                    self.write({"error": "invalid_grant"})
+                    return
+                self.write({"access_token": provider.TOKEN, "token_type": "Bearer", "expires_in": 3600})
+
+        class UserInfo(RequestHandler):
+            def get(self):
+                provider.seen.append("userinfo")
+                if self.request.headers.get("Authorization") != f"Bearer {provider.TOKEN}":
+                    self.set_status(401)
+                    return
+                self.write({"email": provider.user, "name": provider.user.split("@")[0]})
+
+        ready = threading.Event()
+
+        def run():
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+            Application([("/authorize", Authorize), ("/token", Token), ("/userinfo", UserInfo)]).listen(
+                self.port, address="127.0.0.1")
+            self.loop.call_soon(ready.set)
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True, name="identity-provider")
+        self.thread.start()
+        ready.wait(10)
+
+    def env(self) -> dict:
+        """What ``panel serve --oauth-provider generic`` reads to find this provider."""
+        return {"PANEL_OAUTH_AUTHORIZE_URL": self.base + "/authorize", "PANEL_OAUTH_TOKEN_URL": self.base + "/token",
+                "PANEL_OAUTH_USER_URL": self.base + "/userinfo", "PANEL_USER_KEY": "email"}
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_oauth_flags_pass_through_to_panel(tmp_path, data_dir, browser):
+    idp = IdentityProvider("alice@example.org")
+    port = free_port()
+    served = Served(tmp_path, "--data-dir", data_dir, "--speed", "10x", "--oauth-provider", "generic",
+                    "--oauth-key", idp.KEY, "--oauth-secret", idp.SECRET,
+                    "--cookie-secret", "a-long-cookie-secret-for-tests-0123456789", "--admin-users", idp.user,
+                    "--oauth-redirect-uri", f"http://127.0.0.1:{port}/login",
+                    # an option sbg does not know goes to panel serve as it is
+                    "--oauth-expiry=1", port=port, env=idp.env())
+    ctx = browser.new_context(viewport={"width": 1366, "height": 768})
+    try:
+        # Without a login: the endpoints refuse, the page sends the visitor to the provider.
+        for path in ("/api/status", "/api/alerts?limit=5", "/metrics"):
+            assert request(port, path)[0] == 401, path
+        status, headers, _ = request(port, "/monitor")
+        assert status == 302 and headers["Location"].split("?")[0].endswith("/login")
+        status, headers, _ = request(port, "/login")
+        assert status == 302 and headers["Location"].startswith(idp.base + "/authorize?"), headers["Location"]
+        assert idp.seen == []
+        # A browser goes through the provider and lands on the dashboard, as the admin it names.
+        page = ctx.new_page()
+        errors = watch_errors(page)
+        page.goto(served.base + "/monitor")
+        page.wait_for_selector(".sbg-kpis", timeout=60_000)
+        assert idp.seen == ["authorize", "token", "userinfo"]
+        assert page.get_by_role("button", name="Start", exact=True).count() == 1
+        assert page.evaluate("fetch('/api/status').then(r => r.status)") == 200
+        assert page.evaluate("fetch('/metrics').then(r => r.status)") == 200
+        assert errors == []
+    finally:
+        ctx.close()
+        served.stop()
+        idp.stop()
 
 
 def websocket_status(port, origin):
