@@ -228,6 +228,8 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
     try:
         for batch in batches:
             metrics.count_batch(batch.rows_in, batch.rows_ok, batch.rows_quarantined)
+            if batch.fault is not None:
+                pipeline.fault("source", batch.fault)
             if qwriter is not None:
                 qwriter.writerows(quarantine_rows(batch, len(paths) > 1))
             frame = batch.frame
