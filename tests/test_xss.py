@@ -4,7 +4,8 @@ Headers, entity ids and a cell hold ``<img onerror>``, ``<script>`` and
 ``javascript:`` strings; the file raises a limit alert on a hostile entity
 and quarantines a hostile cell. After the replay, the alerts table, event
 feed, legends, entity filter and health grid have rendered them: no dialog
-opens, no script runs, no injected element exists, and the text is shown.
+opens, no script runs, no injected element exists, and the text is shown,
+also in the plots' hover tooltips.
 """
 
 import time
@@ -56,7 +57,31 @@ def test_hostile_text_renders_as_text_in_the_dashboard(browser, hostile_server):
         # The entity filter (choices.js renders labels as HTML) shows the ids as text too.
         chosen = page.locator(".choices__item").all_inner_texts()
         assert any(IMG in t for t in chosen) and any(JS_URL in t or CLOSE_SCRIPT in t for t in chosen), chosen
+        # Plot hover tooltips name the entity: sweep the pointer over every plot until they have shown the ids.
+        tips = hover_texts(page)
+        assert any(IMG in t for t in tips), tips[:10]
+        assert page.locator('img[src="x"]').count() == 0 and dialogs == [] and errors == []
+        assert page.evaluate("window.__sbg_xss === undefined"), page.evaluate("window.__sbg_xss")
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard_hostile.png"))
     finally:
         ctx.close()
+
+
+def hover_texts(page, steps=7) -> list[str]:
+    """The text of every hover tooltip shown while the pointer sweeps a grid over each plot canvas."""
+    texts = set()
+    for canvas in page.locator("canvas").all():
+        box = canvas.bounding_box()
+        if not box or box["width"] < 100 or box["height"] < 60:
+            continue
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        for i in range(1, steps + 1):
+            for j in range(1, steps + 1):
+                page.mouse.move(box["x"] + box["width"] * i / (steps + 1), box["y"] + box["height"] * j / (steps + 1))
+                page.wait_for_timeout(15)
+                for tip in page.locator(".bk-Tooltip").all():
+                    if tip.is_visible():  # the tooltip draws its rows in its own shadow root
+                        texts.add(tip.evaluate("e => (e.shadowRoot ? e.shadowRoot.textContent : '') + e.textContent"))
+    return sorted(texts)
