@@ -361,20 +361,42 @@ def health_element(frame: pd.DataFrame, height: int | None = None):
         frame = pd.DataFrame({"signal": pd.Series([], dtype=object), "entity": pd.Series([], dtype=object),
                               "state_name": pd.Series([], dtype=object), "score": [], "last_seen": []})
     else:
+        entity = frame["entity"].astype(str)
         frame = frame.assign(state_name=frame["state"].map(STATE_LABELS).astype(object),
                              score=frame["score"].round(3), last_seen=frame["last_seen"].astype(str).astype(object),
-                             entity=frame["entity"].astype(str).astype(object),
+                             entity_id=entity.astype(object), row=short_labels(entity).astype(object),
                              signal=frame["signal"].astype(object))
-    n_entities = max(frame["entity"].nunique(), 1)
+    if "row" not in frame:
+        frame = frame.assign(row=frame["entity"], entity_id=frame["entity"])
+    n_entities = max(frame["row"].nunique(), 1)
     height = height or health_height(n_entities)
     cmap = {name: STATE_COLORS[name] for name in ("normal", "warning", "critical", "stale")}
-    return hv.HeatMap(frame, ["signal", "entity"], ["state_name", "score", "last_seen"]).opts(
+    # Rows are labelled with ids cut to a readable length (a long id would squeeze the grid); hover shows it whole.
+    return hv.HeatMap(frame, ["signal", "row"], ["state_name", "entity_id", "score", "last_seen"]).opts(
+        hover_tooltips=[("entity", "@entity_id"), ("signal", "@signal"), ("state", "@state_name"),
+                        ("score", "@score"), ("last seen", "@last_seen")],
         cmap=cmap, color="state_name", responsive=True, height=height, tools=["hover"], xlabel="", ylabel="",
         line_color="white", line_width=2 if n_entities <= 40 else 0, colorbar=False, show_legend=False,
         invert_yaxis=True, xrotation=30, framewise=True, toolbar=None,
         fontsize={"yticks": 7 if n_entities > 40 else 9, "xticks": 9},
         yaxis=None if n_entities > 80 else "left", backend_opts=CANVAS,
     )
+
+
+def short_labels(labels: pd.Series, limit: int = 16) -> pd.Series:
+    """``labels`` cut to ``limit`` characters with an ellipsis, still one distinct label per distinct id.
+
+    >>> short_labels(pd.Series(["B01", "cell-rack-0001-module-a", "cell-rack-0001-module-b"])).tolist()
+    ['B01', 'cell-rack-0001-…', 'cell-rack-0001-… (2)']
+    """
+    labels = labels.astype(str)
+    distinct = pd.unique(labels)
+    short, seen = {}, {}
+    for label in distinct:
+        cut = label if len(label) <= limit else label[: limit - 1] + "…"
+        n = seen[cut] = seen.get(cut, 0) + 1
+        short[label] = cut if n == 1 else f"{cut} ({n})"
+    return labels.map(short)
 
 
 def health_height(n_entities: int) -> int:
