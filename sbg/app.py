@@ -1038,6 +1038,34 @@ def _rss_bytes() -> int | None:
         return None
 
 
+def live_objects(top: int = 15) -> dict:
+    """Objects alive in this process after a full collection: per-session kinds, and the most common types.
+
+    For finding leaks: served with ``SBG_DEBUG_OBJECTS=1``,
+    ``/api/status?objects=1`` adds it as ``objects``. Once every tab is
+    closed no :class:`Dashboard` or Bokeh ``Document`` may be left. Walking
+    every object takes up to a second in a busy server, hence debug only.
+    """
+    import gc
+    from collections import Counter
+
+    import holoviews as hv
+    from bokeh.document import Document
+    from bokeh.model import Model
+
+    gc.collect()
+    kinds = {"dashboards": Dashboard, "documents": Document, "buffers": hv.streams.Buffer,
+             "panel_objects": pn.viewable.Viewable, "bokeh_models": Model}
+    counts = dict.fromkeys(kinds, 0)
+    types: Counter = Counter()
+    for obj in gc.get_objects():
+        types[type(obj).__qualname__] += 1
+        for name, cls in kinds.items():
+            if isinstance(obj, cls):
+                counts[name] += 1
+    return {**counts, "top_types": dict(types.most_common(top))}
+
+
 def status_payload(monitor: Monitor) -> dict:
     """What ``/api/status`` answers: metrics, replay state and progress, source and start time."""
     status = monitor.status()

@@ -102,6 +102,10 @@ class StatusHandler(_Api):
         payloads = [status_payload(m) for m in found]
         out = dict(payloads[0])
         out["monitors"] = payloads
+        if os.environ.get("SBG_DEBUG_OBJECTS") == "1" and self.get_argument("objects", "") == "1":
+            from .app import live_objects
+
+            out["objects"] = live_objects()
         self.write_json(out)
 
 
