@@ -1,33 +1,34 @@
 """Session churn: open and close many dashboard sessions; memory and counts must come back.
 
-    python benchmarks/churn.py [--sessions 200] [--batch 10] [--speed 100x]
+    python benchmarks/churn.py [--sessions 200] [--batch 10] [--speed max] [--objects]
 
 Real ``sbg serve`` in a subprocess replays the bundled fleet to its end. Each
 session is a tab in its own Playwright context in headless Chromium:
 ``--batch`` tabs are opened until their dashboards show, held open together,
-then closed. After a warm-up of one
-batch, the server's RSS, session count and monitor subscribers are read from
-``/api/status`` before and after the churn. Also used, with fewer sessions,
-by ``tests/test_load.py``.
+then closed. After a warm-up of one batch, the server's RSS, session count
+and monitor subscribers are read from ``/api/status`` before the churn,
+after every five batches and at the end. With ``--objects`` the server runs
+with ``SBG_DEBUG_OBJECTS=1`` and the live Dashboards, Bokeh Documents,
+Buffers and Panel and Bokeh models are counted too: a leak grows them with
+every batch, a high-water mark of the allocator does not. Also used, with
+fewer sessions, by ``tests/test_load.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import CHROME_ARGS, free_port, status, stop, wait_until_up  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.served import chromium, load, objects, open_tabs, rss_mb, served, status  # noqa: E402
 
 
 def settle(base: str, sessions: int, timeout: float = 60.0) -> dict:
-    """Wait until the server holds at most ``sessions`` sessions; returns the status then."""
+    """Wait until the server holds at most ``sessions`` sessions and subscribers; returns the status then."""
     deadline = time.monotonic() + timeout
     while True:
         st = status(base)
@@ -36,64 +37,44 @@ def settle(base: str, sessions: int, timeout: float = 60.0) -> dict:
         time.sleep(0.5)
 
 
-def _batch(browser, url: str, n: int, during=None):
+def batch(browser, base: str, n: int, during=None):
     """Open ``n`` tabs (a browser context each) until their dashboards show, call ``during()``, close them."""
-    contexts = [browser.new_context(viewport={"width": 1366, "height": 768}) for _ in range(n)]
-    pages = [ctx.new_page() for ctx in contexts]
-    for page in pages:
-        page.goto(url, wait_until="commit")
-    for page in pages:
-        page.wait_for_selector(".sbg-kpis", timeout=180_000)
+    tabs = open_tabs(browser, base, n)
     result = during() if during else None
-    for ctx in contexts:
-        ctx.close()
+    for tab in tabs:
+        tab.close()
     return result
 
 
-def churn(browser, base: str, total: int, batch: int, report=print) -> dict:
-    """Open and close ``total`` tabs, ``batch`` at a time; returns before/after figures."""
-    url = base + "/monitor"
-    _batch(browser, url, batch)
+def churn(browser, base: str, total: int, size: int, debug_objects=False, warmup=True, report=print) -> dict:
+    """Open and close ``total`` tabs, ``size`` at a time, after a warm-up batch; returns before/after figures.
+
+    ``rounds`` holds, after every five batches (once their sessions are
+    freed), the tabs opened so far, the RSS in MB and, with ``debug_objects``,
+    the live object counts.
+    """
+    if warmup:
+        batch(browser, base, size)
     before = settle(base, 0)
+    count = (lambda: objects(base)) if debug_objects else dict
+    rounds = [(0, rss_mb(before), count())]
     peak_sessions = 0
     opened = 0
     t0 = time.monotonic()
     while opened < total:
-        n = min(batch, total - opened)
-        peak_sessions = max(peak_sessions, _batch(browser, url, n, lambda: status(base)["sessions"]))
+        n = min(size, total - opened)
+        peak_sessions = max(peak_sessions, batch(browser, base, n, lambda: status(base)["sessions"]))
         opened += n
-        if opened % (batch * 5) == 0 or opened == total:
-            st = status(base)
-            report(f"  {opened:4d} sessions opened and closed  RSS {st['process']['rss_bytes'] / 2**20:6.1f} MB"
-                   f"  live sessions {st['sessions']}")
+        if opened % (size * 5) == 0 or opened == total:
+            st = settle(base, before["sessions"])
+            rounds.append((opened, rss_mb(st), count()))
+            report(f"  {opened:4d} sessions opened and closed  RSS {rss_mb(st):6.1f} MB  live sessions "
+                   f"{st['sessions']}  subscribers {st['subscribers']}  {load()}"
+                   + (f"\n        objects {rounds[-1][2]}" if debug_objects else ""), flush=True)
     elapsed = time.monotonic() - t0
     after = settle(base, before["sessions"])
     return {"before": before, "after": after, "opened": opened, "peak_sessions": peak_sessions,
-            "seconds": elapsed}
-
-
-def serve(data_args: list[str], log: Path):
-    port = free_port()
-    out = open(log, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "sbg.cli", "serve", "--port", str(port), *data_args],
-                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    return proc, wait_until_up(proc, port, log)
-
-
-@contextlib.contextmanager
-def browser_of():
-    """Debian's Chromium, headless, driven by Playwright."""
-    from playwright.sync_api import sync_playwright
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        raise SystemExit("chromium is not installed (make test installs it)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROME_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+            "seconds": elapsed, "rounds": rounds}
 
 
 def main(argv=None) -> int:
@@ -103,25 +84,25 @@ def main(argv=None) -> int:
     ap.add_argument("--speed", default="max",
                     help="replay speed; the churn starts once the replay has finished, so that the memory "
                          "the run itself retains (its history) is not counted as the sessions'")
+    ap.add_argument("--objects", action="store_true", help="count live objects (SBG_DEBUG_OBJECTS=1)")
     opts = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="sbg-churn-") as tmp:
-        proc, base = serve(["--speed", opts.speed, "--autostart"], Path(tmp) / "serve.log")
-        try:
-            with browser_of() as browser:
-                _batch(browser, base + "/monitor", 1)  # autostart begins with the first session
-                while status(base)["replay"]["state"] != "finished":
-                    time.sleep(1.0)
-                result = churn(browser, base, opts.sessions, opts.batch)
-        finally:
-            stop(proc)
+    env = {"SBG_DEBUG_OBJECTS": "1"} if opts.objects else None
+    print(f"churn: {opts.sessions} sessions, {opts.batch} at a time; {load()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="sbg-churn-") as tmp, chromium() as browser, \
+            served(Path(tmp) / "serve.log", "--speed", opts.speed, "--autostart", env=env) as base:
+        while status(base)["replay"]["state"] != "finished":  # the first status request starts the replay
+            time.sleep(1.0)
+        result = churn(browser, base, opts.sessions, opts.batch, opts.objects)
     b, a = result["before"], result["after"]
-    mb = 2**20
     print(f"\nsession churn: {result['opened']} sessions, {opts.batch} at a time, after a replay at {opts.speed}, "
-          f"{result['seconds']:.0f} s")
+          f"{result['seconds']:.0f} s; {load()}")
     print(f"  sessions      before {b['sessions']}, peak {result['peak_sessions']}, after {a['sessions']}")
     print(f"  subscribers   before {b['subscribers']}, after {a['subscribers']}")
-    print(f"  server RSS    before {b['process']['rss_bytes'] / mb:.1f} MB, after {a['process']['rss_bytes'] / mb:.1f} MB"
-          f" ({(a['process']['rss_bytes'] - b['process']['rss_bytes']) / mb:+.1f} MB)")
+    print(f"  server RSS    before {rss_mb(b):.1f} MB, after {rss_mb(a):.1f} MB ({rss_mb(a) - rss_mb(b):+.1f} MB)")
+    print("  RSS by tabs   " + ", ".join(f"{n}: {mb:.0f}" for n, mb, _ in result["rounds"]))
+    if opts.objects:
+        first, last = result["rounds"][0][2], result["rounds"][-1][2]
+        print("  live objects  " + ", ".join(f"{k} {first[k]} -> {last[k]}" for k in first if k != "top_types"))
     return 0
 
 

@@ -15,9 +15,12 @@ and ``change`` signals). A chunk has reached a tab when every source that
 ever receives its last timestamp holds it; the latency is that moment
 minus the emit. Server and browser share this machine's clock.
 
-Printed: chunks matched, p50 / p95 / max latency per run, and the server's
-RSS at start, its peak and at the end, sampled every 10 s, with the slope
-over the second half (flat memory means about 0 MB/min). The server's memory
+Printed: chunks matched, p50 / p95 / max latency over all sessions (and the
+best and worst session's p95), how many sessions got new rows in at least
+half of the polls (every 2 s), the response times of ``/api/status`` (asked
+every 2 s while the sessions stream), and the server's RSS at start, its
+peak and at the end, sampled every 10 s, with the slope over the second
+half (flat memory means about 0 MB/min); the load averages alongside. The server's memory
 grows while its retained history fills (``--history-rows``, about 0.7 kB a
 row here), so the run uses a retention that fills in the first minutes.
 """
@@ -26,22 +29,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 from run import fleet_frame  # noqa: E402
+
+from tests.served import chromium, load, open_tabs, rss_mb, served, timed_status  # noqa: E402
 
 HOOK = """() => {
   const S = window.__sbg = window.__sbg || {seen: new Set(), rec: []};
@@ -62,72 +62,12 @@ HOOK = """() => {
   return S.seen.size;
 }"""
 TAKE = "() => { const S = window.__sbg; if (!S) return []; const r = S.rec; S.rec = []; return r; }"
-CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--no-first-run", "--disable-sync"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def status(base: str) -> dict:
-    with urllib.request.urlopen(base + "/api/status", timeout=10) as r:
-        return json.loads(r.read())
 
 
 def write_fleet(path: Path, seconds: int, entities: int = 8) -> Path:
     frame = fleet_frame(seconds * entities, entities=entities)
     frame.to_csv(path, index=False, date_format="%Y-%m-%dT%H:%M:%S")
     return path
-
-
-def start_server(data: Path, speed: str, emits: Path, log: Path, history_rows: int):
-    from sbg.cli import build_parser, serve_command
-
-    port = free_port()
-    config = data.with_name("sbg.yaml")
-    config.write_text(f"history: {{max_rows: {history_rows}}}\n")
-    args = build_parser().parse_args(["serve", str(data), "--port", str(port), "--speed", speed,
-                                      "--data-dir", str(data.parent), "--config", str(config)])
-    args.panel_args = []
-    cmd, env = serve_command(args)
-    app = next(i for i, a in enumerate(cmd) if a.endswith("monitor.py"))
-    cmd[app] = str(HERE / "_latency_app.py")
-    out = open(log, "wb")
-    proc = subprocess.Popen(cmd, env={**os.environ, **env, "SBG_BENCH_EMITS": str(emits)}, stdout=out,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    return proc, wait_until_up(proc, port, log)
-
-
-def wait_until_up(proc, port: int, log: Path) -> str:
-    """The server's base URL once ``/api/status`` answers; exits with its log if it never does."""
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            status(base)
-            return base
-        except OSError:
-            time.sleep(0.3)
-    stop(proc)
-    raise SystemExit("the server did not come up:\n" + log.read_text())
-
-
-def stop(proc):
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def latencies(emits: list, records: list) -> list[float]:
@@ -163,77 +103,83 @@ def main(argv=None) -> int:
     ap.add_argument("--history-rows", type=int, default=120_000,
                     help="the server's history retention (sbg.yaml history.max_rows); memory grows until it is "
                          "full, so it must fill well inside the run for the slope to mean anything")
-    ap.add_argument("--shots", type=Path, default=None, help="save a screenshot of the first tab here")
+    ap.add_argument("--shots", type=Path, default=None, help="save a screenshot of the first and last tab here")
     opts = ap.parse_args(argv)
     factor = float(opts.speed.rstrip("x"))
     seconds = int(opts.minutes * 60 * factor * 1.1) + 600
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        raise SystemExit("chromium is not installed (make test installs it)")
-    from playwright.sync_api import sync_playwright
-
+    print(f"latency: {opts.sessions} session(s) at {opts.speed} for {opts.minutes:g} min; {load()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="sbg-latency-") as tmp:
         tmp = Path(tmp)
         data = write_fleet(tmp / "fleet.csv", seconds)
-        emits_path, log = tmp / "emits.jsonl", tmp / "serve.log"
+        config = tmp / "sbg.yaml"
+        config.write_text(f"history: {{max_rows: {opts.history_rows}}}\n")
+        emits_path = tmp / "emits.jsonl"
         emits_path.touch()
-        proc, base = start_server(data, opts.speed, emits_path, log, opts.history_rows)
         records: list[list] = []
-        rss = []
-        try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=chromium, args=CHROME_ARGS)
-                tabs = []
-                for i in range(opts.sessions):
-                    ctx = browser.new_context(viewport={"width": 1366, "height": 768})
-                    page = ctx.new_page()
-                    page.goto(base + "/_latency_app")
-                    page.wait_for_selector(".sbg-kpis", timeout=120_000)
-                    tabs.append((i, page))
-                for _, page in tabs:
-                    page.evaluate(HOOK)
-                rss.append((0.0, rss_mb(proc.pid)))
-                tabs[0][1].get_by_role("button", name="Start", exact=True).click()
-                t0 = time.monotonic()
-                next_rss = 10.0
-                while (elapsed := time.monotonic() - t0) < opts.minutes * 60:
-                    time.sleep(2.0)
-                    for i, page in tabs:
-                        page.evaluate(HOOK)
-                        records += [[r[0], f"{i}:{r[1]}", r[2]] for r in page.evaluate(TAKE)]
-                    if elapsed >= next_rss:
-                        rss.append((elapsed, rss_mb(proc.pid)))
-                        next_rss += 10.0
-                        answered = time.monotonic()
-                        st = status(base)
-                        api_ms = (time.monotonic() - answered) * 1000
-                        print(f"  {elapsed:6.0f} s  rows_in {st['metrics']['rows_in']:>9,}  "
-                              f"RSS {rss[-1][1]:7.1f} MB  /api/status {api_ms:5.0f} ms", flush=True)
-                time.sleep(1.0)
-                for i, page in tabs:
-                    records += [[r[0], f"{i}:{r[1]}", r[2]] for r in page.evaluate(TAKE)]
-                if opts.shots:
-                    opts.shots.mkdir(parents=True, exist_ok=True)
-                    tabs[0][1].screenshot(path=str(opts.shots / "latency_run.png"))
-                browser.close()
-        except BaseException:
-            print(log.read_text()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            stop(proc)
+        rss, status_ms, loads = [], [], []
+        fresh = [0] * opts.sessions  # polls in which each session's plots got new rows
+        with chromium() as browser, served(tmp / "serve.log", data, "--speed", opts.speed, "--data-dir", tmp,
+                                           "--config", config, app=HERE / "_latency_app.py",
+                                           env={"SBG_BENCH_EMITS": str(emits_path)}) as base:
+            t_open = time.monotonic()
+            tabs = open_tabs(browser, base, opts.sessions, path="/_latency_app")
+            print(f"  {opts.sessions} session(s) open in {time.monotonic() - t_open:.0f} s", flush=True)
+            for tab in tabs:
+                tab.page.evaluate(HOOK)
+            st, _ = timed_status(base)
+            rss.append((0.0, rss_mb(st)))
+            tabs[0].click("Start")
+            t0 = time.monotonic()
+            next_rss = 10.0
+            polls = 0
+            while (elapsed := time.monotonic() - t0) < opts.minutes * 60:
+                time.sleep(2.0)
+                polls += 1
+                for i, tab in enumerate(tabs):
+                    tab.page.evaluate(HOOK)
+                    got = tab.page.evaluate(TAKE)
+                    fresh[i] += any(r[2] is not None for r in got)
+                    records += [[r[0], f"{i}:{r[1]}", r[2]] for r in got]
+                st, ms = timed_status(base)
+                status_ms.append(ms)
+                if elapsed >= next_rss:
+                    rss.append((elapsed, rss_mb(st)))
+                    loads.append(load())
+                    next_rss += 10.0
+                    print(f"  {elapsed:6.0f} s  rows_in {st['metrics']['rows_in']:>9,}  sessions {st['sessions']}  "
+                          f"RSS {rss[-1][1]:7.1f} MB  /api/status {ms:5.0f} ms  {loads[-1]}", flush=True)
+            time.sleep(1.0)
+            for i, tab in enumerate(tabs):
+                records += [[r[0], f"{i}:{r[1]}", r[2]] for r in tab.page.evaluate(TAKE)]
+            if opts.shots:
+                opts.shots.mkdir(parents=True, exist_ok=True)
+                tabs[0].page.screenshot(path=str(opts.shots / "latency_run.png"))
+                if len(tabs) > 1:
+                    tabs[-1].page.bring_to_front()
+                    tabs[-1].page.wait_for_timeout(1000)
+                    tabs[-1].page.screenshot(path=str(opts.shots / "latency_run_last_session.png"))
+            errors = sum(len(tab.errors) for tab in tabs)
         emits = [json.loads(line) for line in emits_path.read_text().splitlines() if line]
-    result = []
+    per_session = []
     for i in range(opts.sessions):
         mine = [r for r in records if r[1].startswith(f"{i}:")]
-        result += latencies(emits, mine)
-    lat = np.array(result)
+        per_session.append(latencies(emits, mine))
+    lat = np.array([x for one in per_session for x in one])
+    ms = np.array(status_ms)
     print(f"\nemit-to-browser latency, {opts.sessions} session(s), {opts.speed}, 8 entities at 1 Hz, "
-          f"{opts.minutes:g} min, history retention {opts.history_rows:,} rows")
+          f"{opts.minutes:g} min, history retention {opts.history_rows:,} rows; {load()}")
     print(f"  chunks emitted     {len(emits):,}  ({sum(e[1] for e in emits):,} rows)")
-    print(f"  chunk arrivals     {len(lat):,}")
+    print(f"  chunk arrivals     {len(lat):,}  (chunks x sessions)")
     if len(lat):
         print(f"  p50 / p95 / max    {np.percentile(lat, 50):.0f} / {np.percentile(lat, 95):.0f} / "
               f"{lat.max():.0f} ms   (target p95 <= 250 ms)")
+    if opts.sessions > 1:
+        p95s = [np.percentile(one, 95) for one in per_session if len(one)]
+        print(f"  per-session p95    best {min(p95s):.0f} ms, worst {max(p95s):.0f} ms")
+    print(f"  sessions updating  {sum(f >= polls // 2 for f in fresh)} of {opts.sessions} got rows in at least "
+          f"half of the {polls} polls (fewest {min(fresh)}); console errors {errors}")
+    print(f"  /api/status        p50 {np.percentile(ms, 50):.0f} ms, p95 {np.percentile(ms, 95):.0f} ms, "
+          f"max {ms.max():.0f} ms over {len(ms)} requests (target < 500 ms)")
     half = [(t, m) for t, m in rss if t >= opts.minutes * 30]
     slope = np.polyfit([t for t, _ in half], [m for _, m in half], 1)[0] * 60 if len(half) >= 3 else float("nan")
     print(f"  server RSS         start {rss[0][1]:.0f} MB, peak {max(m for _, m in rss):.0f} MB, "
