@@ -313,6 +313,7 @@ class Dashboard(pn.viewable.Viewer):
         self._entity_options: list[str] = []
         self._session_id = id(self)
         self.rows_sent = 0
+        self._settings_panes: list = []
         self.bridge = BufferBridge()
         self._build_widgets()
         self._build_views()
@@ -485,6 +486,7 @@ class Dashboard(pn.viewable.Viewer):
 
     def _settings_panel(self):
         m = self.monitor
+        self._unlink_settings()
         cards = []
         for det in m.pipeline.detectors:
             names = [p for p in det.param if p != "name" and not isinstance(det.param[p], param.Dict)]
@@ -504,11 +506,28 @@ class Dashboard(pn.viewable.Viewer):
         monitor's settings.
         """
         if not self.read_only:
-            return pn.Param(obj, parameters=names, show_name=False, sizing_mode="stretch_width")
+            pane = pn.Param(obj, parameters=names, show_name=False, sizing_mode="stretch_width")
+            self._settings_panes.append(pane)
+            return pane
         rows = "".join(f"<tr><th>{html.escape(n)}</th><td>{html.escape(str(getattr(obj, n)))}</td></tr>"
                        for n in names)
         return pn.pane.HTML(f'<table class="sbg-settings">{rows}</table>', sizing_mode="stretch_width",
                             stylesheets=[CSS])
+
+    def _unlink_settings(self):
+        """Remove the watchers the settings widgets put on the shared detectors and rules.
+
+        ``pn.Param`` watches the object it shows and nothing removes those
+        watchers when a session ends: every closed tab left its settings
+        widgets alive on the monitor all sessions share, and updated them on
+        every change of a setting.
+        """
+        for pane in self._settings_panes:
+            for watcher in list(pane._internal_callbacks):
+                if watcher.inst is pane.object:
+                    pane.object.param.unwatch(watcher)
+                    pane._internal_callbacks.remove(watcher)
+        self._settings_panes = []
 
     # ---- views ----------------------------------------------------------
     def _build_views(self):
@@ -942,6 +961,7 @@ class Dashboard(pn.viewable.Viewer):
         """
         self.stop_updates()
         self._detach()
+        self._unlink_settings()
         self._pending.clear()
         self.bridge.reset()
         self.live = None
