@@ -67,7 +67,7 @@ def _schema_args(p):
     g.add_argument("--encoding", default="utf-8", help="text encoding (default utf-8; BOM accepted)")
 
 
-def _dask_args(p, partitions="partitions the entities are hashed into (default: %s)"):
+def _dask_args(p, partitions: str):
     g = p.add_argument_group("Dask (scale out; needs the dask extra, see docs/scaling.md)")
     g.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on this Dask cluster's workers")
     g.add_argument("--workers", type=int, metavar="N", help="start a local Dask cluster of N worker processes")
@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, metavar="SBG.YAML")
     p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log to write")
     p.add_argument("--chunk-size", type=int, default=65536, metavar="N", help="rows per pipeline chunk (default 65536)")
-    p.add_argument("--quarantine", type=Path, metavar="Q.csv", help="write quarantined rows as line,raw,reason")
+    p.add_argument("--quarantine", type=Path, metavar="Q.csv",
+                   help="write quarantined rows as line,raw,reason (file,line,raw,reason for several files)")
     p.add_argument("--summary-json", type=Path, metavar="S.json", help="write counts, alerts and settings used")
     p.add_argument("--fail-on", choices=["warning", "critical"])
     _dask_args(p, "entity partitions, each a part file of the output (default: four per worker)")
