@@ -800,6 +800,10 @@ class Dashboard(pn.viewable.Viewer):
                     if slow_due:
                         self._last_slow = now
                         self._update_slow()
+                for doc, _ in self._documents():
+                    # Bokeh keeps each model attached since the last message in a set until a message
+                    # carries it; a plot replaced before then (a looped replay redraws them) stayed forever.
+                    doc.models.flush_synced(lambda model: model.document is not None)
             if now - self._last_fast >= self.update_ms / 1000:
                 self._last_fast = now
                 self._update_fast()
