@@ -20,7 +20,9 @@ monitor = _default_monitor()
 if not getattr(monitor, "_bench_emit_log", None):
     log = open(os.environ["SBG_BENCH_EMITS"], "a", buffering=1, encoding="utf-8")
 
-    def on_chunk(chunk):
+    # Names bound as defaults: Bokeh clears a session's app module when that session ends (one that
+    # never connected in time does), and this subscriber outlives the session that made it.
+    def on_chunk(chunk, time=time, json=json, log=log):
         wall = time.time() * 1000.0
         last = chunk.groupby(chunk["entity"].astype(str), observed=True)["timestamp"].max()
         log.write(json.dumps([wall, len(chunk), {e: t.value / 1e6 for e, t in last.items()}]) + "\n")
