@@ -780,6 +780,12 @@ class Dashboard(pn.viewable.Viewer):
         self.bridge.flush()
 
     def _tick(self):
+        if self._closed():
+            # The tab has gone: stop ticking. Bokeh does not expire a session while one of its
+            # callbacks holds or waits for the document lock, and on a busy server a tick nearly
+            # always does: closed sessions piled up (58 of them in a churn), each still ticking.
+            self.stop_updates()
+            return
         if self.live is None or self._disconnected():
             return
         now = time.monotonic()
@@ -809,6 +815,13 @@ class Dashboard(pn.viewable.Viewer):
                 self._update_fast()
         except Exception as exc:  # a view must never stop the replay
             self.monitor.pipeline.fault("dashboard", exc)
+
+    @staticmethod
+    def _closed() -> bool:
+        """True in a served session whose tab has gone: its websocket was open and is closed."""
+        doc = pn.state.curdoc
+        session = getattr(getattr(doc, "session_context", None), "_session", None)
+        return session is not None and bool(pn.state._connected.get(doc)) and session.connection_count == 0
 
     @staticmethod
     def _disconnected() -> bool:
@@ -1036,10 +1049,12 @@ class Dashboard(pn.viewable.Viewer):
             self.read_only = True
             header.append(pn.pane.HTML(f'<span class="sbg-readonly" title="signed in as '
                                        f'{html.escape(str(pn.state.user))}">View only</span>', stylesheets=[CSS]))
-        # Bootstrap: the one template that needs no web fonts from the internet.
+        # Bootstrap: the one template that needs no web fonts from the internet. No busy spinner:
+        # every periodic callback of every session sets Panel's global busy flag, which updates
+        # the spinner of every open page, so each tick cost more with each session (n**2 in all).
         template = pn.template.BootstrapTemplate(
             title=title, sidebar=[self._sidebar()], main=[self._main()], header=header,
-            header_background="#0f172a", sidebar_width=340,
+            header_background="#0f172a", sidebar_width=340, busy_indicator=None,
         )
         self.start_updates()
 
