@@ -72,11 +72,11 @@ def get(url, timeout=5):
         return r.status, r.read().decode()
 
 
-def status(base, timeout=10) -> dict:
+def status(base, timeout=30) -> dict:
     return json.loads(get(base + "/api/status", timeout)[1])
 
 
-def timed_status(base, timeout=10) -> tuple[dict, float]:
+def timed_status(base, timeout=30) -> tuple[dict, float]:
     """``/api/status`` and how long it took to answer, in milliseconds."""
     t0 = time.perf_counter()
     st = status(base, timeout)
