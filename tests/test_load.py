@@ -1,0 +1,130 @@
+"""Load and soak of the served dashboard: many sessions, session churn, a looped replay at full speed.
+
+Real ``sbg serve`` in a subprocess, real tabs in headless Chromium. Nothing
+here asserts on a timing: the figures (status response times, memory) are
+written to ``artifacts/load_figures.json`` for a person to read, and the
+long versions are ``benchmarks/latency.py --sessions 20``,
+``benchmarks/churn.py`` and ``benchmarks/soak.py``.
+"""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from benchmarks.churn import churn
+from benchmarks.soak import soak
+from tests.served import ARTIFACTS, ROOT, load, objects, open_tabs, rss_mb, status, timed_status
+from tests.served import served as sbg_served
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+SESSIONS = 20
+CHURN_SESSIONS, CHURN_BATCH = 40, 10
+#: Server RSS after the churn may exceed the RSS before it by this much (see docs/reliability.md):
+#: the sessions' objects are all freed, but the allocator keeps some of the pages they used.
+CHURN_RSS_TOLERANCE_MB = 80
+SOAK_MINUTES, SOAK_HISTORY_ROWS = 1.0, 20_000
+#: Growth of the server's RSS allowed after the short soak's warm-up.
+SOAK_RSS_TOLERANCE_MB = 30
+FIGURES: dict = {}
+
+
+def _record(name, figures):
+    FIGURES[name] = {**figures, "load": load()}
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "load_figures.json").write_text(json.dumps(FIGURES, indent=2, default=str))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The bundled fleet at 100x, the server counting live objects (``SBG_DEBUG_OBJECTS=1``)."""
+    with sbg_served(tmp_path_factory.mktemp("load") / "serve.log", "--speed", "100x",
+                    env={"SBG_DEBUG_OBJECTS": "1"}) as base:
+        yield base
+
+
+def test_twenty_sessions_all_keep_receiving_rows(server, browser):
+    tabs = open_tabs(browser, server, SESSIONS)
+    st, _ = timed_status(server, timeout=60)
+    assert st["sessions"] == SESSIONS and st["subscribers"] == SESSIONS
+    tabs[0].click("Start")
+    # A bound for liveness, not a timing: 20 tabs rendering on 2 shared cores can take minutes.
+    tabs[0].wait_for(lambda: all(tab.newest() is not None for tab in tabs), timeout=240,
+                     what="rows on every session's plots")
+    first = [tab.newest() for tab in tabs]
+    status_ms, rows = [], []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        st, ms = timed_status(server, timeout=60)  # raises if a request goes unanswered
+        status_ms.append(ms)
+        rows.append(st["metrics"]["rows_in"])
+        time.sleep(1.0)
+    shot = tabs[-1]
+    shot.page.bring_to_front()
+    shot.page.wait_for_timeout(1500)
+    path = shot.shot("twenty_sessions")
+    last = [tab.newest() for tab in tabs]
+    assert all(b > a for a, b in zip(first, last, strict=True)), list(zip(first, last, strict=True))
+    assert rows[-1] > rows[0] and st["sessions"] == SESSIONS
+    assert st["metrics"]["errors"] == 0
+    # Resource loads are left out: some pages ask a CDN for their CSS, which fails offline, a fault
+    # of its own that test_browser.py's late tab also meets (cause not yet known). Script errors count.
+    assert [[e for e in tab.errors if not e.startswith("Failed to load resource")] for tab in tabs] \
+        == [[]] * SESSIONS
+    _record("twenty_sessions", {
+        "sessions": SESSIONS, "status_requests": len(status_ms),
+        "status_ms_p50": round(float(np.percentile(status_ms, 50))),
+        "status_ms_max": round(max(status_ms)), "rows_in_during_window": rows[-1] - rows[0],
+        "newest_row_advanced_s": [round((b - a) / 1000) for a, b in zip(first, last, strict=True)],
+        "rss_mb": round(rss_mb(st)), "screenshot": str(path.relative_to(ROOT))})
+    tabs[0].click("Pause")
+    for tab in tabs:
+        tab.close()
+
+
+def test_churned_sessions_free_everything(server, browser):
+    # The replay is paused (or never started), so only sessions change memory; one batch warms up.
+    assert status(server)["replay"]["state"] in ("paused", "idle")
+    result = churn(browser, server, CHURN_SESSIONS, CHURN_BATCH, debug_objects=True,
+                   report=lambda *a, **k: None)
+    before, after = result["before"], result["after"]
+    assert result["peak_sessions"] >= CHURN_BATCH
+    assert before["sessions"] == after["sessions"] == 0
+    assert before["subscribers"] == after["subscribers"] == 0
+    counts = objects(server)
+    first = result["rounds"][0][2]  # no session open: the server still holds one Document of its own
+    assert counts["dashboards"] == 0 and counts["documents"] <= first["documents"], (first, counts)
+    for kind in ("buffers", "panel_objects", "bokeh_models"):
+        assert counts[kind] <= first[kind], (kind, first, counts)
+    growth = rss_mb(after) - rss_mb(before)
+    _record("churn", {"sessions": result["opened"], "batch": CHURN_BATCH, "rss_before_mb": round(rss_mb(before), 1),
+                      "rss_after_mb": round(rss_mb(after), 1), "rss_growth_mb": round(growth, 1),
+                      "rss_by_round_mb": [(n, round(mb, 1)) for n, mb, _ in result["rounds"]],
+                      "objects_before": {k: v for k, v in first.items() if k != "top_types"},
+                      "objects_after": {k: v for k, v in counts.items() if k != "top_types"}})
+    assert growth <= CHURN_RSS_TOLERANCE_MB, result["rounds"]
+
+
+def test_short_soak_at_max_with_loop_keeps_memory_flat(tmp_path, browser):
+    config = tmp_path / "sbg.yaml"
+    config.write_text(f"history: {{max_rows: {SOAK_HISTORY_ROWS}}}\n")
+    with sbg_served(tmp_path / "serve.log", "--speed", "max", "--loop", "--autostart", "--config", config) as base:
+        result = soak(base, browser, SOAK_MINUTES, tabs=1, every=3, retention=SOAK_HISTORY_ROWS, warmup_min=0.25,
+                      report=lambda *a, **k: None)
+    samples = result["samples"]
+    assert result["warm_at"] is not None, samples
+    warm = [s for s in samples if s[0] >= result["warm_at"]]
+    rows = [s[2] for s in warm]
+    assert all(b >= a for a, b in zip(rows, rows[1:], strict=False)) and rows[-1] > rows[0], samples
+    assert samples[-1][3] >= 2, samples  # loops
+    assert samples[-1][4] == 0, samples  # pipeline errors
+    m = result["last"]["metrics"]
+    assert m["rows_in"] == m["rows_ok"] + m["rows_quarantined"]
+    assert result["fresh"][0] >= (len(samples) - 1) // 2, result["fresh"]
+    growth = max(s[1] for s in warm) - warm[0][1]
+    _record("short_soak", {"minutes": SOAK_MINUTES, "rows_in": samples[-1][2], "loops": samples[-1][3],
+                           "rss_start_mb": round(samples[0][1], 1), "rss_after_warmup_mb": round(warm[0][1], 1),
+                           "rss_end_mb": round(samples[-1][1], 1), "rss_growth_after_warmup_mb": round(growth, 1)})
+    assert growth <= SOAK_RSS_TOLERANCE_MB, samples
