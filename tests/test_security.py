@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from sbg.datasets import DATA_DIR
+from tests.served import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -34,12 +34,6 @@ ARTIFACTS = ROOT / "artifacts"
 USERS = {"alice": "wonderland-1", "bob": "builder-22"}
 #: What Panel's login page loads from its CDN (filled in by the ``guarded`` fixture).
 LOGIN_ASSETS: set[str] = set()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(port, path, user=None, password=None, host="127.0.0.1", headers=None):
