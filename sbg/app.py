@@ -311,6 +311,8 @@ class Dashboard(pn.viewable.Viewer):
         self._alerts_seen = -1
         self._events_seen = -1
         self._entity_options: list[str] = []
+        self._auto_entities = not self.entities
+        self._resetting = False
         self._session_id = id(self)
         self.rows_sent = 0
         self._settings_panes: list = []
@@ -354,34 +356,55 @@ class Dashboard(pn.viewable.Viewer):
             # Reset: no entity is known until data flows again; keep the plots (and the browser's models).
             chosen = list(self.entities)
             labels = chosen
-        elif not self.entities or any(e not in labels for e in self.entities):
+        elif self._auto_entities or any(e not in labels for e in self.entities):
+            self._auto_entities = True
             chosen = labels[: self.max_entities]
         else:
             chosen = list(self.entities)
+        # The automatic selection draws max_entities slots up front; entities take them as they appear.
+        slots = self.max_entities if self._auto_entities else 0
         self._entity_options = labels
-        self._resetting = True
-        try:
-            self.param.entities.objects = _choices(labels)
-            self.entities = chosen
-        finally:
-            self._resetting = False
+        self._set_entities(chosen, labels)
         live = getattr(self, "live", None)
         length = self._window_rows()
-        if live is not None and live.entities == [str(e) for e in chosen] and live.signals == list(m.signals) \
+        if live is not None and live.entities[: len(chosen)] == [str(e) for e in chosen] \
+                and len(live.slots) == max(len(chosen), slots) and live.signals == list(m.signals) \
                 and getattr(self, "_live_window", None) == self.window and live.length == length:
             # Same plots: empty their Buffers instead of replacing models the browser may still reference.
             live.clear()
         else:
-            self.live = LiveBuffers(m.signals, chosen, length=length, bridge=self.bridge)
+            self.live = LiveBuffers(m.signals, chosen, length=length, bridge=self.bridge, slots=slots)
             self._live_window = self.window
             self._refresh_plots()
         history = m.history.tail(200_000)
         if len(history):
             span = pd.Timedelta(seconds=WINDOWS[self.window])
-            recent = history[history["timestamp"] >= history["timestamp"].max() - span]
-            self.rows_sent += self.live.send(recent)
-            self._send_baseline(recent)
+            self._send(history[history["timestamp"] >= history["timestamp"].max() - span])
         self.bridge.flush()
+
+    def _send(self, frame):
+        """Queue a frame's rows for the plots; entities it brings take the free slots of the automatic selection."""
+        labels = self.monitor.pipeline.features.index.labels
+        shown = len(self.live.entities)
+        self.rows_sent += self.live.send(frame)
+        if len(labels) != len(self._entity_options):
+            self._entity_options = [str(e) for e in labels]
+            self._set_entities(self.live.entities if self._auto_entities else self.entities, self._entity_options)
+        elif len(self.live.entities) != shown:
+            self._set_entities(self.live.entities)
+        if len(self.live.entities) != shown:
+            self._draw_legend()
+        self._send_baseline(frame)
+
+    def _set_entities(self, chosen, labels=None):
+        """Sets the entity filter (and its options) without counting it as the user's choice."""
+        self._resetting = True
+        try:
+            if labels is not None:
+                self.param.entities.objects = _choices(labels)
+            self.entities = list(chosen)
+        finally:
+            self._resetting = False
 
     def _window_rows(self) -> int:
         """Rows per entity that cover the visible window (at the data's usual interval), plus a margin.
@@ -601,15 +624,18 @@ class Dashboard(pn.viewable.Viewer):
                                                 stylesheets=[CSS], margin=(0, 10)), plot, sizing_mode="stretch_width"))
         ncols = 2 if len(panes) > 1 else 1
         self.signals_area.objects = [pn.GridBox(*panes, ncols=ncols, sizing_mode="stretch_width")]
+        self._draw_legend()
+        self._baseline_buffer = self._new_xy_buffer()
+        self.baseline_pane.object = baseline_view(m.reference, self._baseline_buffer, *self._xy,
+                                                  size=self.point_size)
+        self.bridge.watch(self.baseline_pane)
+
+    def _draw_legend(self):
         self.entity_legend.object = '<div class="sbg-legend">' + "".join(
             f'<span style="--c:{ENTITY_COLORS[i % len(ENTITY_COLORS)]}">{html.escape(e)}</span>'
             for i, e in enumerate(self.live.entities)) + (
             f'<span style="--c:{STATE_COLORS["critical"]}">flagged point</span>'
             f'<span style="--c:#9ca3af">band: mean ± {self.monitor.pipeline.stats.band_k:g} std</span></div>')
-        self._baseline_buffer = self._new_xy_buffer()
-        self.baseline_pane.object = baseline_view(m.reference, self._baseline_buffer, *self._xy,
-                                                  size=self.point_size)
-        self.bridge.watch(self.baseline_pane)
 
     def _new_xy_buffer(self):
         import holoviews as hv
@@ -664,11 +690,8 @@ class Dashboard(pn.viewable.Viewer):
         self._xy = (monitor.signals[0], monitor.signals[1] if len(monitor.signals) > 1 else monitor.signals[0])
         self.x_select.options = self.y_select.options = monitor.signals
         self.x_select.value, self.y_select.value = self._xy
-        self._resetting = True
-        try:
-            self.entities = []
-        finally:
-            self._resetting = False
+        self._auto_entities = True
+        self._set_entities([])
         self._attach(monitor)
         self.settings_area.objects = [self._settings_panel()]
         self._update_fast(force=True)
@@ -705,8 +728,15 @@ class Dashboard(pn.viewable.Viewer):
         self._send_baseline(self.monitor.history.tail(5000))
         self.bridge.flush()
 
-    @param.depends("window", "entities", watch=True)
-    def _on_view_change(self):
+    @param.depends("entities", watch=True)
+    def _on_entities(self):
+        if not getattr(self, "_resetting", False):
+            # The user's own choice is kept; clearing it brings back the automatic one.
+            self._auto_entities = not self.entities
+            self._reset_live()
+
+    @param.depends("window", watch=True)
+    def _on_window(self):
         if not getattr(self, "_resetting", False):
             self._reset_live()
 
@@ -767,16 +797,7 @@ class Dashboard(pn.viewable.Viewer):
             chunks.append(self._pending.popleft())
         self._pending_state["rows"] = 0
         frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
-        known = len(self._entity_options)
-        if len(self.monitor.pipeline.features.index.labels) != known:
-            labels = [str(e) for e in self.monitor.pipeline.features.index.labels]
-            self._entity_options = labels
-            self.param.entities.objects = _choices(labels)
-            if not self.entities:
-                self._reset_live()
-                return
-        self.rows_sent += self.live.send(frame)
-        self._send_baseline(frame)
+        self._send(frame)
         self.bridge.flush()
 
     def _tick(self):

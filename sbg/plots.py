@@ -226,9 +226,14 @@ class LiveBuffers:
         The entities shown (the dashboard's filter); others are ignored.
     length : int
         Rows kept per entity Buffer, and per browser source (bounded memory per session).
+    slots : int
+        Buffers drawn in all, at least one per entity given: entities first
+        seen in the data take the free ones (the dashboard's automatic
+        selection), so the plots need not be rebuilt as a fleet appears.
     """
 
-    def __init__(self, signals, entities, length: int = 20_000, flag_length: int = 2_000, bridge=None):
+    def __init__(self, signals, entities, length: int = 20_000, flag_length: int = 2_000, bridge=None,
+                 slots: int = 0):
         hv = _hv()
         self.signals = list(signals)
         self.entities = [str(e) for e in entities]
@@ -236,8 +241,9 @@ class LiveBuffers:
         self.columns = ["timestamp"]
         for s in self.signals:
             self.columns += [s, f"{s}__lower", f"{s}__upper"]
-        self.buffers = {e: hv.streams.Buffer(self._empty(self.columns), length=length, index=False)
-                        for e in self.entities}
+        self.slots = [hv.streams.Buffer(self._empty(self.columns), length=length, index=False)
+                      for _ in range(max(len(self.entities), slots))]
+        self.buffers = dict(zip(self.entities, self.slots, strict=False))
         self.flags = {s: hv.streams.Buffer(self._empty(["timestamp", s]), length=flag_length, index=False)
                       for s in self.signals}
         self.bridge = bridge if bridge is not None else BufferBridge()
@@ -248,11 +254,35 @@ class LiveBuffers:
         data["timestamp"] = pd.Series([], dtype="datetime64[ns]")
         return pd.DataFrame(data)
 
+    def _fill_slots(self, ent: np.ndarray) -> None:
+        """Give free slots to entities seen for the first time, in the order they arrive.
+
+        The plots are drawn once with every slot; an entity appearing later takes
+        a slot's Buffer instead of making the session rebuild its plots (which,
+        with many sessions open at the start of a replay, was most of the
+        server's work).
+        """
+        free = len(self.slots) - len(self.entities)
+        if free <= 0:
+            return
+        for e in pd.unique(ent):
+            if e not in self.buffers:
+                self.buffers[e] = self.slots[len(self.entities)]
+                self.entities.append(e)
+                free -= 1
+                if not free:
+                    break
+
     def send(self, frame: pd.DataFrame) -> int:
-        """Append the rows of ``frame`` (enriched chunk or history) to the Buffers; returns rows taken."""
-        if frame is None or len(frame) == 0 or not self.entities:
+        """Append the rows of ``frame`` (enriched chunk or history) to the Buffers; returns rows taken.
+
+        Entities not yet shown take free slots first (see ``slots``); rows of
+        other entities are ignored.
+        """
+        if frame is None or len(frame) == 0 or not self.slots:
             return 0
         ent = frame["entity"].astype(str).to_numpy()
+        self._fill_slots(ent)
         mine = np.isin(ent, self.entities)
         if not mine.any():
             return 0
@@ -279,7 +309,7 @@ class LiveBuffers:
         return self.bridge.flush()
 
     def clear(self):
-        self.bridge.clear([*self.buffers.values(), *self.flags.values()])
+        self.bridge.clear([*self.slots, *self.flags.values()])
 
 
 def _element(kind, kdims, vdims, label=""):
@@ -311,12 +341,12 @@ def signal_view(buffers: LiveBuffers, signal: str, height: int = 210, bands: int
                   toolbar="right", backend_opts=CANVAS)
     layers = []
     lower, upper = f"{signal}__lower", f"{signal}__upper"
-    for i, (entity, buf) in enumerate(buffers.buffers.items()):
+    for i, buf in enumerate(buffers.slots):
         color = ENTITY_COLORS[i % len(ENTITY_COLORS)]
         vdims, hooks = [signal], [sync_hook]
         if i < bands:
             vdims, hooks = [signal, lower, upper], [sync_hook, band_hook(lower, upper, color)]
-        curve = hv.DynamicMap(_element("Curve", "timestamp", vdims, label=entity), streams=[buf])
+        curve = hv.DynamicMap(_element("Curve", "timestamp", vdims), streams=[buf])
         layers.append(curve.opts(color=color, line_width=1.5, tools=["hover"], hooks=hooks, **common))
     if layers:
         flags = hv.DynamicMap(_element("Scatter", "timestamp", signal), streams=[buffers.flags[signal]])

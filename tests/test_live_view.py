@@ -1,0 +1,108 @@
+"""The dashboard's live plots in process: which entities they draw, and that a fleet appearing does not
+make a session rebuild its plots.
+
+A replay of a fleet whose entities come online one after another at ``1000x``, with the session's
+periodic callback run after every chunk, as a served session would.
+"""
+
+import pandas as pd
+import pytest
+
+from sbg.app import Dashboard
+from sbg.monitor import Monitor
+
+#: Entities coming online one after another, 5 minutes apart, all at 1 Hz.
+FLEET = [f"cell-{i:02d}" for i in range(6)]
+
+
+@pytest.fixture
+def staggered(tmp_path):
+    t = pd.date_range("2024-06-03 08:00", periods=3600, freq="1s")
+    parts = []
+    for i, e in enumerate(FLEET):
+        part = pd.DataFrame({"timestamp": t[i * 300:], "entity": e})
+        part["voltage_v"] = 3.7 + 0.001 * (part.index % 11) + 0.01 * i
+        part["temperature_c"] = 25.0 + 0.01 * (part.index % 13)
+        parts.append(part)
+    frame = pd.concat(parts).sort_values(["timestamp", "entity"], kind="stable")
+    path = tmp_path / "staggered.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def tick(view):
+    view._last_plot = 0.0
+    view._tick()
+
+
+def watched(path, **params):
+    """A monitor replaying ``path`` at ``max`` and a dashboard on it whose session ticks after every chunk."""
+    monitor = Monitor([path], speed="max")
+    view = Dashboard(monitor=monitor, **params)
+    monitor.subscribe(lambda chunk: tick(view))
+    return monitor, view
+
+
+def run(monitor, view, until=None):
+    """Replay on from where it is, to the end or until ``until()`` holds (then paused)."""
+    monitor.run_to_end(on_tick=(lambda: monitor.replay.pause() if until and until() else None))
+    tick(view)
+
+
+def drawn(view):
+    """Rows each entity's Buffer holds."""
+    return {e: len(buf.data) for e, buf in view.live.buffers.items()}
+
+
+def test_entities_coming_online_take_the_drawn_slots_without_a_rebuild(staggered):
+    monitor, view = watched(staggered, max_entities=4)
+    try:
+        plots, baseline = view.signals_area.objects[0], view.baseline_pane.object
+        assert len(view.live.slots) == 4 and view.live.entities == [] and view.entities == []
+        run(monitor, view)
+        # The plots drawn before any data are the ones still shown: entities took their slots.
+        assert view.signals_area.objects[0] is plots and view.baseline_pane.object is baseline
+        assert view.live.entities == FLEET[:4] == view.entities
+        rows = drawn(view)
+        assert set(rows) == set(FLEET[:4]) and all(rows.values()), rows
+        # Every entity can be chosen, and the legend names those drawn.
+        assert list(view.param.entities.objects) == FLEET
+        for e in FLEET[:4]:
+            assert e in view.entity_legend.object
+        assert FLEET[4] not in view.entity_legend.object
+    finally:
+        monitor.close()
+
+
+def test_a_chosen_selection_is_kept_and_clearing_it_brings_back_the_automatic_one(staggered):
+    monitor, view = watched(staggered, max_entities=2)
+    try:
+        run(monitor, view, until=lambda: len(monitor.pipeline.features.index.labels) >= 3)
+        assert view.entities == FLEET[:2]
+        view.entities = [FLEET[2]]  # the user's choice
+        assert view.live.entities == [FLEET[2]] and len(view.live.slots) == 1
+        run(monitor, view)
+        # Entities coming online later do not join a chosen selection.
+        assert view.entities == [FLEET[2]] == view.live.entities
+        assert list(drawn(view)) == [FLEET[2]] and drawn(view)[FLEET[2]] > 0
+        view.entities = []
+        assert view.live.entities == FLEET[:2] == view.entities and len(view.live.slots) == 2
+        # Primed from the retained history.
+        assert all(drawn(view).values())
+    finally:
+        monitor.close()
+
+
+def test_reset_keeps_the_plots_and_refills_them(staggered):
+    monitor, view = watched(staggered, max_entities=3)
+    try:
+        run(monitor, view)
+        plots = view.signals_area.objects[0]
+        view._control("reset")
+        assert view.signals_area.objects[0] is plots
+        assert view.entities == FLEET[:3] and not any(drawn(view).values())
+        run(monitor, view)
+        assert view.signals_area.objects[0] is plots
+        assert view.live.entities == FLEET[:3] and all(drawn(view).values())
+    finally:
+        monitor.close()
