@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import EXIT_INPUT, EXIT_USAGE, SbgError
+from .errors import EXIT_INPUT, EXIT_USAGE, SbgError, SourceError
 
 __all__ = ["main"]
 
@@ -499,6 +499,17 @@ def cmd_validate(args) -> int:
     return EXIT_INPUT if faults else 0
 
 
+def _served_files(specs) -> list[Path]:
+    """The files ``sbg serve`` replays: its arguments with globs and directories expanded, each one there."""
+    from .inputs import expand_inputs
+
+    paths = expand_inputs(specs) if specs else []
+    for p in paths:
+        if not p.exists():
+            raise SourceError(p, "no such file")
+    return paths
+
+
 def serve_command(args) -> tuple[list[str], dict]:
     """The ``panel serve`` command line and environment for ``sbg serve``'s options."""
     from .datasets import DATA_DIR
@@ -509,7 +520,7 @@ def serve_command(args) -> tuple[list[str], dict]:
     data_dir = (args.data_dir or DATA_DIR).resolve()
     if not data_dir.is_dir():
         raise SbgError(f"{data_dir}: --data-dir is not a directory")
-    files = [str(Path(f).resolve()) if Path(f).exists() else f for f in args.files]
+    files = [str(p.resolve()) for p in _served_files(args.files)]
     env = {"SBG_DATA_DIR": str(data_dir), "SBG_SPEED": args.speed, "SBG_FILES": os.pathsep.join(files),
            "SBG_LOOP": "1" if args.loop else "", "SBG_AUTOSTART": "1" if args.autostart else "",
            "SBG_BASELINE": str(Path(args.baseline).resolve()) if args.baseline else "",
@@ -545,9 +556,6 @@ def cmd_serve(args) -> int:
     if public and not (args.basic_auth or args.oauth_provider):
         print(f"sbg: warning: serving on {args.address} without --basic-auth or OAuth: anyone who can reach "
               "this port can watch and control the replay", file=sys.stderr)
-    for f in args.files:
-        if not Path(f).exists():
-            raise SbgError(f"{f}: no such file")
     cmd, env = serve_command(args)
     if args.print_command:
         print(" ".join(cmd))

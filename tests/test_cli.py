@@ -198,6 +198,7 @@ def error_runs(data):
         # bad input: exit 3
         "missing file": (3, ["validate", r / "nope.csv"], "nope.csv: no such file"),
         "missing file (replay)": (3, ["replay", r / "nope.csv"], "nope.csv: no such file"),
+        "missing file (serve)": (3, ["serve", r / "nope.csv", "--print-command"], "nope.csv: no such file"),
         "empty file": (3, ["validate", r / "empty.csv"], "empty.csv: is empty"),
         "header only": (3, ["detect", r / "header.csv", "-o", out], "header.csv: has a header but no data rows"),
         "no timestamp": (3, ["validate", r / "nots.csv"], "nots.csv: no usable timestamp column"),
@@ -220,7 +221,7 @@ def error_runs(data):
 
 
 @pytest.mark.parametrize("case", [
-    "missing file", "missing file (replay)", "empty file", "header only", "no timestamp", "no numeric",
+    "missing file", "missing file (replay)", "missing file (serve)", "empty file", "header only", "no timestamp", "no numeric",
     "--time nope", "--signals nope", "latin-1", "unknown detector", "bad value", "invalid YAML", "unknown section",
 ])
 def test_bad_input_and_config_exit_codes(error_runs, case):

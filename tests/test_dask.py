@@ -9,6 +9,7 @@ that are quarantined, split into files the way archives are.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import numpy as np
@@ -18,6 +19,8 @@ import pytest
 
 from sbg.batch import read_dataset, run_detect
 from sbg.monitor import Monitor
+from tests.served import Tab, get, status
+from tests.served import served as sbg_served
 from tests.test_cli import no_traceback, one_error_line, run
 
 distributed = pytest.importorskip("distributed")
@@ -225,3 +228,33 @@ def test_bad_inputs_and_addresses_are_one_line_errors(tmp_path, cluster):
         proc = run("detect", back, "-o", tmp_path / "b.parquet", *extra)
         line = one_error_line(proc)
         assert "2.csv" in line and "before" in line and "time order" in line and proc.returncode == 3
+
+
+def test_served_fan_out_shows_the_same_numbers_in_the_browser(tmp_path, cluster, browser):
+    """`sbg serve --scheduler`: the dashboard replays on the cluster and shows what one process computes."""
+    address, _ = cluster
+    _csv_archive(tmp_path / "archive")
+    files = sorted((tmp_path / "archive").glob("*.csv"))
+    one = Monitor(files, speed="max")
+    one.run_to_end()
+    expected = one.metrics.as_dict()
+    keys = ("rows_in", "rows_ok", "rows_quarantined", "entities", "alerts_total", "alerts_firing", "sim_time")
+    with sbg_served(tmp_path / "serve.log", str(tmp_path / "archive" / "*.csv"), "--scheduler", address,
+                    "--speed", "max") as base:
+        tab = Tab(browser, base)
+        try:
+            tab.click("Start")
+            tab.wait_for(lambda: status(base)["replay"]["state"] == "finished", timeout=120, what="the replay to end")
+            got = status(base)["metrics"]
+            assert {k: got[k] for k in keys} == {k: expected[k] for k in keys}
+            assert got["errors"] == 0, got["last_error"]
+            alerts = json.loads(get(f"{base}/api/alerts?limit=1000")[1])
+            assert len(alerts["alerts"]) == len(one.alerts) >= 4
+            # The page shows the same numbers and draws the fleet.
+            tab.wait_for(lambda: tab.kpi("rows_in") == expected["rows_in"], what="rows ingested on the page")
+            assert tab.kpi("rows_quarantined") == expected["rows_quarantined"] > 0
+            tab.wait_for(lambda: tab.points() > 0, what="points on the plots")
+            tab.shot("fan_out")
+            assert not tab.errors, tab.errors
+        finally:
+            tab.close()
