@@ -170,7 +170,8 @@ CSS = ":host, :root { " + _STATE_VARS + "}\n" + """
            padding: 7px 10px; min-width: 0; }
 .sbg-kpi .label { font-size: 10.5px; text-transform: uppercase; letter-spacing: .02em; color: #6b7280;
                   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
-.sbg-kpi .value.small { font-size: 14px; padding-top: 5px; }
+.sbg-kpi .value.small { font-size: 14.5px; padding-top: 4px; }
+.sbg-kpi .value.tiny { font-size: 12.5px; padding-top: 6px; }
 .sbg-kpi .value { font-size: 18px; font-weight: 650; font-variant-numeric: tabular-nums; color: #111827;
                   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .sbg-kpi.warning { border-color: var(--sbg-warning); } .sbg-kpi.warning .value { color: var(--sbg-warning); }
@@ -195,6 +196,11 @@ CSS = ":host, :root { " + _STATE_VARS + "}\n" + """
 .sbg-legend span::before { content: ""; display: inline-block; width: 10px; height: 10px; border-radius: 2px;
                            margin-right: 5px; vertical-align: -1px; background: var(--c); }
 """
+
+
+def _kpi_size(value: str) -> str:
+    """The KPI value's font class: cards are about 90 px wide at 1366 px, room for 6 characters at full size."""
+    return "" if len(value) <= 6 else "small" if len(value) <= 9 else "tiny"
 
 
 def _choices(labels) -> dict:
@@ -915,10 +921,11 @@ class Dashboard(pn.viewable.Viewer):
             (sim_label, "sim_time", sim, ""),
             ("Done", "percent", f"{pct:.1f}%", ""),
         ]
+        # Long values take a smaller font rather than an ellipsis: 480,760 rows must be read whole.
         self.kpis.object = '<div class="sbg-kpis">' + "".join(
-            f'<div class="sbg-kpi {cls if cls != "small" else ""}" data-kpi="{key}" title="{html.escape(name)}">'
+            f'<div class="sbg-kpi {cls}" data-kpi="{key}" title="{html.escape(f"{name}: {value}")}">'
             f'<div class="label">{html.escape(name)}</div>'
-            f'<div class="value {"small" if cls == "small" else ""}">{html.escape(value)}</div></div>'
+            f'<div class="value {_kpi_size(value)}">{html.escape(value)}</div></div>'
             for name, key, value, cls in cards) + "</div>"
         banner = ""
         if errors:

@@ -371,7 +371,27 @@ def activity_element(frame: pd.DataFrame, height: int = 190):
     points = hv.Scatter(frame, "label", "alerts").opts(color=STATE_COLORS["critical"], size=6)
     return (rows * alerts * points).opts(multi_y=True, responsive=True, height=height, show_legend=False,
                                          title="Activity per minute", xlabel="minutes ago", framewise=True,
-                                         backend_opts=CANVAS)
+                                         backend_opts=CANVAS, hooks=[_short_counts])
+
+
+def _short_counts(plot, element):
+    """Counts on every y-axis as 150k, not 1.500e+5 (a replay at max ingests that much a minute), each axis
+    from 0 to its data's top: HoloViews does not move the second axis of a ``multi_y`` overlay on updates."""
+    from bokeh.models import NumeralTickFormatter
+
+    fig = plot.state
+    for axis in [*fig.left, *fig.right]:
+        if hasattr(axis, "formatter"):
+            axis.formatter = NumeralTickFormatter(format="0.[0]a")
+    tops = {}
+    for layer in element.values():
+        for dim in layer.vdims:
+            values = layer.dimension_values(dim)
+            top = float(np.nanmax(values)) if len(values) and np.isfinite(values).any() else 0.0
+            tops[dim.name] = max(tops.get(dim.name, 0.0), top)
+    for name, y_range in [("rows", fig.y_range), *fig.extra_y_ranges.items()]:
+        if name in tops:
+            y_range.start, y_range.end = 0, max(tops[name] * 1.1, 1)
 
 
 def activity_view(pipe, height: int = 190):

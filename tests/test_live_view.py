@@ -106,3 +106,30 @@ def test_reset_keeps_the_plots_and_refills_them(staggered):
         assert view.live.entities == FLEET[:3] and all(drawn(view).values())
     finally:
         monitor.close()
+
+
+def test_the_activity_chart_rescales_both_axes_as_counts_change():
+    import holoviews as hv
+
+    from sbg.plots import activity_view
+
+    pipe = hv.streams.Pipe(data=pd.DataFrame({"rows": [10, 20, 30], "alerts": [0, 0, 0]}))
+    fig = hv.renderer("bokeh").get_plot(activity_view(pipe)).state
+    assert (fig.y_range.end, fig.extra_y_ranges["alerts"].end) == (33, 1)
+    pipe.send(pd.DataFrame({"rows": [10, 20, 300_000], "alerts": [0, 8, 2]}))
+    assert fig.y_range.start == 0 and fig.y_range.end == pytest.approx(330_000)
+    assert fig.extra_y_ranges["alerts"].start == 0 and fig.extra_y_ranges["alerts"].end == pytest.approx(8.8)
+    assert {type(a.formatter).__name__ for a in [*fig.left, *fig.right]} == {"NumeralTickFormatter"}
+
+
+def test_long_kpi_values_are_shown_whole_in_a_smaller_font(staggered):
+    monitor, view = watched(staggered)
+    try:
+        run(monitor, view)
+        view._update_fast(force=True)
+        rows, sim = f"{monitor.metrics.rows_in:,}", f"{pd.Timestamp(monitor.replay.sim_time):%H:%M:%S}"
+        assert len(rows) == 6 and f'<div class="value ">{rows}</div>' in view.kpis.object
+        assert f'<div class="value small">{sim}</div>' in view.kpis.object
+        assert f'title="Rows in: {rows}"' in view.kpis.object
+    finally:
+        monitor.close()
