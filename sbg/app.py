@@ -45,6 +45,8 @@ from .plots import (
     health_height,
     health_view,
     signal_view,
+    update_activity,
+    update_health,
 )
 from .replay import SPEEDS
 from .report import Snapshot, render
@@ -573,6 +575,7 @@ class Dashboard(pn.viewable.Viewer):
         self.health_pipe = hv.streams.Pipe(data=pd.DataFrame())
         self.activity_pipe = hv.streams.Pipe(data=self.monitor.activity_frame(10))
         self._health_rows = -1
+        self._health_states, self._health_at = None, 0.0
         self.health_pane = pn.pane.HoloViews(sizing_mode="stretch_width", linked_axes=False)
         # Shown and hidden through a layout: toggling a drawn HoloViews pane's own
         # ``visible`` makes Panel copy Bokeh stylesheet models into a str-only list.
@@ -822,11 +825,13 @@ class Dashboard(pn.viewable.Viewer):
         slow_due = now - self._last_slow >= 1.0
         try:
             if plot_due or slow_due:
-                # One model-graph walk and one message per document for the whole update:
-                # every change would otherwise walk all the page's models and send its own message.
+                # One message per document for the whole update. No ``doc.models.freeze()``: an update
+                # here adds or replaces no model (rows stream, counts and colours change in place), so
+                # Bokeh never walks the page's model graph, while a freeze walks it (~50 ms for the
+                # dashboard's ~900 models) every time it ends: over a replay of the bundled fleet,
+                # 22 walks frozen against 1 without, and a third of the server's time with 20 sessions.
                 with contextlib.ExitStack() as stack:
                     for doc, comm in self._documents():
-                        stack.enter_context(doc.models.freeze())
                         stack.enter_context(pn.io.hold(doc, comm=comm))
                     if plot_due:
                         self._drain()
@@ -960,14 +965,20 @@ class Dashboard(pn.viewable.Viewer):
         if not health.empty:
             # Room for the next multiple of 8 entities: a fleet coming online does not redraw the grid per entity.
             n = -(-health["entity"].nunique() // 8) * 8
+            states = (tuple(health["entity"]), tuple(health["signal"]), health["state"].to_numpy().tobytes())
+            now = time.monotonic()
             if n != self._health_rows:
-                # A new grid only when the fleet grows; otherwise the Pipe updates the colours in place.
+                # A new grid only when the fleet grows past a multiple of 8 entities.
                 self._health_rows = n
+                self._health_states, self._health_at = states, now
                 self.health_pipe.event(data=health)
                 self.health_pane.object = health_view(self.health_pipe, health_height(n))
-            else:
-                self.health_pipe.event(data=health)
-        self.activity_pipe.event(data=m.activity_frame(10))
+            elif states != self._health_states or now - self._health_at >= 5:
+                # Colours at once when a state changes, scores and times under the hover every 5 s;
+                # patched into the drawn grid.
+                self._health_states, self._health_at = states, now
+                update_health(self.health_pane, self.health_pipe, health)
+        update_activity(self.activity_pane, self.activity_pipe, m.activity_frame(10))
         version = (len(m.engine.alerts), sum(a.reopened for a in m.engine.alerts.values()),
                    sum(a.state == "resolved" for a in m.engine.alerts.values()))
         if version != self._alerts_seen:

@@ -133,3 +133,71 @@ def test_long_kpi_values_are_shown_whole_in_a_smaller_font(staggered):
         assert f'title="Rows in: {rows}"' in view.kpis.object
     finally:
         monitor.close()
+
+
+def test_new_activity_counts_go_into_the_drawn_sources():
+    import holoviews as hv
+    import panel as pn
+    from bokeh.document import Document
+
+    from sbg.plots import activity_view, update_activity
+
+    pipe = hv.streams.Pipe(data=pd.DataFrame({"rows": [10, 20, 30], "alerts": [0, 0, 0]}))
+    pane = pn.pane.HoloViews(activity_view(pipe))
+    pane.get_root(Document())
+    (plot, _), = pane._plots.values()
+    sources = [p.handles["cds"] for p in plot.traverse(lambda p: p, [lambda p: "cds" in getattr(p, "handles", {})])]
+    assert len(sources) == 3
+    new = pd.DataFrame({"rows": [10, 20, 300_000], "alerts": [0, 8, 2]})
+    update_activity(pane, pipe, new)
+    # The same plot and sources, holding the new counts; the Pipe keeps the frame for a redraw.
+    assert pane._plots and next(iter(pane._plots.values()))[0] is plot
+    bars, curve, points = sources
+    assert list(bars.data["rows"]) == [10, 20, 300_000] and list(curve.data["alerts"]) == [0, 8, 2]
+    assert list(points.data["alerts"]) == [0, 8, 2] and pipe.data is new
+    fig = plot.state
+    assert fig.y_range.end == pytest.approx(330_000) and fig.extra_y_ranges["alerts"].end == pytest.approx(8.8)
+    # Another shape (four minutes instead of three) is drawn by HoloViews.
+    update_activity(pane, pipe, pd.DataFrame({"rows": [1, 2, 3, 4], "alerts": [0, 1, 0, 0]}))
+    assert len(next(iter(pane._plots.values()))[0].traverse(lambda p: p, [lambda p: "cds" in getattr(
+        p, "handles", {})])[0].handles["cds"].data["rows"]) == 4
+
+
+def test_new_health_states_go_into_the_drawn_grid_as_holoviews_would_draw_them():
+    import holoviews as hv
+    import panel as pn
+    from bokeh.document import Document
+
+    from sbg.datasets import DATA_DIR
+    from sbg.plots import health_view, update_health
+
+    monitor = Monitor([DATA_DIR / "battery_fleet.csv.gz"], speed="max")
+    try:
+        monitor.replay.scan()
+        monitor.replay.state = "running"
+        frames = []
+        for steps in (20, 150):
+            for _ in range(steps):
+                monitor.replay.step()
+            frames.append(monitor.health())
+    finally:
+        monitor.close()
+    before, after = frames
+    assert (before["state"] != after["state"]).any() and (before["score"] != after["score"]).any()
+
+    def drawn(frame):
+        pipe = hv.streams.Pipe(data=frame)
+        pane = pn.pane.HoloViews(health_view(pipe, 300))
+        pane.get_root(Document())
+        (plot, _), = pane._plots.values()
+        return pane, pipe, plot
+
+    pane, pipe, plot = drawn(before)
+    update_health(pane, pipe, after)
+    assert next(iter(pane._plots.values()))[0] is plot and pipe.data is after
+    expected = drawn(after)[2].handles["cds"].data
+    assert {k: list(v) for k, v in plot.handles["cds"].data.items()} == {k: list(v) for k, v in expected.items()}
+    # A grid with other cells (an entity gone) is drawn by HoloViews.
+    update_health(pane, pipe, after[after["entity"] != after["entity"].iloc[0]])
+    assert len(next(iter(pane._plots.values()))[0].handles["cds"].data["row"]) == len(after) - after[
+        "entity"].eq(after["entity"].iloc[0]).sum()
