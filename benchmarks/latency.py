@@ -32,6 +32,7 @@ import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -103,11 +104,15 @@ def main(argv=None) -> int:
     ap.add_argument("--history-rows", type=int, default=120_000,
                     help="the server's history retention (sbg.yaml history.max_rows); memory grows until it is "
                          "full, so it must fill well inside the run for the slope to mean anything")
+    ap.add_argument("--browser-nice", type=int, default=0,
+                    help="run Chromium at this lower CPU priority (10 for many sessions: viewers' browsers run on "
+                         "their own machines, here they share the server's cores)")
     ap.add_argument("--shots", type=Path, default=None, help="save a screenshot of the first and last tab here")
     opts = ap.parse_args(argv)
     factor = float(opts.speed.rstrip("x"))
     seconds = int(opts.minutes * 60 * factor * 1.1) + 600
-    print(f"latency: {opts.sessions} session(s) at {opts.speed} for {opts.minutes:g} min; {load()}", flush=True)
+    print(f"latency: {opts.sessions} session(s) at {opts.speed} for {opts.minutes:g} min, browser nice "
+          f"{opts.browser_nice}; {load()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="sbg-latency-") as tmp:
         tmp = Path(tmp)
         data = write_fleet(tmp / "fleet.csv", seconds)
@@ -118,7 +123,7 @@ def main(argv=None) -> int:
         records: list[list] = []
         rss, status_ms, loads = [], [], []
         fresh = [0] * opts.sessions  # polls in which each session's plots got new rows
-        with chromium() as browser, served(tmp / "serve.log", data, "--speed", opts.speed, "--data-dir", tmp,
+        with chromium(nice=opts.browser_nice) as browser, served(tmp / "serve.log", data, "--speed", opts.speed, "--data-dir", tmp,
                                            "--config", config, app=HERE / "_latency_app.py",
                                            env={"SBG_BENCH_EMITS": str(emits_path)}, check_log=False) as base:
             t_open = time.monotonic()
@@ -163,6 +168,7 @@ def main(argv=None) -> int:
                     tabs[-1].page.wait_for_timeout(1000)
                     tabs[-1].page.screenshot(path=str(opts.shots / "latency_run_last_session.png"))
             errors = sum(len(tab.errors) for tab in tabs)
+            kinds = Counter(e[:160] for tab in tabs for e in tab.errors).most_common(3)
         emits = [json.loads(line) for line in emits_path.read_text().splitlines() if line]
     per_session = []
     for i in range(opts.sessions):
@@ -170,7 +176,8 @@ def main(argv=None) -> int:
         per_session.append(latencies(emits, mine))
     lat = np.array([x for one in per_session for x in one])
     ms = np.array(status_ms)
-    print(f"\nemit-to-browser latency, {opts.sessions} session(s), {opts.speed}, 8 entities at 1 Hz, "
+    print(f"\nemit-to-browser latency, {opts.sessions} session(s) (browser nice {opts.browser_nice}), "
+          f"{opts.speed}, 8 entities at 1 Hz, "
           f"{opts.minutes:g} min, history retention {opts.history_rows:,} rows; {load()}")
     print(f"  chunks emitted     {len(emits):,}  ({sum(e[1] for e in emits):,} rows)")
     print(f"  chunk arrivals     {len(lat):,}  (chunks x sessions)")
@@ -182,6 +189,8 @@ def main(argv=None) -> int:
         print(f"  per-session p95    best {min(p95s):.0f} ms, worst {max(p95s):.0f} ms")
     print(f"  sessions updating  {sum(f >= polls // 2 for f in fresh)} of {opts.sessions} got rows in at least "
           f"half of the {polls} polls (fewest {min(fresh)}); console errors {errors}")
+    for text, n in kinds:
+        print(f"    {n:5d} x {text}")
     print(f"  /api/status        p50 {np.percentile(ms, 50):.0f} ms, p95 {np.percentile(ms, 95):.0f} ms, "
           f"max {ms.max():.0f} ms over {len(ms)} requests (target < 500 ms); {unanswered} not answered in 30 s")
     half = [(t, m) for t, m in rss if t >= opts.minutes * 30]

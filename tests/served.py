@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -172,14 +173,27 @@ def served(log, *args, env=None, app=None, check_log=True):
 
 
 @contextlib.contextmanager
-def chromium():
-    """Debian's Chromium, headless, driven by Playwright."""
+def chromium(nice: int = 0):
+    """Debian's Chromium, headless, driven by Playwright.
+
+    ``nice`` runs the browser (and every renderer it starts) at that lower
+    CPU priority. Tests that open many tabs use it: viewers' browsers run on
+    their own machines, while here twenty renderers share the server's two
+    cores and would otherwise starve the server being measured.
+    """
     if CHROMIUM is None:
         raise RuntimeError("chromium is not installed: `make test` installs it with apt-get")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS)
+    with contextlib.ExitStack() as stack:
+        executable = CHROMIUM
+        if nice:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sbg-chromium-")))
+            executable = folder / "chromium"
+            executable.write_text(f'#!/bin/sh\nexec nice -n {int(nice)} "{CHROMIUM}" "$@"\n')
+            executable.chmod(0o755)
+        p = stack.enter_context(sync_playwright())
+        browser = p.chromium.launch(executable_path=str(executable), args=CHROME_ARGS)
         try:
             yield browser
         finally:
