@@ -815,6 +815,10 @@ class Dashboard(pn.viewable.Viewer):
             # callbacks holds or waits for the document lock, and on a busy server a tick nearly
             # always does: closed sessions piled up (58 of them in a churn), each still ticking.
             self.stop_updates()
+            # And ask for it to go at Bokeh's next check (`sbg serve --check-unused-sessions`, 2 s):
+            # the unused-session lifetime is long (60 s) so that a page slow to load on a busy server
+            # keeps the session its HTML was made for; a closed tab should not wait for it.
+            pn.state.curdoc.session_context._session.request_expiration()
             return
         if self.live is None or self._disconnected():
             return

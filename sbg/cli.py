@@ -529,10 +529,13 @@ def serve_command(args) -> tuple[list[str], dict]:
            "SBG_ADMIN_USERS": args.admin_users or "",
            "SBG_SCHEDULER": args.scheduler or "", "SBG_WORKERS": "" if args.workers is None else str(args.workers),
            "SBG_PARTITIONS": "" if args.partitions is None else str(args.partitions)}
-    # One process (the monitor lives in it); a closed tab is freed within seconds, not Bokeh's 30.
+    # One process (the monitor lives in it). A closed tab asks for its session to go (see
+    # Dashboard._tick) and is freed at the next check, 2 s. A page not yet connected keeps its session
+    # for 60 s: with a shorter lifetime a page slow to load on a busy server found its session gone,
+    # and the one Bokeh made again on connect pointed the page's stylesheets at a CDN.
     cmd = [sys.executable, "-m", "panel", "serve", str(app), "--plugins", "sbg.server", "--port", str(args.port),
            "--address", args.address, "--num-procs", "1", "--check-unused-sessions", "2000",
-           "--unused-session-lifetime", "2000"]
+           "--unused-session-lifetime", "60000"]
     origins = args.allow_websocket_origin or [f"{args.address}:{args.port}", f"localhost:{args.port}"]
     for origin in origins:
         cmd += ["--allow-websocket-origin", origin]
