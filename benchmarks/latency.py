@@ -40,6 +40,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+from playwright.sync_api import Error as PlaywrightError  # noqa: E402
 from run import fleet_frame  # noqa: E402
 
 from tests.served import chromium, load, open_tabs, rss_mb, served, timed_status  # noqa: E402
@@ -162,11 +163,14 @@ def main(argv=None) -> int:
                 records += [[r[0], f"{i}:{r[1]}", r[2]] for r in tab.page.evaluate(TAKE)]
             if opts.shots:
                 opts.shots.mkdir(parents=True, exist_ok=True)
-                tabs[0].page.screenshot(path=str(opts.shots / "latency_run.png"))
-                if len(tabs) > 1:
-                    tabs[-1].page.bring_to_front()
-                    tabs[-1].page.wait_for_timeout(1000)
-                    tabs[-1].page.screenshot(path=str(opts.shots / "latency_run_last_session.png"))
+                try:
+                    tabs[0].page.screenshot(path=str(opts.shots / "latency_run.png"))
+                    if len(tabs) > 1:
+                        tabs[-1].page.bring_to_front()
+                        tabs[-1].page.wait_for_timeout(1000)
+                        tabs[-1].page.screenshot(path=str(opts.shots / "latency_run_last_session.png"))
+                except PlaywrightError as exc:  # a starved renderer (--browser-nice) may not paint in time
+                    print(f"  screenshot not taken: {str(exc).splitlines()[0]}", flush=True)
             errors = sum(len(tab.errors) for tab in tabs)
             kinds = Counter(e[:160] for tab in tabs for e in tab.errors).most_common(3)
         emits = [json.loads(line) for line in emits_path.read_text().splitlines() if line]
