@@ -395,12 +395,13 @@ class Dashboard(pn.viewable.Viewer):
         labels = self.monitor.pipeline.features.index.labels
         shown = len(self.live.entities)
         self.rows_sent += self.live.send(frame)
+        grew = len(self.live.entities) != shown
         if len(labels) != len(self._entity_options):
             self._entity_options = [str(e) for e in labels]
             self._set_entities(self.live.entities if self._auto_entities else self.entities, self._entity_options)
-        elif len(self.live.entities) != shown:
+        elif grew:
             self._set_entities(self.live.entities)
-        if len(self.live.entities) != shown:
+        if grew:
             self._draw_legend()
         self._send_baseline(frame)
 

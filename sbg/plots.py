@@ -63,6 +63,16 @@ def _hv():
     return hv
 
 
+def drawn_plots(pane) -> list:
+    """The HoloViews plots a ``pn.pane.HoloViews`` has drawn, one per document (or notebook cell) showing it."""
+    return [plot for plot, _ in list(getattr(pane, "_plots", {}).values())]
+
+
+def source_layers(plot) -> list:
+    """The layers of a drawn HoloViews plot that own a Bokeh ColumnDataSource (``handles["cds"]``)."""
+    return plot.traverse(lambda p: p, [lambda p: "cds" in getattr(p, "handles", {})])
+
+
 class BufferBridge:
     """Streams the new rows of Buffers into the Bokeh sources HoloViews drew from them.
 
@@ -112,9 +122,9 @@ class BufferBridge:
 
     def _layers(self):
         for pane, span_s in self._panes:
-            for plot, _ in list(getattr(pane, "_plots", {}).values()):
+            for plot in drawn_plots(pane):
                 layers = []
-                for layer in plot.traverse(lambda p: p, [lambda p: "cds" in getattr(p, "handles", {})]):
+                for layer in source_layers(plot):
                     buf = next((s for s in getattr(layer, "streams", []) if hasattr(s, "_count")), None)
                     if buf is not None and hasattr(layer, "_sbg_seen"):
                         layers.append((layer, buf))
@@ -420,9 +430,8 @@ def update_activity(pane, pipe, frame: pd.DataFrame) -> None:
     (another shape, a chart not drawn yet) takes the HoloViews route.
     """
     data = _activity_labels(frame)
-    plots = [plot for plot, _ in list(getattr(pane, "_plots", {}).values())]
-    sources = [[layer.handles["cds"] for layer in plot.traverse(lambda p: p, [lambda p: "cds" in getattr(
-        p, "handles", {})])] for plot in plots]
+    plots = drawn_plots(pane)
+    sources = [[layer.handles["cds"] for layer in source_layers(plot)] for plot in plots]
     labels = data["label"].tolist()
     if not plots or not all(sources) or any(set(c.data) - set(data) or list(c.data["label"]) != labels
                                             for layer in sources for c in layer):
@@ -482,7 +491,7 @@ def update_health(pane, pipe, frame: pd.DataFrame) -> None:
 
     hv = _hv()
     cells = _health_cells(frame)
-    plots = [plot for plot, _ in list(getattr(pane, "_plots", {}).values())]
+    plots = drawn_plots(pane)
     sources = [plot.handles.get("cds") for plot in plots]
     keyed = cells.set_index(["signal", "row"])
     if not plots or frame is None or frame.empty or any(cds is None for cds in sources) \
