@@ -35,6 +35,7 @@ import param
 from .alerts import alerts_json
 from .errors import SbgError
 from .monitor import Monitor
+from .pacing import PACER
 from .plots import (
     ENTITY_COLORS,
     STATE_COLORS,
@@ -824,34 +825,47 @@ class Dashboard(pn.viewable.Viewer):
         if self.live is None or self._disconnected():
             return
         now = time.monotonic()
-        # Called twice per plot period: a due update waits at most half a period, and
-        # the 10 % slack keeps timer jitter from pushing it a whole period back.
-        plot_due = bool(self._pending) and now - self._last_plot >= 0.9 * self.plot_ms / 1000
-        slow_due = now - self._last_slow >= 1.0
+        # Served, every session's periods stretch while the server's loop runs late, so that many
+        # sessions cannot starve it (sbg.pacing). Called twice per plot period: a due update waits at
+        # most half a period, and the 10 % slack keeps timer jitter from pushing it a whole period back.
+        served = self._served()
+        stretch = PACER.stretch if served else 1.0
+        if served and abs(self._tick_ms(stretch) - self._callback.period) > 0.25 * self._callback.period:
+            self._callback.period = self._tick_ms(stretch)  # no idle ticks when the updates are spaced out
+        plot_due = bool(self._pending) and now - self._last_plot >= 0.9 * stretch * self.plot_ms / 1000
+        slow_due = now - self._last_slow >= stretch
+        fast_due = now - self._last_fast >= stretch * self.update_ms / 1000
+        if not (plot_due or slow_due or fast_due):
+            return
         try:
+            # One message per document for the whole update. No ``doc.models.freeze()``: an update
+            # here adds or replaces no model (rows stream, counts and colours change in place), so
+            # Bokeh never walks the page's model graph, while a freeze walks it (~50 ms for the
+            # dashboard's ~900 models) every time it ends: over a replay of the bundled fleet,
+            # 22 walks frozen against 1 without, and a third of the server's time with 20 sessions.
+            with contextlib.ExitStack() as stack:
+                for doc, comm in self._documents():
+                    stack.enter_context(pn.io.hold(doc, comm=comm))
+                if plot_due:
+                    self._drain()
+                if slow_due:
+                    self._last_slow = now
+                    self._update_slow()
+                if fast_due:
+                    self._last_fast = now
+                    self._update_fast()
             if plot_due or slow_due:
-                # One message per document for the whole update. No ``doc.models.freeze()``: an update
-                # here adds or replaces no model (rows stream, counts and colours change in place), so
-                # Bokeh never walks the page's model graph, while a freeze walks it (~50 ms for the
-                # dashboard's ~900 models) every time it ends: over a replay of the bundled fleet,
-                # 22 walks frozen against 1 without, and a third of the server's time with 20 sessions.
-                with contextlib.ExitStack() as stack:
-                    for doc, comm in self._documents():
-                        stack.enter_context(pn.io.hold(doc, comm=comm))
-                    if plot_due:
-                        self._drain()
-                    if slow_due:
-                        self._last_slow = now
-                        self._update_slow()
                 for doc, _ in self._documents():
                     # Bokeh keeps each model attached since the last message in a set until a message
                     # carries it; a plot replaced before then (a looped replay redraws them) stayed forever.
                     doc.models.flush_synced(lambda model: model.document is not None)
-            if now - self._last_fast >= self.update_ms / 1000:
-                self._last_fast = now
-                self._update_fast()
         except Exception as exc:  # a view must never stop the replay
             self.monitor.pipeline.fault("dashboard", exc)
+
+    @staticmethod
+    def _served() -> bool:
+        doc = pn.state.curdoc
+        return doc is not None and doc.session_context is not None
 
     @staticmethod
     def _closed() -> bool:
@@ -869,16 +883,14 @@ class Dashboard(pn.viewable.Viewer):
         the event loop, and each pending callback blocks the session's
         expiry, so a closed tab was never freed and the loop spun at full CPU.
         """
-        doc = pn.state.curdoc
-        if doc is None or doc.session_context is None:
+        if not Dashboard._served():
             return False  # a notebook, or in-process
-        return not pn.state._connected.get(doc)
+        return not pn.state._connected.get(pn.state.curdoc)
 
     def _documents(self):
         """The documents showing this view, with their notebook comm (``None`` when served)."""
-        doc = pn.state.curdoc
-        if doc is not None and doc.session_context is not None:
-            return [(doc, None)]
+        if self._served():
+            return [(pn.state.curdoc, None)]
         found = {}
         for ref, (model, _) in list(getattr(getattr(self, "_inline", None), "_models", {}).items()):
             if model.document is not None:
@@ -905,6 +917,9 @@ class Dashboard(pn.viewable.Viewer):
         elif data["state"] in ("stale", "partly stale"):
             label += f" · {data['stale_count']} of {data['entities']} stale"
             title = "no rows for 60 s of replay time: " + ", ".join(data["stale_entities"][:20])
+        if self._served() and PACER.stretch >= 1.1:
+            title += (f"; plots update every {PACER.stretch * self.plot_ms / 1000:.1f} s "
+                      f"to keep the busy server responsive ({session_count()} sessions)")
         self.live_indicator.object = (f'<span class="sbg-live {css}" title="{html.escape(title)}" '
                                       f'data-state="{state}" data-data="{data["state"]}">'
                                       f'<span class="sbg-dot"></span>{label}</span>')
@@ -1005,9 +1020,19 @@ class Dashboard(pn.viewable.Viewer):
     def start_updates(self):
         """Begin the per-session display callback (served sessions and notebooks)."""
         if self._callback is None:
-            self._callback = pn.state.add_periodic_callback(self._tick, period=max(25, min(self.update_ms, self.plot_ms) // 2))
+            # In the background (no busy events: each one set Panel's global busy flag, a fifth of the
+            # server's time with 20 sessions ticking 20 times a second) and without a log line per tick.
+            self._callback = pn.io.PeriodicCallback(callback=self._tick, period=self._tick_ms(1.0),
+                                                    background=True, log=False)
+            self._callback.start()
+            if self._served():
+                PACER.start()
         self._update_fast(force=True)
         self._update_slow()
+
+    def _tick_ms(self, stretch: float) -> int:
+        """Milliseconds between ticks: half the shortest (stretched) update period."""
+        return int(max(25, stretch * min(self.update_ms, self.plot_ms) / 2))
 
     def stop_updates(self):
         if self._callback is not None:
@@ -1156,4 +1181,6 @@ def status_payload(monitor: Monitor) -> dict:
     status["sessions"] = session_count()
     status["subscribers"] = monitor.subscriber_count
     status["process"] = {"pid": os.getpid(), "rss_bytes": _rss_bytes()}
+    # How far the sessions' update periods are stretched to keep the server's loop on time (sbg.pacing).
+    status["display"] = PACER.summary()
     return json.loads(json.dumps(status, default=str))

@@ -165,6 +165,13 @@ def prometheus_text(monitors) -> str:
     if rss is not None:
         lines += ["# HELP process_resident_memory_bytes Resident memory size in bytes.",
                   "# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {rss}"]
+    from .pacing import PACER
+
+    pace = PACER.summary()
+    lines += ["# HELP sbg_display_stretch Factor the sessions' update periods are stretched by to keep the loop on time.",
+              "# TYPE sbg_display_stretch gauge", f"sbg_display_stretch {pace['stretch']:.6g}",
+              "# HELP sbg_loop_lag_p95_seconds 95th percentile of the event loop's lag over the last probes.",
+              "# TYPE sbg_loop_lag_p95_seconds gauge", f"sbg_loop_lag_p95_seconds {pace['lag_p95_ms'] / 1000:.6g}"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,125 @@
+"""How often each served session may update its page, so that many sessions cannot starve the server.
+
+Every session updates its own page: streams new rows to its plots (up to 10
+times a second), rewrites its KPI cards (4 times a second) and refreshes its
+grid, chart and tables (once a second). That work runs on the server's one
+event loop and grows with the number of sessions: 20 tabs at those rates
+kept the loop busy nearly all the time, and ``/api/status`` (or a click)
+waited seconds for its turn.
+
+:class:`Pacer` watches what every request actually waits for, the lag of the
+event loop (how late a timer fires), and stretches every session's update
+periods by one common factor while the loop runs late, then eases back once
+it keeps time. One tab keeps its full rates; many share the loop and each
+updates less often. Rows are coalesced into fewer, larger updates, never
+dropped. Whatever makes the loop late (many sessions, a slow machine, cores
+shared with other programs) is answered the same way, with no per-machine
+tuning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections import deque
+
+__all__ = ["PACER", "Pacer"]
+
+
+class Pacer:
+    """Measures the event loop's lag and derives the stretch of the sessions' update periods.
+
+    Parameters
+    ----------
+    interval : float
+        Seconds between the lag probes.
+    window : float
+        Seconds of probes behind each change of the stretch.
+    high_ms, low_ms : float
+        The stretch grows by half when the 90th percentile of a window's lags
+        is over ``high_ms``, and shrinks by a fifth when it is under
+        ``low_ms`` (in between it holds, so it does not swing).
+    max_stretch : float
+        Longest stretch: 10 plot updates a second become at worst
+        ``10 / max_stretch``.
+
+    >>> p = Pacer(window=1.0)
+    >>> for i in range(30):  # a loop keeping time
+    ...     p.observe(0.002, now=i * 0.1)
+    >>> p.stretch
+    1.0
+    >>> for i in range(30, 60):  # a loop running 300 ms late
+    ...     p.observe(0.3, now=i * 0.1)
+    >>> p.stretch
+    3.375
+    >>> for i in range(60, 200):  # on time again: back to the full rates
+    ...     p.observe(0.002, now=i * 0.1)
+    >>> p.stretch
+    1.0
+    >>> p.summary()["lag_p50_ms"]
+    2.0
+    """
+
+    def __init__(self, interval: float = 0.1, window: float = 2.0, high_ms: float = 200.0,
+                 low_ms: float = 100.0, max_stretch: float = 10.0, keep: int = 100):
+        self.interval = interval
+        self.window = window
+        self.high_ms = high_ms
+        self.low_ms = low_ms
+        self.max_stretch = max_stretch
+        self.stretch = 1.0
+        self._lags: deque = deque(maxlen=keep)
+        self._window: list[float] = []
+        self._since: float | None = None
+        self._task = None
+
+    def start(self):
+        """Starts probing the running loop (once; a no-op without a running loop)."""
+        if self._task is not None and not self._task.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        # A fresh context: started from a session's callback, the task must not hold that session's document.
+        self._task = loop.create_task(self._run(), context=contextvars.Context())
+
+    async def _run(self):
+        while True:
+            due = time.monotonic() + self.interval
+            await asyncio.sleep(self.interval)
+            now = time.monotonic()
+            self.observe(max(0.0, now - due), now)
+
+    def observe(self, lag: float, now: float | None = None):
+        """Records one probe's lag (seconds); adjusts the stretch once a window."""
+        now = time.monotonic() if now is None else now
+        self._lags.append(lag)
+        self._window.append(lag)
+        if self._since is None:
+            self._since = now
+        if now - self._since < self.window:
+            return
+        p90 = 1000 * _quantile(sorted(self._window), 0.9)
+        self._window, self._since = [], now
+        if p90 > self.high_ms:
+            self.stretch = min(self.max_stretch, self.stretch * 1.5)
+        elif p90 < self.low_ms:
+            self.stretch = max(1.0, self.stretch * 0.8)
+
+    def summary(self) -> dict:
+        """The stretch and the recent lags in milliseconds (zeros before any probe)."""
+        lags = sorted(self._lags)
+        out = {"stretch": round(self.stretch, 2), "lag_samples": len(lags)}
+        for name, q in (("lag_p50_ms", 0.5), ("lag_p95_ms", 0.95), ("lag_max_ms", 1.0)):
+            out[name] = round(1000 * _quantile(lags, q), 1) if lags else 0.0
+        return out
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+#: The server's pacer: started by the first served session, read by every one.
+PACER = Pacer()

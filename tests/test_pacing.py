@@ -1,0 +1,55 @@
+"""The pacer stretches the sessions' update periods while the server's loop runs late (sbg.pacing)."""
+
+import asyncio
+import time
+
+from sbg.pacing import Pacer
+
+
+def feed(pacer, lag, seconds, start):
+    """Probes every 100 ms for ``seconds``, each ``lag`` late; returns the stretch after each window."""
+    seen = []
+    for i in range(int(seconds * 10)):
+        pacer.observe(lag(pacer) if callable(lag) else lag, now=start + i * 0.1)
+        if not seen or seen[-1] != pacer.stretch:
+            seen.append(pacer.stretch)
+    return seen
+
+
+def test_a_loop_on_time_keeps_the_full_rates():
+    p = Pacer()
+    feed(p, 0.005, 60, start=0)
+    assert p.stretch == 1.0
+
+
+def test_a_late_loop_stretches_up_to_the_cap_then_eases_back():
+    p = Pacer(max_stretch=10)
+    feed(p, 0.5, 30, start=0)
+    assert p.stretch == 10
+    feed(p, 0.001, 40, start=30)
+    assert p.stretch == 1.0
+
+
+def test_the_stretch_settles_where_the_load_fits():
+    # A loop whose lag falls as the updates are spaced out: 600 ms at the full rates, 600/stretch ms stretched.
+    p = Pacer(max_stretch=20)
+    steps = feed(p, lambda p: 0.6 / p.stretch, 120, start=0)
+    # Grows while over 200 ms (stretch < 3), then holds: the lag is between 100 and 200 ms from 3 to 6.
+    assert 3 <= p.stretch <= 6
+    assert steps == sorted(steps), "it only grew: no swinging back and forth"
+
+
+def test_probes_measure_a_blocked_loop():
+    async def main():
+        p = Pacer(interval=0.05, window=0.2)
+        p.start()
+        await asyncio.sleep(0.12)
+        time.sleep(0.4)  # a callback holding the loop
+        await asyncio.sleep(0.06)  # the probe after it
+        p._task.cancel()
+        return p.summary()
+
+    summary = asyncio.run(main())
+    assert summary["lag_max_ms"] >= 250
+    assert summary["stretch"] == 1.5
+    assert summary["lag_samples"] >= 4
