@@ -180,6 +180,13 @@ def chromium(nice: int = 0):
     CPU priority. Tests that open many tabs use it: viewers' browsers run on
     their own machines, while here twenty renderers share the server's two
     cores and would otherwise starve the server being measured.
+
+    A process's own nice value does not do it: Chromium sets its processes'
+    priorities itself (browser and GPU at -8, renderers at 0 when run as
+    root), and with the kernel's autogroups (on in Debian) a nice value only
+    ranks processes of one session against each other, while the browser
+    runs in a session of its own. So the whole session is lowered: the
+    autogroup's nice (``/proc/self/autogroup``), set before Chromium starts.
     """
     if CHROMIUM is None:
         raise RuntimeError("chromium is not installed: `make test` installs it with apt-get")
@@ -190,7 +197,8 @@ def chromium(nice: int = 0):
         if nice:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sbg-chromium-")))
             executable = folder / "chromium"
-            executable.write_text(f'#!/bin/sh\nexec nice -n {int(nice)} "{CHROMIUM}" "$@"\n')
+            executable.write_text(f'#!/bin/sh\necho {int(nice)} > /proc/self/autogroup 2>/dev/null\n'
+                                  f'exec nice -n {int(nice)} "{CHROMIUM}" "$@"\n')
             executable.chmod(0o755)
         p = stack.enter_context(sync_playwright())
         browser = p.chromium.launch(executable_path=str(executable), args=CHROME_ARGS)
