@@ -85,10 +85,13 @@ def main(argv=None) -> int:
                     help="replay speed; the churn starts once the replay has finished, so that the memory "
                          "the run itself retains (its history) is not counted as the sessions'")
     ap.add_argument("--objects", action="store_true", help="count live objects (SBG_DEBUG_OBJECTS=1)")
+    ap.add_argument("--browser-nice", type=int, default=19,
+                    help="run Chromium at this lower CPU priority (viewers' browsers run on their own machines, "
+                         "here they share the server's cores)")
     opts = ap.parse_args(argv)
     env = {"SBG_DEBUG_OBJECTS": "1"} if opts.objects else None
     print(f"churn: {opts.sessions} sessions, {opts.batch} at a time; {load()}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="sbg-churn-") as tmp, chromium() as browser, \
+    with tempfile.TemporaryDirectory(prefix="sbg-churn-") as tmp, chromium(nice=opts.browser_nice) as browser, \
             served(Path(tmp) / "serve.log", "--speed", opts.speed, "--autostart", env=env) as base:
         while status(base)["replay"]["state"] != "finished":  # the first status request starts the replay
             time.sleep(1.0)

@@ -31,6 +31,7 @@ import argparse
 import json
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -136,9 +137,34 @@ def main(argv=None) -> int:
             rss.append((0.0, rss_mb(st)))
             tabs[0].click("Start")
             t0 = time.monotonic()
-            next_rss = 10.0
-            polls = unanswered = 0
-            while (elapsed := time.monotonic() - t0) < opts.minutes * 60:
+            stop = threading.Event()
+            unanswered = [0]
+
+            def watch_server():
+                # Its own thread: with many tabs at a low priority one round of page polls can take
+                # minutes, and the server must be asked every 2 s whatever the pages do.
+                next_rss = 10.0
+                while not stop.wait(2.0):
+                    elapsed = time.monotonic() - t0
+                    try:
+                        st, ms = timed_status(base, timeout=30)
+                    except OSError:  # a timeout: counted, and the run goes on
+                        unanswered[0] += 1
+                        continue
+                    status_ms.append(ms)
+                    if elapsed >= next_rss:
+                        rss.append((elapsed, rss_mb(st)))
+                        loads.append(load())
+                        next_rss += 10.0
+                        pace = st.get("display", {})
+                        print(f"  {elapsed:6.0f} s  rows_in {st['metrics']['rows_in']:>9,}  sessions {st['sessions']}  "
+                              f"RSS {rss[-1][1]:7.1f} MB  /api/status {ms:5.0f} ms  stretch {pace.get('stretch', 1):4.1f}  "
+                              f"loop lag p95 {pace.get('lag_p95_ms', 0):5.0f} ms  {loads[-1]}", flush=True)
+
+            watcher = threading.Thread(target=watch_server, name="status", daemon=True)
+            watcher.start()
+            polls = 0
+            while time.monotonic() - t0 < opts.minutes * 60:
                 time.sleep(2.0)
                 polls += 1
                 for i, tab in enumerate(tabs):
@@ -146,18 +172,8 @@ def main(argv=None) -> int:
                     got = tab.page.evaluate(TAKE)
                     fresh[i] += any(r[2] is not None for r in got)
                     records += [[r[0], f"{i}:{r[1]}", r[2]] for r in got]
-                try:
-                    st, ms = timed_status(base, timeout=30)
-                except OSError:  # a timeout: counted, and the run goes on
-                    unanswered += 1
-                    continue
-                status_ms.append(ms)
-                if elapsed >= next_rss:
-                    rss.append((elapsed, rss_mb(st)))
-                    loads.append(load())
-                    next_rss += 10.0
-                    print(f"  {elapsed:6.0f} s  rows_in {st['metrics']['rows_in']:>9,}  sessions {st['sessions']}  "
-                          f"RSS {rss[-1][1]:7.1f} MB  /api/status {ms:5.0f} ms  {loads[-1]}", flush=True)
+            stop.set()
+            watcher.join()
             time.sleep(1.0)
             for i, tab in enumerate(tabs):
                 records += [[r[0], f"{i}:{r[1]}", r[2]] for r in tab.page.evaluate(TAKE)]
@@ -196,7 +212,7 @@ def main(argv=None) -> int:
     for text, n in kinds:
         print(f"    {n:5d} x {text}")
     print(f"  /api/status        p50 {np.percentile(ms, 50):.0f} ms, p95 {np.percentile(ms, 95):.0f} ms, "
-          f"max {ms.max():.0f} ms over {len(ms)} requests (target < 500 ms); {unanswered} not answered in 30 s")
+          f"max {ms.max():.0f} ms over {len(ms)} requests (target < 500 ms); {unanswered[0]} not answered in 30 s")
     half = [(t, m) for t, m in rss if t >= opts.minutes * 30]
     slope = np.polyfit([t for t, _ in half], [m for _, m in half], 1)[0] * 60 if len(half) >= 3 else float("nan")
     print(f"  server RSS         start {rss[0][1]:.0f} MB, peak {max(m for _, m in rss):.0f} MB, "
