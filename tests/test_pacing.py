@@ -53,3 +53,20 @@ def test_probes_measure_a_blocked_loop():
     assert summary["lag_max_ms"] >= 250
     assert summary["stretch"] == 1.5
     assert summary["lag_samples"] >= 4
+
+
+def test_a_paced_session_says_so_on_its_live_indicator(monkeypatch):
+    from sbg import app
+    from sbg.monitor import Monitor
+    from sbg.pacing import PACER
+
+    view = app.Dashboard(Monitor([app._bundled_data_dir() / "battery_fleet.csv.gz"]))
+    try:
+        view._update_fast()
+        assert "plots update every" not in view.live_indicator.object
+        monkeypatch.setattr(app.Dashboard, "_served", staticmethod(lambda: True))
+        monkeypatch.setattr(PACER, "stretch", 3.0)
+        view._update_fast()
+        assert "plots update every 0.3 s to keep the busy server responsive" in view.live_indicator.object
+    finally:
+        view.close()
