@@ -22,6 +22,7 @@ from bokeh.server.views.auth_request_handler import AuthRequestHandler
 from tornado.web import HTTPError
 
 from .alerts import _records
+from .pacing import tune_gc
 
 __all__ = ["ROUTES", "prometheus_text"]
 
@@ -180,6 +181,9 @@ class MetricsHandler(_Api):
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         self.write(prometheus_text(_monitors()))
 
+
+# Loaded once per server process (``--plugins sbg.server``): tune its collector for a large heap of sessions.
+tune_gc()
 
 ROUTES = [
     (r"/api/status", StatusHandler, {}),
