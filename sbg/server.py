@@ -22,7 +22,7 @@ from bokeh.server.views.auth_request_handler import AuthRequestHandler
 from tornado.web import HTTPError
 
 from .alerts import _records
-from .pacing import tune_gc
+from .pacing import PACER, tune_gc
 
 __all__ = ["ROUTES", "prometheus_text"]
 
@@ -166,8 +166,6 @@ def prometheus_text(monitors) -> str:
     if rss is not None:
         lines += ["# HELP process_resident_memory_bytes Resident memory size in bytes.",
                   "# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {rss}"]
-    from .pacing import PACER
-
     pace = PACER.summary()
     lines += ["# HELP sbg_display_stretch Factor the sessions' update periods are stretched by to keep the loop on time.",
               "# TYPE sbg_display_stretch gauge", f"sbg_display_stretch {pace['stretch']:.6g}",

@@ -96,6 +96,12 @@ def test_status_endpoints_agree(server):
     assert code == 200
     line = next(ln for ln in text.splitlines() if ln.startswith("sbg_rows_in_total{"))
     assert float(line.rsplit(" ", 1)[1]) >= m["rows_in"]
+    # How far the sessions' updates are slowed to keep the loop on time, in both (sbg.pacing).
+    pace = st["display"]
+    assert 1.0 <= pace["stretch"] <= 10 and pace["lag_p50_ms"] <= pace["lag_p95_ms"] <= pace["lag_max_ms"]
+    gauges = dict(ln.split(" ") for ln in text.splitlines() if ln.startswith(("sbg_display_stretch", "sbg_loop_lag")))
+    assert set(gauges) == {"sbg_display_stretch", "sbg_loop_lag_p95_seconds"}
+    assert float(gauges["sbg_display_stretch"]) >= 1.0
     code, body = get(server + "/api/alerts?limit=3")
     alerts = json.loads(body)
     assert code == 200 and alerts["count"] == len(alerts["alerts"]) <= 3
