@@ -37,8 +37,8 @@ CHURN_SESSIONS, CHURN_BATCH = 20, 10
 #: Server RSS after the churn may exceed the RSS before it by this much (see docs/reliability.md):
 #: the sessions' objects are all freed, but the allocator keeps some of the pages they used.
 CHURN_RSS_TOLERANCE_MB = 80
-SOAK_MINUTES, SOAK_HISTORY_ROWS = 1.0, 20_000
-#: Growth of the server's RSS allowed after the short soak's warm-up.
+SOAK_MINUTES, SOAK_HISTORY_ROWS = 1.5, 20_000
+#: Growth of the floor of the server's RSS allowed after the short soak's warm-up.
 SOAK_RSS_TOLERANCE_MB = 30
 FIGURES: dict = {}
 
@@ -141,7 +141,7 @@ def test_short_soak_at_max_with_loop_keeps_memory_flat(tmp_path, browser):
     config = tmp_path / "sbg.yaml"
     config.write_text(f"history: {{max_rows: {SOAK_HISTORY_ROWS}}}\n")
     with sbg_served(tmp_path / "serve.log", "--speed", "max", "--loop", "--autostart", "--config", config) as base:
-        result = soak(base, browser, SOAK_MINUTES, tabs=1, every=3, retention=SOAK_HISTORY_ROWS, warmup_min=0.25,
+        result = soak(base, browser, SOAK_MINUTES, tabs=1, every=3, retention=SOAK_HISTORY_ROWS, warmup_min=0.5,
                       report=lambda *a, **k: None)
     samples = result["samples"]
     assert result["warm_at"] is not None, samples
@@ -153,8 +153,15 @@ def test_short_soak_at_max_with_loop_keeps_memory_flat(tmp_path, browser):
     m = result["last"]["metrics"]
     assert m["rows_in"] == m["rows_ok"] + m["rows_quarantined"]
     assert result["fresh"][0] >= (len(samples) - 1) // 2, result["fresh"]
-    growth = max(s[1] for s in warm) - warm[0][1]
+    # The floor of the RSS, first half of the warm samples against the second: garbage waits for the
+    # collector (the served process collects its oldest generation rarely, see sbg.pacing.tune_gc), so
+    # the RSS rises and falls by tens of MB between collections; a leak raises the floor.
+    half = len(warm) // 2
+    growth = min(s[1] for s in warm[half:]) - min(s[1] for s in warm[:half])
     _record("short_soak", {"minutes": SOAK_MINUTES, "rows_in": samples[-1][2], "loops": samples[-1][3],
                            "rss_start_mb": round(samples[0][1], 1), "rss_after_warmup_mb": round(warm[0][1], 1),
-                           "rss_end_mb": round(samples[-1][1], 1), "rss_growth_after_warmup_mb": round(growth, 1)})
+                           "rss_end_mb": round(samples[-1][1], 1),
+                           "rss_swing_after_warmup_mb": round(max(s[1] for s in warm) - min(s[1] for s in warm), 1),
+                           "rss_floor_growth_after_warmup_mb": round(growth, 1)})
+    assert half >= 3, samples
     assert growth <= SOAK_RSS_TOLERANCE_MB, samples
