@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import gc
 import time
 from collections import deque
 
-__all__ = ["PACER", "Pacer", "tune_gc"]
+__all__ = ["PACER", "Pacer"]
 
 
 class Pacer:
@@ -124,23 +123,3 @@ def _quantile(ordered: list[float], q: float) -> float:
 
 #: The server's pacer: started by the first served session, read by every one.
 PACER = Pacer()
-
-
-def tune_gc(young: int = 50_000, middle: int = 20):
-    """Sets the collector's thresholds for a server process; returns the previous ones.
-
-    A served dashboard keeps a large, long-lived heap (every session's
-    models and widgets: about three million objects with 20 tabs) and
-    allocates fast. At Python's default thresholds (700, 10, 10) anything
-    living a few milliseconds, such as a chunk waiting for its session's
-    next update or a message waiting for a slow browser, is promoted to
-    the oldest generation, which then fills by a quarter every few seconds:
-    with 20 tabs a full collection ran every 8 to 10 s and held the event
-    loop for about a second each time. With a young generation of 50,000
-    objects, examined every 20th time with the middle one, short-lived
-    objects die young and full collections become rare. Nothing is frozen
-    or disabled: cycles are still collected.
-    """
-    previous = gc.get_threshold()
-    gc.set_threshold(young, middle, previous[2])
-    return previous

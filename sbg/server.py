@@ -22,7 +22,7 @@ from bokeh.server.views.auth_request_handler import AuthRequestHandler
 from tornado.web import HTTPError
 
 from .alerts import _records
-from .pacing import PACER, tune_gc
+from .pacing import PACER
 
 __all__ = ["ROUTES", "prometheus_text"]
 
@@ -179,9 +179,6 @@ class MetricsHandler(_Api):
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         self.write(prometheus_text(_monitors()))
 
-
-# Loaded once per server process (``--plugins sbg.server``): tune its collector for a large heap of sessions.
-tune_gc()
 
 ROUTES = [
     (r"/api/status", StatusHandler, {}),
