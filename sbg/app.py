@@ -830,9 +830,9 @@ class Dashboard(pn.viewable.Viewer):
         # most half a period, and the 10 % slack keeps timer jitter from pushing it a whole period back.
         served = self._served()
         stretch = PACER.stretch if served else 1.0
-        if served and self._callback is not None \
-                and abs(self._tick_ms(stretch) - self._callback.period) > 0.25 * self._callback.period:
-            self._callback.period = self._tick_ms(stretch)  # no idle ticks when the updates are spaced out
+        period = self._tick_ms(stretch)
+        if served and self._callback is not None and abs(period - self._callback.period) > 0.25 * self._callback.period:
+            self._callback.period = period  # no idle ticks when the updates are spaced out
         plot_due = bool(self._pending) and now - self._last_plot >= 0.9 * stretch * self.plot_ms / 1000
         slow_due = now - self._last_slow >= stretch
         fast_due = now - self._last_fast >= stretch * self.update_ms / 1000

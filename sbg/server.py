@@ -129,6 +129,11 @@ def _escape_label(value) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _gauge(name: str, doc: str, value) -> list[str]:
+    """One process-wide gauge in the Prometheus text format: its help, its type and its value."""
+    return [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {value}"]
+
+
 def prometheus_text(monitors) -> str:
     """Prometheus exposition (text format 0.0.4) of every monitor's counters.
 
@@ -164,13 +169,12 @@ def prometheus_text(monitors) -> str:
 
     rss = _rss_bytes()
     if rss is not None:
-        lines += ["# HELP process_resident_memory_bytes Resident memory size in bytes.",
-                  "# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {rss}"]
+        lines += _gauge("process_resident_memory_bytes", "Resident memory size in bytes.", rss)
     pace = PACER.summary()
-    lines += ["# HELP sbg_display_stretch Factor the sessions' update periods are stretched by to keep the loop on time.",
-              "# TYPE sbg_display_stretch gauge", f"sbg_display_stretch {pace['stretch']:.6g}",
-              "# HELP sbg_loop_lag_p95_seconds 95th percentile of the event loop's lag over the last probes.",
-              "# TYPE sbg_loop_lag_p95_seconds gauge", f"sbg_loop_lag_p95_seconds {pace['lag_p95_ms'] / 1000:.6g}"]
+    lines += _gauge("sbg_display_stretch", "Factor the sessions' update periods are stretched by to keep the loop "
+                    "on time.", f"{pace['stretch']:.6g}")
+    lines += _gauge("sbg_loop_lag_p95_seconds", "95th percentile of the event loop's lag over the last probes.",
+                    f"{pace['lag_p95_ms'] / 1000:.6g}")
     return "\n".join(lines) + "\n"
 
 
