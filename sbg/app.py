@@ -61,6 +61,8 @@ DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".tsv")
 _MONITORS: dict[tuple, Monitor] = {}
 _LOCK = threading.Lock()
 _SESSIONS: set[int] = set()
+#: Sessions whose browser has not yet taken the last update (see ``Dashboard._browser_behind``).
+_BEHIND: set[int] = set()
 
 
 def monitors() -> dict[tuple, Monitor]:
@@ -71,6 +73,11 @@ def monitors() -> dict[tuple, Monitor]:
 def session_count() -> int:
     """Dashboard sessions alive in this process (each has subscribed to a monitor)."""
     return len(_SESSIONS)
+
+
+def sessions_behind() -> int:
+    """Served sessions whose updates wait for their browser to take the previous one."""
+    return len(_BEHIND)
 
 
 def resolve_data_file(name, data_dir) -> Path:
@@ -356,6 +363,7 @@ class Dashboard(pn.viewable.Viewer):
             self._unsubscribe()
             self._unsubscribe = None
         _SESSIONS.discard(self._session_id)
+        _BEHIND.discard(self._session_id)
 
     def _reset_live(self):
         """New buffers and plots for the current entity selection, primed with retained history."""
@@ -838,6 +846,11 @@ class Dashboard(pn.viewable.Viewer):
         fast_due = now - self._last_fast >= stretch * self.update_ms / 1000
         if not (plot_due or slow_due or fast_due):
             return
+        if served and self._browser_behind():
+            # Rows wait in the bounded queue and go in one larger update once the browser catches up.
+            _BEHIND.add(self._session_id)
+            return
+        _BEHIND.discard(self._session_id)
         try:
             # One message per document for the whole update. No ``doc.models.freeze()``: an update
             # here adds or replaces no model (rows stream, counts and colours change in place), so
@@ -862,6 +875,24 @@ class Dashboard(pn.viewable.Viewer):
                     doc.models.flush_synced(lambda model: model.document is not None)
         except Exception as exc:  # a view must never stop the replay
             self.monitor.pipeline.fault("dashboard", exc)
+
+    @staticmethod
+    def _browser_behind() -> bool:
+        """Whether the server still holds bytes of an earlier update for this session's browser.
+
+        The display callback runs outside the document lock (``background=True``), so Panel
+        writes its messages to the websocket without waiting for them to go out. A browser
+        slower than the updates (a busy laptop, a slow link, a background tab) would make the
+        server queue message after message for it, without bound: 4,000 unsent frames and
+        +100 MB in 3 minutes for one tab at ``--speed max``. So a session sends nothing new
+        while its socket's write buffer is not empty.
+        """
+        session = getattr(pn.state.curdoc.session_context, "_session", None)
+        for conn in getattr(session, "_subscribed_connections", ()):
+            stream = getattr(getattr(conn._socket, "ws_connection", None), "stream", None)
+            if stream is not None and stream.writing():
+                return True
+        return False
 
     @staticmethod
     def _served() -> bool:
@@ -1172,7 +1203,11 @@ def live_objects(top: int = 15) -> dict:
         for name, cls in kinds.items():
             if isinstance(obj, cls):
                 counts[name] += 1
-    return {**counts, "top_types": dict(types.most_common(top))}
+    try:  # tasks waiting in this thread's loop, by coroutine: e.g. writes queued for a slow browser
+        tasks = Counter(getattr(t.get_coro(), "__qualname__", "?") for t in asyncio.all_tasks())
+    except RuntimeError:  # no running loop
+        tasks = Counter()
+    return {**counts, "top_types": dict(types.most_common(top)), "tasks": dict(tasks.most_common(top))}
 
 
 def status_payload(monitor: Monitor) -> dict:
@@ -1183,5 +1218,5 @@ def status_payload(monitor: Monitor) -> dict:
     status["subscribers"] = monitor.subscriber_count
     status["process"] = {"pid": os.getpid(), "rss_bytes": _rss_bytes()}
     # How far the sessions' update periods are stretched to keep the server's loop on time (sbg.pacing).
-    status["display"] = PACER.summary()
+    status["display"] = {**PACER.summary(), "sessions_behind": sessions_behind()}
     return json.loads(json.dumps(status, default=str))

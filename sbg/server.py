@@ -165,7 +165,7 @@ def prometheus_text(monitors) -> str:
             d["sessions"] = m.subscriber_count
             state = m.replay.state
             lines.append(f'{full}{{source="{_escape_label(m.source_key)}",state="{state}"}} {float(d[name]):.6g}')
-    from .app import _rss_bytes
+    from .app import _rss_bytes, sessions_behind
 
     rss = _rss_bytes()
     if rss is not None:
@@ -175,6 +175,8 @@ def prometheus_text(monitors) -> str:
                     "on time.", f"{pace['stretch']:.6g}")
     lines += _gauge("sbg_loop_lag_p95_seconds", "95th percentile of the event loop's lag over the last probes.",
                     f"{pace['lag_p95_ms'] / 1000:.6g}")
+    lines += _gauge("sbg_sessions_behind", "Sessions whose updates wait for their browser to take the previous one.",
+                    sessions_behind())
     return "\n".join(lines) + "\n"
 
 

@@ -208,6 +208,53 @@ def chromium(nice: int = 0):
             browser.close()
 
 
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found[1:]
+
+
+@contextlib.contextmanager
+def stalled_renderers():
+    """Stop (SIGSTOP) every Chromium renderer this process started, and continue them on exit.
+
+    A stopped renderer reads nothing more from its page's websocket, so the
+    server sees a browser that has stopped taking updates, as a frozen laptop
+    or a dead link would leave it. (Freezing the page through the DevTools
+    protocol does not do it: the renderer keeps reading and buffers.)
+    """
+    pids = []
+    for pid in _descendants(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if b"--type=renderer" in fh.read():
+                    pids.append(pid)
+        except OSError:
+            continue
+    if not pids:
+        raise RuntimeError("no Chromium renderer found to stop")
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
 class Tab:
     """A page of the served dashboard in its own browser context, recording console errors.
 
