@@ -63,6 +63,8 @@ _LOCK = threading.Lock()
 _SESSIONS: set[int] = set()
 #: Sessions whose browser has not yet taken the last update (see ``Dashboard._browser_behind``).
 _BEHIND: set[int] = set()
+#: When the next served session may draw a new health grid (``time.monotonic()``).
+_GRID_BUILDS = {"free_at": 0.0}
 
 
 def monitors() -> dict[tuple, Monitor]:
@@ -1012,24 +1014,35 @@ class Dashboard(pn.viewable.Viewer):
         if self._disconnected():
             return
         health = m.health()
+        # Room for the next multiple of 8 entities: a fleet coming online does not redraw the grid per entity.
+        n = -(-health["entity"].nunique() // 8) * 8 if not health.empty else 0
+        now = time.monotonic()
+        if n != self._health_rows and not health.empty and self._served() and now < _GRID_BUILDS["free_at"]:
+            # Another session has just drawn its grid: this one draws at a later tick. Twenty sessions
+            # watching a replay that starts each drew theirs (~165 ms each) in the same turn of the
+            # server's loop, which answered nothing else for 3 to 5 s.
+            return self._update_slow_rest(m)
         self.health_empty.visible = health.empty
         self.health_box.visible = not health.empty
         if not health.empty:
-            # Room for the next multiple of 8 entities: a fleet coming online does not redraw the grid per entity.
-            n = -(-health["entity"].nunique() // 8) * 8
             states = (tuple(health["entity"]), tuple(health["signal"]), health["state"].to_numpy().tobytes())
-            now = time.monotonic()
             if n != self._health_rows:
                 # A new grid only when the fleet grows past a multiple of 8 entities.
                 self._health_rows = n
                 self._health_states, self._health_at = states, now
                 self.health_pipe.event(data=health)
                 self.health_pane.object = health_view(self.health_pipe, health_height(n))
+                # The next session's grid waits as long as this one took: at most half the loop's time.
+                _GRID_BUILDS["free_at"] = 2 * time.monotonic() - now
             elif states != self._health_states or now - self._health_at >= 5:
                 # Colours at once when a state changes, scores and times under the hover every 5 s;
                 # patched into the drawn grid.
                 self._health_states, self._health_at = states, now
                 update_health(self.health_pane, self.health_pipe, health)
+        self._update_slow_rest(m)
+
+    def _update_slow_rest(self, m):
+        """The slow updates after the health grid: activity chart, alerts table, event feed."""
         update_activity(self.activity_pane, self.activity_pipe, m.activity_frame(10))
         version = (len(m.engine.alerts), sum(a.reopened for a in m.engine.alerts.values()),
                    sum(a.state == "resolved" for a in m.engine.alerts.values()))
@@ -1058,6 +1071,7 @@ class Dashboard(pn.viewable.Viewer):
                                                     background=True, log=False)
             self._callback.start()
             if self._served():
+                PACER.freeze = True  # long-lived session objects out of the collector's sight
                 PACER.start()
         self._update_fast(force=True)
         self._update_slow()
@@ -1164,9 +1178,29 @@ class Dashboard(pn.viewable.Viewer):
         def on_destroyed(session_context):
             if session_context.id == session_id:
                 self.close()
+                PACER.thaw()  # its frozen objects are garbage now
 
         pn.state.on_session_destroyed(on_destroyed)
+        pn.state.onload(self._settle_styles)
         return template.servable(**kwargs)
+
+    def _settle_styles(self):
+        """Gives every HTML pane, once the page is up, the stylesheets its first update would give it.
+
+        Under the template, the first change of an HTML pane after the page is
+        drawn also replaces its stylesheets, new models that make Bokeh walk the
+        page's whole model graph (~900 models, ~50 ms) per pane. Twenty sessions
+        did it for their dozen panes all at once when a replay started: the loop
+        answered nothing for 3 to 5 s. Here it is one walk per session, when
+        its page opens.
+        """
+        doc = pn.state.curdoc
+        if doc is None or doc.session_context is None:
+            return
+        panes = [v for v in vars(self).values() if isinstance(v, pn.pane.HTML)]
+        with doc.models.freeze():
+            for pane in panes:
+                pane.param.trigger("object")
 
 
 def _rss_bytes() -> int | None:
@@ -1193,6 +1227,7 @@ def live_objects(top: int = 15) -> dict:
     from bokeh.document import Document
     from bokeh.model import Model
 
+    gc.unfreeze()  # objects the pacer froze away from the collector may be garbage (sbg.pacing)
     gc.collect()
     kinds = {"dashboards": Dashboard, "documents": Document, "buffers": hv.streams.Buffer,
              "panel_objects": pn.viewable.Viewable, "bokeh_models": Model}

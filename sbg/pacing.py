@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import time
 from collections import deque
 
@@ -43,6 +44,9 @@ class Pacer:
     max_stretch : float
         Longest stretch: 10 plot updates a second become at worst
         ``10 / max_stretch``.
+    refresh : float
+        Seconds objects stay frozen from the collector (with ``freeze`` on,
+        see :meth:`_freeze_step`) before they are all looked at again.
 
     >>> p = Pacer(window=1.0)
     >>> for i in range(30):  # a loop keeping time
@@ -62,7 +66,7 @@ class Pacer:
     """
 
     def __init__(self, interval: float = 0.1, window: float = 2.0, high_ms: float = 200.0,
-                 low_ms: float = 100.0, max_stretch: float = 10.0, keep: int = 100):
+                 low_ms: float = 100.0, max_stretch: float = 10.0, keep: int = 100, refresh: float = 600.0):
         self.interval = interval
         self.window = window
         self.high_ms = high_ms
@@ -73,9 +77,64 @@ class Pacer:
         self._window: list[float] = []
         self._since: float | None = None
         self._task = None
+        #: Durations (seconds) of the latest full collections of Python's cyclic garbage collector,
+        #: which hold the loop like a long callback; recorded once :meth:`start` has run.
+        self.full_collections: deque = deque(maxlen=20)
+        self.full_collection_count = 0
+        self._gc_started: float | None = None
+        #: Freeze the survivors of each full collection (served only, see :meth:`_freeze_step`).
+        self.freeze = False
+        self.refresh = refresh
+        self._collected = False
+        self._thaw_due: float | None = None
+        self._frozen_at: float | None = None
+
+    def _on_gc(self, phase: str, info: dict):
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started is not None:
+            self.full_collections.append(time.perf_counter() - self._gc_started)
+            self.full_collection_count += 1
+            self._gc_started = None
+            self._collected = True
+
+    def thaw(self):
+        """Asks for every frozen object to be looked at again (a session has gone: its objects are garbage)."""
+        self._thaw_due = time.monotonic()
+
+    def _freeze_step(self, now: float):
+        """Moves the survivors of the last full collection out of the collector's sight, and back in when due.
+
+        A served dashboard holds some 150,000 tracked objects per session (its
+        Bokeh models, Panel objects, parameters) that live as long as the
+        session. Python's collector walks all of them in every full
+        collection: with 20 sessions, one second holding the loop every 8 to
+        12 seconds. ``gc.freeze()`` after a full collection moves the
+        survivors to a generation the collector skips, so the next full
+        collections walk only what is newer. Cyclic garbage among frozen
+        objects (a closed session's document, plots replaced when a looped
+        replay redraws) is not freed while frozen, so everything is thawed
+        (``gc.unfreeze()``) when a session closes and every ``refresh``
+        seconds; the full collection after a thaw walks everything once.
+        """
+        if self._thaw_due is not None and now - self._thaw_due >= 1.0 \
+                or self._frozen_at is not None and now - self._frozen_at >= self.refresh:
+            # A second's grace after a close gathers the sessions closing together into one thaw.
+            gc.unfreeze()
+            self._thaw_due = self._frozen_at = None
+            self._collected = False
+        elif self._collected:
+            gc.freeze()
+            self._collected = False
+            if self._frozen_at is None:
+                self._frozen_at = now
 
     def start(self):
         """Starts probing the running loop (once; a no-op without a running loop)."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
         if self._task is not None and not self._task.done():
             return
         try:
@@ -91,6 +150,8 @@ class Pacer:
             await asyncio.sleep(self.interval)
             now = time.monotonic()
             self.observe(max(0.0, now - due), now)
+            if self.freeze:
+                self._freeze_step(now)
 
     def observe(self, lag: float, now: float | None = None):
         """Records one probe's lag (seconds); adjusts the stretch once a window."""
@@ -114,6 +175,8 @@ class Pacer:
         out = {"stretch": round(self.stretch, 2), "lag_samples": len(lags)}
         for name, q in (("lag_p50_ms", 0.5), ("lag_p95_ms", 0.95), ("lag_max_ms", 1.0)):
             out[name] = round(1000 * _quantile(lags, q), 1) if lags else 0.0
+        out["full_collections"] = self.full_collection_count
+        out["full_collection_max_ms"] = round(1000 * max(self.full_collections, default=0.0), 1)
         return out
 
 

@@ -1,6 +1,7 @@
 """The pacer stretches the sessions' update periods while the server's loop runs late (sbg.pacing)."""
 
 import asyncio
+import gc
 import time
 
 from sbg.pacing import Pacer
@@ -46,13 +47,16 @@ def test_probes_measure_a_blocked_loop():
         await asyncio.sleep(0.12)
         time.sleep(0.4)  # a callback holding the loop
         await asyncio.sleep(0.06)  # the probe after it
+        gc.collect()  # a full collection holds the loop too: timed apart
         p._task.cancel()
+        gc.callbacks.remove(p._on_gc)
         return p.summary()
 
     summary = asyncio.run(main())
     assert summary["lag_max_ms"] >= 250
     assert summary["stretch"] == 1.5
     assert summary["lag_samples"] >= 4
+    assert summary["full_collections"] >= 1 and summary["full_collection_max_ms"] > 0
 
 
 def test_a_paced_session_says_so_on_its_live_indicator(monkeypatch):
@@ -70,3 +74,41 @@ def test_a_paced_session_says_so_on_its_live_indicator(monkeypatch):
         assert "plots update every 0.3 s to keep the busy server responsive" in view.live_indicator.object
     finally:
         view.close()
+
+
+def test_frozen_survivors_are_thawed_when_a_session_goes_and_when_due():
+    """Served, the survivors of a full collection are frozen out of the collector's walks; a closed
+    session's objects (cyclic garbage among frozen objects) are freed once it thaws them."""
+    import weakref
+
+    class Node:
+        def __init__(self):
+            self.me = self  # a cycle: only the collector frees it
+
+    p = Pacer(refresh=60)
+    p.freeze = True
+    gc.callbacks.append(p._on_gc)
+    try:
+        node = Node()
+        alive = weakref.ref(node)
+        gc.collect()
+        p._freeze_step(now=0.0)
+        assert gc.get_freeze_count() > 0 and p.summary()["full_collections"] >= 1
+        del node
+        gc.collect()
+        assert alive() is not None, "frozen: not looked at by the collector"
+        p.thaw()
+        p._freeze_step(now=time.monotonic() + 2)  # a second's grace after the close
+        assert gc.get_freeze_count() == 0
+        gc.collect()
+        assert alive() is None, "thawed: the cycle is garbage again and freed"
+        # And without any session closing, everything is thawed every `refresh` seconds.
+        p._freeze_step(now=100.0)
+        assert gc.get_freeze_count() > 0
+        p._freeze_step(now=159.0)
+        assert gc.get_freeze_count() > 0
+        p._freeze_step(now=161.0)
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.callbacks.remove(p._on_gc)
+        gc.unfreeze()
