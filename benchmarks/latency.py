@@ -124,6 +124,7 @@ def main(argv=None) -> int:
         emits_path.touch()
         records: list[list] = []
         rss, status_ms, loads = [], [], []
+        slow = []  # (seconds after Start, ms) of every /api/status answer over 500 ms
         fresh = [0] * opts.sessions  # polls in which each session's plots got new rows
         with chromium(nice=opts.browser_nice) as browser, served(tmp / "serve.log", data, "--speed", opts.speed, "--data-dir", tmp,
                                            "--config", config, app=HERE / "_latency_app.py",
@@ -152,6 +153,8 @@ def main(argv=None) -> int:
                         unanswered[0] += 1
                         continue
                     status_ms.append(ms)
+                    if ms > 500:
+                        slow.append((round(elapsed), round(ms)))
                     if elapsed >= next_rss:
                         rss.append((elapsed, rss_mb(st)))
                         loads.append(load())
@@ -159,7 +162,8 @@ def main(argv=None) -> int:
                         pace = st.get("display", {})
                         print(f"  {elapsed:6.0f} s  rows_in {st['metrics']['rows_in']:>9,}  sessions {st['sessions']}  "
                               f"RSS {rss[-1][1]:7.1f} MB  /api/status {ms:5.0f} ms  stretch {pace.get('stretch', 1):4.1f}  "
-                              f"loop lag p95 {pace.get('lag_p95_ms', 0):5.0f} ms  {loads[-1]}", flush=True)
+                              f"loop lag p95 {pace.get('lag_p95_ms', 0):5.0f} max {pace.get('lag_max_ms', 0):5.0f} ms  full GCs {pace.get('full_collections', 0)} "
+                              f"(longest {pace.get('full_collection_max_ms', 0):.0f} ms)  {loads[-1]}", flush=True)
 
             watcher = threading.Thread(target=watch_server, name="status", daemon=True)
             watcher.start()
@@ -213,6 +217,7 @@ def main(argv=None) -> int:
         print(f"    {n:5d} x {text}")
     print(f"  /api/status        p50 {np.percentile(ms, 50):.0f} ms, p95 {np.percentile(ms, 95):.0f} ms, "
           f"max {ms.max():.0f} ms over {len(ms)} requests (target < 500 ms); {unanswered[0]} not answered in 30 s")
+    print(f"  answers > 500 ms   {', '.join(f'{m} ms at {t} s' for t, m in slow) or 'none'}")
     half = [(t, m) for t, m in rss if t >= opts.minutes * 30]
     slope = np.polyfit([t for t, _ in half], [m for _, m in half], 1)[0] * 60 if len(half) >= 3 else float("nan")
     print(f"  server RSS         start {rss[0][1]:.0f} MB, peak {max(m for _, m in rss):.0f} MB, "
