@@ -1009,11 +1009,8 @@ class Dashboard(pn.viewable.Viewer):
         else:
             self.empty_state.visible = False
 
-    def _update_slow(self):
-        m = self.monitor
-        if self._disconnected():
-            return
-        health = m.health()
+    def _update_health(self, health):
+        """The fleet health grid: drawn anew when the fleet outgrows it, otherwise patched."""
         # Room for the next multiple of 8 entities: a fleet coming online does not redraw the grid per entity.
         n = -(-health["entity"].nunique() // 8) * 8 if not health.empty else 0
         now = time.monotonic()
@@ -1021,28 +1018,31 @@ class Dashboard(pn.viewable.Viewer):
             # Another session has just drawn its grid: this one draws at a later tick. Twenty sessions
             # watching a replay that starts each drew theirs (~165 ms each) in the same turn of the
             # server's loop, which answered nothing else for 3 to 5 s.
-            return self._update_slow_rest(m)
+            return
         self.health_empty.visible = health.empty
         self.health_box.visible = not health.empty
-        if not health.empty:
-            states = (tuple(health["entity"]), tuple(health["signal"]), health["state"].to_numpy().tobytes())
-            if n != self._health_rows:
-                # A new grid only when the fleet grows past a multiple of 8 entities.
-                self._health_rows = n
-                self._health_states, self._health_at = states, now
-                self.health_pipe.event(data=health)
-                self.health_pane.object = health_view(self.health_pipe, health_height(n))
-                # The next session's grid waits as long as this one took: at most half the loop's time.
-                _GRID_BUILDS["free_at"] = 2 * time.monotonic() - now
-            elif states != self._health_states or now - self._health_at >= 5:
-                # Colours at once when a state changes, scores and times under the hover every 5 s;
-                # patched into the drawn grid.
-                self._health_states, self._health_at = states, now
-                update_health(self.health_pane, self.health_pipe, health)
-        self._update_slow_rest(m)
+        if health.empty:
+            return
+        states = (tuple(health["entity"]), tuple(health["signal"]), health["state"].to_numpy().tobytes())
+        if n != self._health_rows:
+            # A new grid only when the fleet grows past a multiple of 8 entities.
+            self._health_rows = n
+            self._health_states, self._health_at = states, now
+            self.health_pipe.event(data=health)
+            self.health_pane.object = health_view(self.health_pipe, health_height(n))
+            # The next session's grid waits as long as this one took: at most half the loop's time.
+            _GRID_BUILDS["free_at"] = 2 * time.monotonic() - now
+        elif states != self._health_states or now - self._health_at >= 5:
+            # Colours at once when a state changes, scores and times under the hover every 5 s;
+            # patched into the drawn grid.
+            self._health_states, self._health_at = states, now
+            update_health(self.health_pane, self.health_pipe, health)
 
-    def _update_slow_rest(self, m):
-        """The slow updates after the health grid: activity chart, alerts table, event feed."""
+    def _update_slow(self):
+        m = self.monitor
+        if self._disconnected():
+            return
+        self._update_health(m.health())
         update_activity(self.activity_pane, self.activity_pipe, m.activity_frame(10))
         version = (len(m.engine.alerts), sum(a.reopened for a in m.engine.alerts.values()),
                    sum(a.state == "resolved" for a in m.engine.alerts.values()))

@@ -139,14 +139,20 @@ def test_churned_sessions_free_everything(server, browser):
     assert growth <= CHURN_RSS_TOLERANCE_MB, result["rounds"]
 
 
+def _small_history(tmp_path):
+    """A config keeping SOAK_HISTORY_ROWS rows of history: the replay at `max` fills it in seconds."""
+    config = tmp_path / "sbg.yaml"
+    config.write_text(f"history: {{max_rows: {SOAK_HISTORY_ROWS}}}\n")
+    return config
+
+
 def test_a_stalled_browser_gets_no_backlog_and_catches_up(tmp_path, browser):
     """A browser that stops reading (frozen laptop, dead link) must not make the server hoard its updates.
 
     Without the check in ``Dashboard._tick`` the server queued 38,660 websocket frames and grew by
     220 MB in one minute for one stopped tab at ``--speed max``.
     """
-    config = tmp_path / "sbg.yaml"
-    config.write_text(f"history: {{max_rows: {SOAK_HISTORY_ROWS}}}\n")
+    config = _small_history(tmp_path)
     with sbg_served(tmp_path / "serve.log", "--speed", "max", "--loop", "--autostart", "--config", config,
                     env={"SBG_DEBUG_OBJECTS": "1"}) as base:
         tab, = open_tabs(browser, base, 1)
@@ -179,8 +185,7 @@ def test_a_stalled_browser_gets_no_backlog_and_catches_up(tmp_path, browser):
 
 
 def test_short_soak_at_max_with_loop_keeps_memory_flat(tmp_path, browser):
-    config = tmp_path / "sbg.yaml"
-    config.write_text(f"history: {{max_rows: {SOAK_HISTORY_ROWS}}}\n")
+    config = _small_history(tmp_path)
     with sbg_served(tmp_path / "serve.log", "--speed", "max", "--loop", "--autostart", "--config", config) as base:
         result = soak(base, browser, SOAK_MINUTES, tabs=1, every=3, retention=SOAK_HISTORY_ROWS, warmup_min=0.5,
                       report=lambda *a, **k: None)
