@@ -24,6 +24,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections import deque
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from .plots import (
     LiveBuffers,
     activity_view,
     baseline_view,
+    blank_health,
     health_height,
     health_view,
     signal_view,
@@ -60,7 +62,8 @@ DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".tsv")
 
 _MONITORS: dict[tuple, Monitor] = {}
 _LOCK = threading.Lock()
-_SESSIONS: set[int] = set()
+#: The dashboards subscribed to a monitor, by session id (weakly: the registry keeps none alive).
+_SESSIONS: weakref.WeakValueDictionary[int, Dashboard] = weakref.WeakValueDictionary()
 #: Sessions whose browser has not yet taken the last update (see ``Dashboard._browser_behind``).
 _BEHIND: set[int] = set()
 #: When the next served session may draw a new health grid (``time.monotonic()``).
@@ -75,6 +78,16 @@ def monitors() -> dict[tuple, Monitor]:
 def session_count() -> int:
     """Dashboard sessions alive in this process (each has subscribed to a monitor)."""
     return len(_SESSIONS)
+
+
+def session_rows_sent() -> list[int]:
+    """Rows each live dashboard has sent to its plots so far (``/api/status?sessions=1``).
+
+    Served, a session sends nothing while its browser has not taken the
+    previous update (``Dashboard._browser_behind``), so a count that grows
+    says that session's browser keeps receiving.
+    """
+    return [view.rows_sent for view in list(_SESSIONS.values())]
 
 
 def sessions_behind() -> int:
@@ -346,25 +359,29 @@ class Dashboard(pn.viewable.Viewer):
         self._pending_rows = 0
         pending = self._pending
         limit = self._max_pending_rows
-        state = {"rows": 0}
+        state = {"rows": 0, "span": self._window_span()}
 
         def on_chunk(chunk):
-            # Runs in the replay task: only queue, never touch the document here.
-            pending.append(chunk)
+            # Runs in the replay task: only queue, never touch the document here. Rows older than the
+            # visible window are off the plots' axis, and past the bound they could not all be drawn:
+            # a session waiting for its browser (or its turn) keeps neither.
+            newest = chunk["timestamp"].max() if len(chunk) else pd.NaT
+            pending.append((chunk, newest))
             state["rows"] += len(chunk)
-            while state["rows"] > limit and len(pending) > 1:
-                state["rows"] -= len(pending.popleft())
+            cut = newest - state["span"] if pd.notna(newest) else None
+            while len(pending) > 1 and (state["rows"] > limit or cut is not None and pending[0][1] < cut):
+                state["rows"] -= len(pending.popleft()[0])
 
         self._pending_state = state
         self._unsubscribe = monitor.subscribe(on_chunk)
-        _SESSIONS.add(self._session_id)
+        _SESSIONS[self._session_id] = self
         self._reset_live()
 
     def _detach(self):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        _SESSIONS.discard(self._session_id)
+        _SESSIONS.pop(self._session_id, None)
         _BEHIND.discard(self._session_id)
 
     def _reset_live(self):
@@ -397,8 +414,7 @@ class Dashboard(pn.viewable.Viewer):
             self._refresh_plots()
         history = m.history.tail(200_000)
         if len(history):
-            span = pd.Timedelta(seconds=WINDOWS[self.window])
-            self._send(history[history["timestamp"] >= history["timestamp"].max() - span])
+            self._send(history[history["timestamp"] >= history["timestamp"].max() - self._window_span()])
         self.bridge.flush()
 
     def _send(self, frame):
@@ -425,6 +441,9 @@ class Dashboard(pn.viewable.Viewer):
             self.entities = list(chosen)
         finally:
             self._resetting = False
+
+    def _window_span(self) -> pd.Timedelta:
+        return pd.Timedelta(seconds=WINDOWS[self.window])
 
     def _window_rows(self) -> int:
         """Rows per entity that cover the visible window (at the data's usual interval), plus a margin.
@@ -758,6 +777,8 @@ class Dashboard(pn.viewable.Viewer):
 
     @param.depends("window", watch=True)
     def _on_window(self):
+        if getattr(self, "_pending_state", None) is not None:
+            self._pending_state["span"] = self._window_span()
         if not getattr(self, "_resetting", False):
             self._reset_live()
 
@@ -813,9 +834,8 @@ class Dashboard(pn.viewable.Viewer):
         if not self._pending:
             return
         self._last_plot = time.monotonic()
-        chunks = []
-        while self._pending:
-            chunks.append(self._pending.popleft())
+        chunks = [chunk for chunk, _ in self._pending]
+        self._pending.clear()
         self._pending_state["rows"] = 0
         frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
         self._send(frame)
@@ -877,6 +897,15 @@ class Dashboard(pn.viewable.Viewer):
                     doc.models.flush_synced(lambda model: model.document is not None)
         except Exception as exc:  # a view must never stop the replay
             self.monitor.pipeline.fault("dashboard", exc)
+
+    async def _tick_in_turn(self):
+        """The served tick: waits for room in the event loop's turn (``Pacer.turn``), then ticks."""
+        await PACER.turn()
+        started = time.perf_counter()
+        try:
+            self._tick()
+        finally:
+            PACER.spend(time.perf_counter() - started)
 
     @staticmethod
     def _browser_behind() -> bool:
@@ -1014,6 +1043,13 @@ class Dashboard(pn.viewable.Viewer):
         # Room for the next multiple of 8 entities: a fleet coming online does not redraw the grid per entity.
         n = -(-health["entity"].nunique() // 8) * 8 if not health.empty else 0
         now = time.monotonic()
+        if n == 0 and self._health_rows < 0 and self.monitor.signals:
+            # Before the first rows, a hidden grid of 8 blank rows is drawn with the page; the first
+            # rows fill it in place (~30 ms). Drawn then, each session's new grid held the server's
+            # loop for ~200 ms, all of them when a replay started.
+            self._health_rows = 8
+            self.health_pipe.event(data=blank_health(self.monitor.signals, 8))
+            self.health_pane.object = health_view(self.health_pipe, health_height(8))
         if n != self._health_rows and not health.empty and self._served() and now < _GRID_BUILDS["free_at"]:
             # Another session has just drawn its grid: this one draws at a later tick. Twenty sessions
             # watching a replay that starts each drew theirs (~165 ms each) in the same turn of the
@@ -1067,7 +1103,8 @@ class Dashboard(pn.viewable.Viewer):
         if self._callback is None:
             # In the background (no busy events: each one set Panel's global busy flag, a fifth of the
             # server's time with 20 sessions ticking 20 times a second) and without a log line per tick.
-            self._callback = pn.io.PeriodicCallback(callback=self._tick, period=self._tick_ms(1.0),
+            tick = self._tick_in_turn if self._served() else self._tick
+            self._callback = pn.io.PeriodicCallback(callback=tick, period=self._tick_ms(1.0),
                                                     background=True, log=False)
             self._callback.start()
             if self._served():

@@ -533,7 +533,9 @@ def serve_command(args) -> tuple[list[str], dict]:
     # Dashboard._tick) and is freed at the next check, 2 s. A page not yet connected keeps its session
     # for 60 s: with a shorter lifetime a page slow to load on a busy server found its session gone,
     # and the one Bokeh made again on connect pointed the page's stylesheets at a CDN.
+    # The setup script loads the compiled kernels and the dashboard's imports before the first request.
     cmd = [sys.executable, "-m", "panel", "serve", str(app), "--plugins", "sbg.server", "--port", str(args.port),
+           "--setup", str(app.parent / "setup.py"),
            "--address", args.address, "--num-procs", "1", "--check-unused-sessions", "2000",
            "--unused-session-lifetime", "60000"]
     origins = args.allow_websocket_origin or [f"{args.address}:{args.port}", f"localhost:{args.port}"]

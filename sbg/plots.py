@@ -32,6 +32,7 @@ __all__ = [
     "activity_element",
     "update_activity",
     "update_health",
+    "blank_health",
     "health_view",
     "health_element",
     "baseline_view",
@@ -535,6 +536,17 @@ def short_labels(labels: pd.Series, limit: int = 16) -> pd.Series:
         n = seen[cut] = seen.get(cut, 0) + 1
         short[label] = cut if n == 1 else f"{cut} ({n})"
     return labels.map(short)
+
+
+def blank_health(signals, rows: int = 8) -> pd.DataFrame:
+    """A health frame of ``rows`` placeholder entities, for a grid drawn before any data (and kept hidden).
+
+    Rows that arrive later change the drawn grid in place: a grid drawn anew
+    replaces models, which makes Bokeh walk the whole page's model graph.
+    """
+    cells = [(f"slot {i + 1}", s) for i in range(rows) for s in signals]
+    return pd.DataFrame({"entity": [e for e, _ in cells], "signal": [s for _, s in cells], "state": 3,
+                         "score": np.nan, "last_seen": pd.NaT})
 
 
 def health_height(n_entities: int) -> int:

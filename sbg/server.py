@@ -1,6 +1,7 @@
 """Status endpoints served beside the dashboard: ``panel serve ... --plugins sbg.server``.
 
-* ``GET /api/status``  metrics, replay state and progress, source and start time (JSON)
+* ``GET /api/status``  metrics, replay state and progress, source and start time (JSON);
+  ``?sessions=1`` adds the rows each open session has sent to its browser
 * ``GET /api/alerts?limit=N``  the newest alerts (JSON)
 * ``GET /metrics``  the same counters in the Prometheus text format
 
@@ -103,6 +104,10 @@ class StatusHandler(_Api):
         payloads = [status_payload(m) for m in found]
         out = dict(payloads[0])
         out["monitors"] = payloads
+        if self.get_argument("sessions", "") == "1":
+            from .app import session_rows_sent
+
+            out["session_rows_sent"] = session_rows_sent()
         if os.environ.get("SBG_DEBUG_OBJECTS") == "1" and self.get_argument("objects", "") == "1":
             from .app import live_objects
 
@@ -175,6 +180,8 @@ def prometheus_text(monitors) -> str:
                     "on time.", f"{pace['stretch']:.6g}")
     lines += _gauge("sbg_loop_lag_p95_seconds", "95th percentile of the event loop's lag over the last probes.",
                     f"{pace['lag_p95_ms'] / 1000:.6g}")
+    lines += _gauge("sbg_display_update_share", "Share of the event loop's time the sessions' updates took over "
+                    "the last window.", f"{pace['update_share']:.6g}")
     lines += _gauge("sbg_sessions_behind", "Sessions whose updates wait for their browser to take the previous one.",
                     sessions_behind())
     return "\n".join(lines) + "\n"

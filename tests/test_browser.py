@@ -99,9 +99,10 @@ def test_status_endpoints_agree(server):
     # How far the sessions' updates are slowed to keep the loop on time, in both (sbg.pacing).
     pace = st["display"]
     assert 1.0 <= pace["stretch"] <= 10 and pace["lag_p50_ms"] <= pace["lag_p95_ms"] <= pace["lag_max_ms"]
-    gauges = dict(ln.split(" ") for ln in text.splitlines() if ln.startswith(("sbg_display_stretch", "sbg_loop_lag")))
-    assert set(gauges) == {"sbg_display_stretch", "sbg_loop_lag_p95_seconds"}
-    assert float(gauges["sbg_display_stretch"]) >= 1.0
+    assert 0 <= pace["update_share"] and pace["updates_deferred"] >= 0
+    gauges = dict(ln.split(" ") for ln in text.splitlines() if ln.startswith(("sbg_display", "sbg_loop_lag")))
+    assert set(gauges) == {"sbg_display_stretch", "sbg_display_update_share", "sbg_loop_lag_p95_seconds"}
+    assert float(gauges["sbg_display_stretch"]) >= 1.0 and float(gauges["sbg_display_update_share"]) >= 0
     code, body = get(server + "/api/alerts?limit=3")
     alerts = json.loads(body)
     assert code == 200 and alerts["count"] == len(alerts["alerts"]) <= 3

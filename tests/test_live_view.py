@@ -108,6 +108,28 @@ def test_reset_keeps_the_plots_and_refills_them(staggered):
         monitor.close()
 
 
+def test_a_session_that_waits_queues_only_the_rows_its_window_shows(staggered):
+    """A session that does not tick (its browser behind, or waiting its turn) while an hour replays
+    keeps the last 10 minutes in its queue, and one tick then draws the newest rows."""
+    monitor = Monitor([staggered], speed="max")
+    view = Dashboard(monitor=monitor, window="10 min")
+    try:
+        monitor.run_to_end()
+        queued = pd.concat([chunk for chunk, _ in view._pending])
+        newest = queued["timestamp"].max()
+        assert newest == pd.Timestamp("2024-06-03 08:59:59") and monitor.metrics.rows_in > 12_000
+        # Nothing older than the window but the chunk that straddles its start.
+        old = queued["timestamp"] < newest - pd.Timedelta(minutes=10)
+        assert old.sum() < len(view._pending[0][0]) and len(queued) < 4_500, (old.sum(), len(queued))
+        assert view._pending_state["rows"] == len(queued)
+        tick(view)
+        assert not view._pending and view._pending_state["rows"] == 0
+        drawn_newest = max(buf.data["timestamp"].max() for buf in view.live.buffers.values())
+        assert drawn_newest == newest
+    finally:
+        monitor.close()
+
+
 def test_the_activity_chart_rescales_both_axes_as_counts_change():
     import holoviews as hv
 

@@ -32,9 +32,10 @@ from tests.served import served as sbg_served
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-#: Sessions held at once here: each is a Chromium renderer on the same 2 cores as the server, so the
-#: test holds fewer than the issue's 20; `benchmarks/latency.py --sessions 20` holds all of them.
-SESSIONS = 8
+#: Sessions held at once, as the issue asks; each is a Chromium renderer on the same 2 cores as the server.
+SESSIONS = 20
+#: Seconds the sessions are watched once every one has had rows.
+WATCH_S = 30
 CHURN_SESSIONS, CHURN_BATCH = 20, 10
 #: Server RSS after the churn may exceed the RSS before it by this much (see docs/reliability.md):
 #: the sessions' objects are all freed, but the allocator keeps some of the pages they used.
@@ -69,11 +70,16 @@ def server(tmp_path):
         yield base
 
 
-# Left out of the default run for its length (``pytest -m load`` runs it): opening eight tabs on a
-# 2-core machine and watching them takes about 4 minutes, which the suite's 20-minute budget cannot spare.
-@pytest.mark.load
 def test_many_sessions_all_keep_receiving_rows(server, browser):
-    tabs = open_tabs(browser, server, SESSIONS)
+    """20 tabs watch one monitor replaying at 100x: every one keeps being sent rows, the server answers.
+
+    Whether a session keeps receiving is read on the server (``/api/status?sessions=1``): a session
+    sends nothing while its browser has not taken the previous update, so its count of rows sent
+    grows only while its browser reads. Twenty renderers starved of CPU (nice 19, beside the server)
+    draw minutes late, so the browsers themselves are asked only about the tab on screen; the
+    emit-to-browser latency is measured by ``benchmarks/latency.py --sessions 20``.
+    """
+    tabs = open_tabs(browser, server, SESSIONS, timeout=300)
     try:
         watch_sessions(server, tabs)
     finally:
@@ -85,35 +91,57 @@ def watch_sessions(server, tabs):
     st, _ = timed_status(server, timeout=60)
     assert st["sessions"] == SESSIONS and st["subscribers"] == SESSIONS
     tabs[0].click("Start")
-    # A bound for liveness, not a timing: 20 tabs rendering on 2 shared cores can take minutes.
-    tabs[0].wait_for(lambda: all(tab.newest() is not None for tab in tabs), timeout=240,
-                     what="rows on every session's plots")
-    first = [tab.newest() for tab in tabs]
-    status_ms, rows = [], []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        st, ms = timed_status(server, timeout=60)  # raises if a request goes unanswered
+    status_ms = []
+
+    deadline = time.monotonic() + 120  # a bound for liveness, not a timing
+    while True:
+        st, ms = _sessions_status(server)
         status_ms.append(ms)
-        rows.append(st["metrics"]["rows_in"])
+        if min(st["session_rows_sent"]) > 0 or time.monotonic() > deadline:
+            break
         time.sleep(1.0)
-    shot = tabs[-1]
-    shot.page.bring_to_front()
-    shot.page.wait_for_timeout(1500)
-    path = shot.shot("many_sessions")
-    last = [tab.newest() for tab in tabs]
+    first, rows_first = st["session_rows_sent"], st["metrics"]["rows_in"]
+    assert len(first) == SESSIONS and min(first) > 0, first
+    end = time.monotonic() + WATCH_S
+    while time.monotonic() < end:
+        time.sleep(1.0)
+        st, ms = _sessions_status(server)  # raises if a request goes unanswered
+        status_ms.append(ms)
+    last = st["session_rows_sent"]
     assert all(b > a for a, b in zip(first, last, strict=True)), list(zip(first, last, strict=True))
-    assert rows[-1] > rows[0] and st["sessions"] == SESSIONS
+    assert st["metrics"]["rows_in"] > rows_first and st["sessions"] == SESSIONS
     assert st["metrics"]["errors"] == 0
     # Resource loads are left out: some pages ask a CDN for their CSS, which fails offline, a fault
     # of its own that test_browser.py's late tab also meets (cause not yet known). Script errors count.
     assert [[e for e in tab.errors if not e.startswith("Failed to load resource")] for tab in tabs] \
         == [[]] * SESSIONS
+    # The picture of one tab: the others close first, or its starved renderer may not paint in time.
+    shot = tabs.pop()
+    while tabs:
+        tabs.pop().close()
+    try:
+        shot.page.bring_to_front()
+        shot.wait_for(lambda: shot.newest() is not None, timeout=180, what="rows on the tab on screen")
+        path = shot.shot("many_sessions")
+    finally:
+        shot.close()
+    display = st["display"]
     _record("sessions", {
         "sessions": SESSIONS, "status_requests": len(status_ms),
         "status_ms_p50": round(float(np.percentile(status_ms, 50))),
-        "status_ms_max": round(max(status_ms)), "rows_in_during_window": rows[-1] - rows[0],
-        "newest_row_advanced_s": [round((b - a) / 1000) for a, b in zip(first, last, strict=True)],
-        "rss_mb": round(rss_mb(st)), "screenshot": str(path.relative_to(ROOT))})
+        "status_ms_p95": round(float(np.percentile(status_ms, 95))), "status_ms_max": round(max(status_ms)),
+        "rows_in_during_window": st["metrics"]["rows_in"] - rows_first,
+        "rows_sent_per_session_during_window": [b - a for a, b in zip(first, last, strict=True)],
+        "stretch": display["stretch"], "update_share": display["update_share"],
+        "loop_lag_max_ms": display["lag_max_ms"], "rss_mb": round(rss_mb(st)),
+        "screenshot": str(path.relative_to(ROOT))})
+
+
+def _sessions_status(server):
+    """``/api/status?sessions=1`` (rows sent per session) and its time to answer in milliseconds."""
+    t0 = time.perf_counter()
+    st = json.loads(get(server + "/api/status?sessions=1", 60)[1])
+    return st, (time.perf_counter() - t0) * 1000
 
 
 def test_churned_sessions_free_everything(server, browser):
@@ -160,17 +188,19 @@ def test_a_stalled_browser_gets_no_backlog_and_catches_up(tmp_path, browser):
             tab.wait_for(lambda: tab.newest() is not None, timeout=120, what="rows on the plots")
             before = tab.newest()
             with stalled_renderers():
-                seen, rss = [], []
+                seen, gauge, rss = [], [], []
                 for _ in range(10):
                     time.sleep(3)
                     st = status(base)
                     seen.append(st["display"]["sessions_behind"])
                     rss.append(rss_mb(st))
+                    gauge.append("sbg_sessions_behind 1" in get(base + "/metrics")[1])
                 frames = objects(base)["tasks"].get("WebSocketProtocol13.write_message.<locals>.wrapper", 0)
-                _, metrics = get(base + "/metrics")
             # The session held its updates back, said so, and the frames waiting stayed a handful
-            # (one update's worth): nothing piles up for a browser that reads nothing.
-            assert seen[-1] == 1 and "sbg_sessions_behind 1" in metrics, seen
+            # (one update's worth): nothing piles up for a browser that reads nothing. Chromium's
+            # network process still reads a little for the stopped page now and then, so a sample
+            # may find the session's buffer just emptied.
+            assert sum(seen[1:]) >= 7 and sum(gauge[1:]) >= 7, (seen, gauge)
             assert frames < 500, frames
             growth = max(rss) - rss[0]
             # Then it catches up: the rows coalesced meanwhile arrive, and the session is no longer behind.
@@ -179,7 +209,8 @@ def test_a_stalled_browser_gets_no_backlog_and_catches_up(tmp_path, browser):
             assert status(base)["metrics"]["errors"] == 0
         finally:
             tab.close()
-    _record("stalled_browser", {"sessions_behind_while_stopped": seen, "rss_mb_while_stopped": [round(x) for x in rss],
+    _record("stalled_browser", {"sessions_behind_while_stopped": seen, "gauge_said_behind": gauge,
+                                "rss_mb_while_stopped": [round(x) for x in rss],
                                 "websocket_frames_waiting": frames})
     assert growth <= SOAK_RSS_TOLERANCE_MB, rss
 

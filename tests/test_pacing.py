@@ -2,6 +2,8 @@
 
 import asyncio
 import gc
+import socket
+import threading
 import time
 
 from sbg.pacing import Pacer
@@ -112,3 +114,57 @@ def test_frozen_survivors_are_thawed_when_a_session_goes_and_when_due():
     finally:
         gc.callbacks.remove(p._on_gc)
         gc.unfreeze()
+
+
+def test_session_updates_take_turns_and_a_request_gets_in_between():
+    """Thirty sessions' updates fall due at once; a request comes in while the first one runs. The
+    loop runs a turn's budget of updates, looks at its sockets, and runs the rest in later turns."""
+
+    async def main(pacer, sessions=30):
+        order, started = [], threading.Event()
+
+        async def update(i):
+            await pacer.turn()
+            began = time.perf_counter()
+            started.set()
+            time.sleep(0.01)  # a session's update holding the loop
+            pacer.spend(time.perf_counter() - began)
+            order.append(i)
+
+        server = await asyncio.start_server(lambda r, w: (order.append("request"), w.close()), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        def client():
+            started.wait()
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                conn.recv(1)  # until the server closes it
+
+        asker = threading.Thread(target=client)
+        asker.start()
+        await asyncio.gather(*(update(i) for i in range(sessions)))
+        while "request" not in order:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(asker.join)
+        server.close()
+        return order
+
+    pacer = Pacer(turn_budget=0.02)
+    order = asyncio.run(main(pacer))
+    assert sorted(i for i in order if i != "request") == list(range(30))  # every update ran, once
+    assert order.index("request") < 15, order  # served while most updates were still waiting
+    assert pacer.summary()["updates_deferred"] > 0
+    # Without a budget every update runs in the turn they fell due in, ahead of the request.
+    assert asyncio.run(main(Pacer(turn_budget=float("inf"))))[-1] == "request"
+
+
+def test_updates_taking_most_of_the_loop_stretch_it_though_it_keeps_time():
+    """Spread over turns, the updates no longer make the loop late: their share of its time says it is full."""
+    p = Pacer(window=1.0)
+    for i in range(30):  # 80 ms of updates in every 100 ms, every probe on time
+        p.spend(0.08)
+        p.observe(0.002, now=i * 0.1)
+    assert p.stretch > 1.0 and p.summary()["update_share"] >= 0.5
+    for i in range(30, 200):  # a fifth of the time: back to the full rates
+        p.spend(0.02)
+        p.observe(0.002, now=i * 0.1)
+    assert p.stretch == 1.0 and p.summary()["update_share"] < 0.3
