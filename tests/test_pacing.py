@@ -168,3 +168,19 @@ def test_updates_taking_most_of_the_loop_stretch_it_though_it_keeps_time():
         p.spend(0.02)
         p.observe(0.002, now=i * 0.1)
     assert p.stretch == 1.0 and p.summary()["update_share"] < 0.3
+
+
+def test_a_turn_left_open_on_a_stopped_loop_does_not_hold_the_next_one():
+    pacer = Pacer(turn_budget=0.02)
+    loop = asyncio.new_event_loop()
+
+    async def spend_a_turn():
+        await pacer.turn()
+        pacer.spend(1.0)  # over the budget, and the loop stops before its next turn
+        loop.stop()
+
+    loop.create_task(spend_a_turn())
+    loop.run_forever()
+    loop.close()
+    assert pacer._spent == 1.0  # the turn never ended on that loop
+    asyncio.run(asyncio.wait_for(pacer.turn(), timeout=5))  # a new loop: a new turn at once
