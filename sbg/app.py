@@ -601,6 +601,8 @@ class Dashboard(pn.viewable.Viewer):
         self.health_empty = pn.pane.HTML('<div class="sbg-empty">No data yet: the fleet grid fills as rows arrive.</div>',
                                          sizing_mode="stretch_width", stylesheets=css)
         self.signals_area = pn.Column(sizing_mode="stretch_width")
+        # Before the first row the plots' time axes have nothing to show (they read 1970): a message instead.
+        self.signals_empty = pn.pane.HTML("", sizing_mode="stretch_width", visible=False, stylesheets=css)
         import holoviews as hv
 
         self.health_pipe = hv.streams.Pipe(data=pd.DataFrame())
@@ -1037,6 +1039,15 @@ class Dashboard(pn.viewable.Viewer):
             self.empty_state.visible = True
         else:
             self.empty_state.visible = False
+        waiting = state == "idle" and not d.rows_in
+        if self.signals_area.visible == waiting:
+            # Shown and hidden through their layout, as the health grid is.
+            if waiting:
+                self.signals_empty.object = ('<div class="sbg-empty">The plots of '
+                                             + ", ".join(f"<b>{html.escape(s)}</b>" for s in m.signals)
+                                             + " draw here as rows arrive.</div>")
+            self.signals_empty.visible = waiting
+            self.signals_area.visible = not waiting
 
     def _update_health(self, health):
         """The fleet health grid: drawn anew when the fleet outgrows it, otherwise patched."""
@@ -1141,7 +1152,8 @@ class Dashboard(pn.viewable.Viewer):
         right = pn.Column(pn.pane.HTML('<div class="sbg-plot-title">Fleet health</div>', stylesheets=[CSS],
                                        margin=(0, 10)), self.legend,
                           self.health_empty, self.health_box, self.activity_pane, sizing_mode="stretch_width")
-        plots = pn.Row(pn.Column(self.entity_legend, self.signals_area, sizing_mode="stretch_width"), right,
+        plots = pn.Row(pn.Column(self.entity_legend, self.signals_empty, self.signals_area,
+                                 sizing_mode="stretch_width"), right,
                        sizing_mode="stretch_width")
         plots[0].width_policy = "max"
         right.styles = {"flex": "0 0 32%"}

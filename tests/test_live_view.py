@@ -130,6 +130,22 @@ def test_a_session_that_waits_queues_only_the_rows_its_window_shows(staggered):
         monitor.close()
 
 
+def test_the_plots_wait_behind_a_message_until_rows_arrive_and_after_a_reset(staggered):
+    monitor, view = watched(staggered)
+    try:
+        view._update_fast(force=True)
+        assert not view.signals_area.visible and view.signals_empty.visible
+        assert "<b>voltage_v</b>, <b>temperature_c</b>" in view.signals_empty.object
+        run(monitor, view)
+        view._update_fast(force=True)
+        assert view.signals_area.visible and not view.signals_empty.visible
+        view._control("reset")
+        view._update_fast(force=True)
+        assert not view.signals_area.visible and view.signals_empty.visible
+    finally:
+        monitor.close()
+
+
 def test_the_activity_chart_rescales_both_axes_as_counts_change():
     import holoviews as hv
 
