@@ -332,7 +332,6 @@ class Dashboard(pn.viewable.Viewer):
         if not self.data_dir:
             self.data_dir = str(Path(os.environ.get("SBG_DATA_DIR") or _bundled_data_dir()))
         self._pending: deque = deque()
-        self._pending_rows = 0
         self._max_pending_rows = 200_000
         self._unsubscribe = None
         self._callback = None
@@ -356,7 +355,6 @@ class Dashboard(pn.viewable.Viewer):
     def _attach(self, monitor: Monitor):
         self._detach()
         self._pending.clear()
-        self._pending_rows = 0
         pending = self._pending
         limit = self._max_pending_rows
         state = {"rows": 0, "span": self._window_span()}
