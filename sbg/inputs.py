@@ -12,6 +12,16 @@ carried columns): one output dataset has one set of columns. An entity's
 rows are read file after file, so its rows must not go back in time from
 one file to the next; :class:`FileOrder` checks that.
 
+Each file has a name: its file name without suffixes (``0`` for
+``valve1/0.csv``). It is the entity of every row of a wide file (one
+without an entity column), and the names joined by ``+`` name the run
+(:func:`source_name`). When files read together share a name, each of those
+takes the shortest end of its path, from the files' common folder, that no
+other file has (``valve1/0`` and ``valve2/0``; the file name with its
+suffix if only that differs): two runs never merge into one entity.
+A long-format file's entities come from its entity column, and the same
+entity in two files is the same entity, read file after file.
+
 >>> import pathlib, tempfile
 >>> d = pathlib.Path(tempfile.mkdtemp())
 >>> for day in (2, 1):
@@ -26,16 +36,19 @@ from __future__ import annotations
 
 import glob
 import hashlib
-from collections.abc import Sequence
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .errors import SbgError, SourceError
-from .sources import Source
+from .sources import Source, with_schema
 
-__all__ = ["DATA_SUFFIXES", "expand_inputs", "open_inputs", "source_name", "FileOrder"]
+__all__ = ["DATA_SUFFIXES", "expand_inputs", "open_inputs", "name_sources", "distinct_names", "source_name",
+           "FileOrder"]
 
 #: File names a directory or glob contributes (case-insensitive).
 DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt", ".parquet", ".pq")
@@ -89,9 +102,85 @@ def _shape(schema) -> dict:
             "carried": list(schema.carried)}
 
 
+def distinct_names(sources: Sequence[Source]) -> list[str]:
+    """A name per source, all different: its own name, or more of its path where names collide.
+
+    A source keeps its name (the file name without suffixes) unless another
+    source has the same one; those that share a name take more and more of
+    their path, relative to the common folder of all the sources, until no
+    other source has it (``/`` between folders, whatever the system). Where
+    the paths differ only in the file's suffix, the name is the file name.
+
+    >>> from types import SimpleNamespace as S
+    >>> def names(*paths):
+    ...     return distinct_names([S(path=Path(p), name=Path(p).name.split(".")[0]) for p in paths])
+    >>> names("runs/valve1/0.csv", "runs/valve2/0.csv", "runs/valve2/1.csv")
+    ['valve1/0', 'valve2/0', '1']
+    >>> names("x/a/0.csv", "y/a/0.csv", "a/0.csv", "a/0.parquet")
+    ['x/a/0', 'y/a/0', 'a/0.csv', 'a/0.parquet']
+    >>> names("day1.csv", "day2.csv")
+    ['day1', 'day2']
+    """
+    own = [src.name for src in sources]
+    if len(set(own)) == len(own):
+        return own
+    full = [Path(os.path.normpath(Path(src.path).absolute())) for src in sources]
+    try:
+        root = Path(os.path.commonpath(full))
+    except ValueError:  # different drives: no common folder
+        root = None
+    parts = [(p.relative_to(root).parts if root is not None else p.parts) or (p.name,) for p in full]
+    depth = [1] * len(sources)  # path components in the name, the file's own name counting as one
+    with_suffix = [False] * len(sources)
+
+    def name(i):
+        if with_suffix[i]:
+            return "/".join(parts[i][-depth[i]:])
+        return "/".join((*parts[i][-depth[i]:-1], own[i]))
+
+    while True:
+        names = [name(i) for i in range(len(sources))]
+        counts = Counter(names)
+        clashes = [i for i, n in enumerate(names) if counts[n] > 1]
+        if not clashes:
+            return names
+        moved = False
+        for group in {names[i] for i in clashes}:
+            members = [i for i in clashes if names[i] == group]
+            deeper = [i for i in members if depth[i] < len(parts[i])]
+            if deeper:  # more of the path where there is more of it
+                for i in deeper:
+                    depth[i] += 1
+                moved = True
+            else:  # the whole path is named already: only the suffix can tell them apart
+                for i in members:
+                    if not with_suffix[i]:
+                        with_suffix[i] = moved = True
+        if not moved:  # the same file twice: number the repeats
+            seen: Counter = Counter()
+            for i, n in enumerate(names):
+                seen[n] += 1
+                if seen[n] > 1:
+                    names[i] = f"{n} ({seen[n]})"
+            return names
+
+
+def name_sources(sources: Iterable[Source]) -> list[Source]:
+    """The sources, those whose names collide with another's renamed by :func:`distinct_names`."""
+    sources = list(sources)
+    names = distinct_names(sources)
+    return [src if name == src.name else
+            Source(src.path, block_bytes=src.block_bytes, schema=with_schema(src.schema, label=name))
+            for src, name in zip(sources, names, strict=True)]
+
+
 def open_inputs(paths: Sequence, **schema_options) -> list[Source]:
-    """A :class:`~sbg.sources.Source` per file, refusing files whose schema differs from the first's."""
-    sources = [Source(p, **schema_options) for p in paths]
+    """A :class:`~sbg.sources.Source` per file, refusing files whose schema differs from the first's.
+
+    Every source has a different name (see :func:`distinct_names`), so no
+    two wide files become one entity.
+    """
+    sources = name_sources(Source(p, **schema_options) for p in paths)
     first = _shape(sources[0].schema)
     for src in sources[1:]:
         shape = _shape(src.schema)

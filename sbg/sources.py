@@ -134,10 +134,18 @@ class Schema:
     date: str = DEFAULT_CLOCK_DATE
     time_format: str | None = None
     newline: str = "\n"  # "\r" for files whose lines end in CR alone
+    #: the name when not the file's own: set by :func:`sbg.inputs.name_sources` for
+    #: files read together whose file names collide (``valve1/0``, ``valve2/0``)
+    label: str | None = None
 
     @property
     def name(self) -> str:
-        """Short source name: the file name without its suffixes."""
+        """Short source name: the file name without its suffixes (or the ``label`` given).
+
+        A wide file's rows all take this name as their entity.
+        """
+        if self.label is not None:
+            return self.label
         name = Path(self.path).name
         for suffix in (".gz", ".csv", ".parquet", ".pq", ".tsv", ".txt"):
             if name.lower().endswith(suffix):
