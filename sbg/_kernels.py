@@ -14,11 +14,13 @@ results match ``groupby(entity).rolling(...)`` to float tolerance.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
 __all__ = ["EntityIndex", "RollingMoments", "RollingQuantiles", "EWM", "EWSpread", "Lag", "RunLength",
-           "Positions", "UsualInterval"]
+           "Positions", "UsualInterval", "Likelihood", "JointReference", "LimitArming"]
 
 _RESYNC = 4096  # rows between exact recomputations of the window sums
 
@@ -773,3 +775,403 @@ def parse_window(window):
     if ns <= 0:
         raise ValueError(f"window {window!r} must be positive")
     return 0, int(ns)
+
+
+_HIST_LO, _HIST_STEP, _HIST_BINS = -6.0, 0.25, 112
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _hist_bin(avg):
+    if avg <= 0:
+        return 0
+    b = int((np.log2(avg) - _HIST_LO) / _HIST_STEP)
+    return 0 if b < 0 else (_HIST_BINS - 1 if b >= _HIST_BINS else b)
+
+
+@njit(cache=True, nogil=True)
+def _likelihood_kernel(codes, X, quantum, a_level, span_scale, span_floor, span_dist, short, warmup, floor_ratio,
+                       sd_floor, nobs, level, dev, dev_slow, ring, mu, var, hist, hist_w, out_p, out_raw):
+    n, k = X.shape
+    for i in range(n):
+        e = codes[i]
+        for c in range(k):
+            x = X[i, c]
+            out_p[i, c] = 1.0
+            if x != x:
+                continue
+            cnt = nobs[e, c]
+            if cnt == 0:
+                level[e, c] = x
+                nobs[e, c] = 1
+                continue
+            res = abs(x - level[e, c])
+            scale = dev[e, c]
+            fl = floor_ratio * dev_slow[e, c]
+            if fl > scale:
+                scale = fl
+            q = quantum[i, c]
+            if q == q and q > scale:
+                scale = q
+            a = 1.0 / cnt
+            asc = a if a > 2.0 / (span_scale + 1.0) else 2.0 / (span_scale + 1.0)
+            afl = a if a > 2.0 / (span_floor + 1.0) else 2.0 / (span_floor + 1.0)
+            if cnt <= short or scale <= 0:
+                # The usual error is not known yet: learn it, judge nothing.
+                dev[e, c] += asc * (res - dev[e, c])
+                dev_slow[e, c] += afl * (res - dev_slow[e, c])
+                level[e, c] += a_level * (x - level[e, c])
+                nobs[e, c] = cnt + 1
+                continue
+            raw = res / scale
+            if raw > 1e6:
+                raw = 1e6
+            out_raw[i, c] = raw
+            # The short average: the last `short` raw surprises (fewer at the start).
+            m_seen = cnt - short
+            ring[e, (m_seen - 1) % short, c] = raw
+            m = m_seen if m_seen < short else short
+            acc = 0.0
+            for j in range(m):
+                acc += ring[e, j, c]
+            avg = acc / m
+            b = _hist_bin(avg)
+            ad = 1.0 / m_seen
+            if ad < 2.0 / (span_dist + 1.0):
+                ad = 2.0 / (span_dist + 1.0)
+            if cnt > warmup:
+                sd = np.sqrt(var[e, c])
+                if sd < sd_floor:
+                    sd = sd_floor
+                z = (avg - mu[e, c]) / sd
+                p = 0.5 * math.erfc(z / np.sqrt(2.0))
+                # How often the history held a recent surprise this large, one past
+                # event (``short`` rows) discounted: seen twice, it is this signal's normal.
+                tail = 0.0
+                total = 0.0
+                for j in range(_HIST_BINS):
+                    total += hist[e, c, j]
+                    if j >= b:
+                        tail += hist[e, c, j]
+                if total > 0:
+                    emp = (tail - short * hist_w[e, c]) / total
+                    if emp > p:
+                        p = emp
+                out_p[i, c] = p
+            # Learn after scoring: the row is judged by what came before it. The
+            # histogram's weights grow by 1 / (1 - ad) a row instead of decaying.
+            w = hist_w[e, c] / (1.0 - ad) if hist_w[e, c] > 0 else 1.0
+            if w > 1e200:
+                for j in range(_HIST_BINS):
+                    hist[e, c, j] /= w
+                w = 1.0
+            hist_w[e, c] = w
+            hist[e, c, b] += w
+            d = avg - mu[e, c]
+            mu[e, c] += ad * d
+            var[e, c] = (1.0 - ad) * (var[e, c] + ad * d * d)
+            dev[e, c] += asc * (res - dev[e, c])
+            dev_slow[e, c] += afl * (res - dev_slow[e, c])
+            level[e, c] += a_level * (x - level[e, c])
+            nobs[e, c] = cnt + 1
+
+
+class Likelihood:
+    """How surprising each value is, as a tail probability against the signal's own recent surprises.
+
+    Two stages per entity and column, in constant space:
+
+    1. *Raw surprise*: ``|x - level| / scale``, where ``level`` is an
+       exponentially weighted mean of recent values (span ``level_span``
+       rows) and ``scale`` the weighted mean absolute error of that
+       prediction (span ``scale_span``), floored by ``floor_ratio`` times a
+       much slower one (a quiet spell does not make normal activity news)
+       and by the signal's resolution (a step of a quantised signal is one
+       unit, never more).
+    2. *Anomaly likelihood*, as in Numenta's detectors: the mean surprise of
+       the last ``short`` rows is compared with the distribution of that
+       mean over the signal's history (exponentially weighted mean and
+       variance, span ``dist_span``; until that many rows have been seen,
+       every earlier row counts equally). The result is the Gaussian tail
+       probability of the recent mean: 1 for ordinary rows, 1e-5 for rows
+       as unusual as a 4.3-sigma event in the signal's own terms. Surprises
+       are rarely Gaussian: a load step is a large surprise that a cycler
+       makes every few minutes. So the probability is also read off an
+       exponentially weighted histogram of the recent mean (log-spaced bins,
+       same span), less one past event; the larger of the two counts. A
+       surprise the signal has shown twice within its history is its normal.
+
+    Rows before ``warmup`` valid values get probability 1.
+    """
+
+    def __init__(self, ncols, level_span=5.0, scale_span=500.0, floor_span=5000.0, dist_span=2000.0,
+                 short=10, warmup=150, floor_ratio=0.5, sd_floor=0.05):
+        self.k = int(ncols)
+        self.a_level = 2.0 / (float(level_span) + 1.0)
+        self.scale_span, self.floor_span, self.dist_span = float(scale_span), float(floor_span), float(dist_span)
+        self.short, self.warmup = int(short), int(warmup)
+        self.floor_ratio, self.sd_floor = float(floor_ratio), float(sd_floor)
+        self.nobs = np.zeros((0, self.k), dtype=np.int64)
+        for name in ("level", "dev", "dev_slow", "mu", "var"):
+            setattr(self, name, np.zeros((0, self.k)))
+        self.ring = np.zeros((0, self.short, self.k))
+        self.hist = np.zeros((0, self.k, _HIST_BINS))
+        self.hist_w = np.zeros((0, self.k))
+
+    def update(self, codes, X, quantum):
+        """Return ``(tail probability, raw surprise)`` per row and column."""
+        X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        if len(codes):
+            n = int(codes.max()) + 1
+            self.nobs = _grow_rows(self.nobs, n, 0)
+            for name in ("level", "dev", "dev_slow", "mu", "var", "ring", "hist", "hist_w"):
+                setattr(self, name, _grow_rows(getattr(self, name), n, 0.0))
+        p = np.ones(X.shape)
+        raw = np.zeros(X.shape)
+        _likelihood_kernel(codes, X, np.ascontiguousarray(quantum, dtype=np.float64), self.a_level,
+                           self.scale_span, self.floor_span, self.dist_span, self.short, self.warmup,
+                           self.floor_ratio, self.sd_floor, self.nobs, self.level, self.dev, self.dev_slow,
+                           self.ring, self.mu, self.var, self.hist, self.hist_w, p, raw)
+        return p, raw
+
+
+@njit(cache=True, nogil=True)
+def _joint_kernel(codes, X, start, rows, count, ready, buf, center, scale, prec, clip2, smooth, a_smooth, a_follow,
+                  thr2, post, over, off, out_d2, out_top, out_unfit):
+    """Mahalanobis distance of each row from its entity's reference; returns the row that completes a reference.
+
+    After scoring a row, the centre moves ``a_follow`` of the way towards it, with the row pulled in
+    to the reference's ``clip2`` distance first (a Huber step): slow drift is followed, a sudden
+    condition moves the centre only a little per row and stays flagged while it lasts.
+    """
+    n, k = X.shape
+    z = np.zeros(k)
+    for i in range(start, n):
+        e = codes[i]
+        if off[e]:
+            continue
+        if not ready[e]:
+            for c in range(k):
+                buf[e, count[e], c] = X[i, c]
+            count[e] += 1
+            if count[e] >= rows:
+                return i
+            continue
+        best = 0.0
+        top = 0
+        for c in range(k):
+            x = X[i, c]
+            v = (x - center[e, c]) / scale[e, c] if x == x else 0.0
+            if v > 1e6:
+                v = 1e6
+            elif v < -1e6:
+                v = -1e6
+            z[c] = v
+            if abs(v) > best:
+                best = abs(v)
+                top = c
+        d2 = 0.0
+        for a in range(k):
+            acc = 0.0
+            for b in range(k):
+                acc += prec[e, a, b] * z[b]
+            d2 += z[a] * acc
+        smooth[e] += a_smooth * (d2 - smooth[e])
+        out_d2[i] = smooth[e]
+        out_top[i] = top
+        post[e] += 1
+        if smooth[e] > thr2[e]:
+            over[e] += 1
+        if post[e] % (2 * rows) == 0:
+            if 4 * over[e] > 2 * rows:
+                off[e] = True
+                out_unfit[i] = True
+                out_d2[i] = np.nan
+                continue
+            over[e] = 0
+        if a_follow > 0:
+            w = 1.0 if d2 <= clip2[e] else np.sqrt(clip2[e] / d2)
+            for c in range(k):
+                center[e, c] += a_follow * w * z[c] * scale[e, c]
+    return -1
+
+
+class JointReference:
+    """Per entity: a robust reference of the joint state of its signals, and each row's distance from it.
+
+    The first ``rows`` rows of an entity are its reference. From them the
+    kernel learns, once, a robust centre and scale per signal (median and
+    MAD) and the covariance of the standardised signals (re-estimated on the
+    90 % of rows closest to the centre, then shrunk ``shrink`` of the way
+    towards its diagonal). Every later row gets its squared Mahalanobis
+    distance, smoothed over a few rows (``smooth_span``).
+
+    Calibration is out of sample and forward in time, as the detector will
+    be used: a model fitted on the first half of the reference scores the
+    second half, and the smoothed distances there fix a scaled chi-square
+    (Satterthwaite: matching mean and variance). So the wander of a healthy
+    process within the reference is part of "normal". So the
+    wander of a healthy process within the reference is part of "normal".
+
+    With ``follow_span``, the centre then follows the process slowly (see
+    :func:`_joint_kernel`).
+
+    Self-check: the rows after the reference are counted in blocks of
+    ``2 * rows``; if more than a quarter of a block lies beyond the flag
+    threshold (``tail``), the reference does not describe the process (it
+    cycles between operating points, or the run started in a fault). The
+    entity's scoring stops there, and that row is reported as ``unfit``.
+    """
+
+    def __init__(self, ncols, rows=400, smooth_span=5.0, shrink=0.1, follow_span=0.0, tail=1e-5):
+        self.k = int(ncols)
+        self.rows = int(rows)
+        self.a_smooth = 2.0 / (float(smooth_span) + 1.0)
+        self.a_follow = 2.0 / (float(follow_span) + 1.0) if follow_span else 0.0
+        self.shrink = float(shrink)
+        self.tail = float(tail)
+        self.count = np.zeros(0, dtype=np.int64)
+        self.post = np.zeros(0, dtype=np.int64)
+        self.over = np.zeros(0, dtype=np.int64)
+        self.off = np.zeros(0, dtype=np.bool_)
+        self.thr2 = np.full(0, np.inf)
+        self.ready = np.zeros(0, dtype=np.bool_)
+        self.buf = np.zeros((0, self.rows, self.k))
+        self.center = np.zeros((0, self.k))
+        self.scale = np.ones((0, self.k))
+        self.prec = np.zeros((0, self.k, self.k))
+        self.clip2 = np.zeros(0)
+        self.smooth = np.zeros(0)
+        self.g = np.ones(0)
+        self.h = np.ones(0)
+
+    def update(self, codes, X):
+        """Return ``(smoothed d², top signal index, unfit)`` per row; d² is NaN during the reference."""
+        X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        if len(codes):
+            n = int(codes.max()) + 1
+            self.count = _grow_rows(self.count, n, 0)
+            self.post = _grow_rows(self.post, n, 0)
+            self.over = _grow_rows(self.over, n, 0)
+            self.off = _grow_rows(self.off, n, False)
+            self.thr2 = _grow_rows(self.thr2, n, np.inf)
+            self.ready = _grow_rows(self.ready, n, False)
+            self.buf = _grow_rows(self.buf, n, 0.0)
+            self.center = _grow_rows(self.center, n, 0.0)
+            self.scale = _grow_rows(self.scale, n, 1.0)
+            self.prec = _grow_rows(self.prec, n, 0.0)
+            self.clip2 = _grow_rows(self.clip2, n, 0.0)
+            self.smooth = _grow_rows(self.smooth, n, 0.0)
+            self.g = _grow_rows(self.g, n, 1.0)
+            self.h = _grow_rows(self.h, n, 1.0)
+        d2 = np.full(len(codes), np.nan)
+        top = np.zeros(len(codes), dtype=np.int64)
+        unfit = np.zeros(len(codes), dtype=np.bool_)
+        start = 0
+        while start < len(codes):
+            i = _joint_kernel(codes, X, start, self.rows, self.count, self.ready, self.buf, self.center,
+                              self.scale, self.prec, self.clip2, self.smooth, self.a_smooth, self.a_follow,
+                              self.thr2, self.post, self.over, self.off, d2, top, unfit)
+            if i < 0:
+                break
+            self._fit(int(codes[i]))
+            start = i + 1
+        return d2, top, unfit
+
+    def _model(self, B):
+        """Robust centre, scale and precision matrix of the rows ``B``; NaN cells take the column median."""
+        k = self.k
+        med = np.nanmedian(B, axis=0) if np.isfinite(B).any() else np.zeros(k)
+        med = np.where(np.isfinite(med), med, 0.0)
+        B = np.where(np.isfinite(B), B, med)
+        mad = 1.4826 * np.median(np.abs(B - med), axis=0)
+        steps = np.zeros(k)
+        for c in range(k):
+            moves = np.abs(np.diff(B[:, c]))
+            moves = moves[moves > 0]
+            steps[c] = moves.min() if moves.size else 0.0
+        scale = np.maximum.reduce([mad, 0.1 * B.std(axis=0), steps, 1e-9 + 1e-9 * np.abs(med)])
+        Z = (B - med) / scale
+        keep = np.ones(len(Z), dtype=bool)
+        for _ in range(3):
+            mu = Z[keep].mean(axis=0)
+            S = np.cov(Z[keep] - mu, rowvar=False).reshape(k, k)
+            S = (1 - self.shrink) * S + self.shrink * np.diag(np.diag(S)) + 1e-6 * np.eye(k)
+            P = np.linalg.inv(S)
+            D = Z - mu
+            d2 = np.einsum("ij,jk,ik->i", D, P, D)
+            keep = d2 <= np.quantile(d2, 0.9)
+        return med + mu * scale, scale, P
+
+    def _smoothed(self, d2):
+        sm = np.empty(len(d2))
+        acc = float(np.median(d2))
+        for j, v in enumerate(d2):
+            acc += self.a_smooth * (v - acc)
+            sm[j] = acc
+        return sm
+
+    def _distances(self, B, center, scale, P):
+        Z = (np.where(np.isfinite(B), B, center) - center) / scale
+        return np.einsum("ij,jk,ik->i", Z, P, Z)
+
+    def _fit(self, e):
+        B = self.buf[e].copy()
+        half = len(B) // 2
+        sm = self._smoothed(self._distances(B[half:], *self._model(B[:half])))
+        m, v = float(sm.mean()), max(float(sm.var()), 1e-12)
+        self.g[e], self.h[e] = v / (2 * m), max(2 * m * m / v, 0.5)
+        from scipy.stats import chi2
+
+        self.thr2[e] = self.g[e] * chi2.isf(self.tail, self.h[e])
+        center, scale, P = self._model(B)
+        self.clip2[e] = float(np.quantile(self._distances(B, center, scale, P), 0.99))
+        self.center[e], self.scale[e], self.prec[e] = center, scale, P
+        self.smooth[e] = m
+        self.ready[e] = True
+        self.buf[e] = 0.0
+
+
+class LimitArming:
+    """Whether each entity's limits are armed: a limit counts only once the signal has been inside it.
+
+    State per entity and column: 0 unseen, 1 armed, 2 breached from its
+    first value (a likely configuration mismatch, reported once). A column
+    in state 2 arms when a value comes inside the limits.
+    """
+
+    def __init__(self, ncols):
+        self.k = int(ncols)
+        self.armed = np.zeros((0, self.k), dtype=np.int64)
+
+    def update(self, codes, X, low, high):
+        """Return ``(armed before each row, first-value mismatch)`` per row and column."""
+        X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        if len(codes):
+            self.armed = _grow_rows(self.armed, int(codes.max()) + 1, 0)
+        mismatch = np.zeros(X.shape, dtype=np.bool_)
+        armed = np.zeros(X.shape, dtype=np.int64)
+        _arm_rows(codes, X, np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64), self.armed,
+                  armed, mismatch)
+        return armed == 1, mismatch
+
+
+@njit(cache=True, nogil=True)
+def _arm_rows(codes, X, low, high, state, out_armed, out_mismatch):
+    n, k = X.shape
+    for i in range(n):
+        e = codes[i]
+        for c in range(k):
+            x = X[i, c]
+            s = state[e, c]
+            if x == x and s != 1:
+                inside = not (x < low[c] or x > high[c])
+                if inside:
+                    s = 1
+                elif s == 0:
+                    s = 2
+                    out_mismatch[i, c] = True
+                state[e, c] = s
+            out_armed[i, c] = s

@@ -73,6 +73,10 @@ def default_rules() -> list[Rule]:
     return [
         Rule(name="limit_breach", title="limit breached", detectors=["limits"], severity="critical",
              pending_rows=3, clear_rows=30),
+        Rule(name="anomaly", title="unusual behaviour", detectors=["surprise"], severity="warning",
+             clear_rows=30),
+        Rule(name="condition", title="abnormal condition", detectors=["joint"], severity="warning",
+             pending_rows=10, pending_for="5min", clear_rows=30),
         Rule(name="outlier", title="outlier", detectors=["zscore", "robust"], severity="warning",
              clear_rows=30),
         Rule(name="spike", title="spike", detectors=["spike"], severity="warning", clear_rows=30),
@@ -386,9 +390,15 @@ _CHECKPOINT_FIELDS = ["source", "identity", "position", "state", "arrays"]
 
 
 def alerts_frame(records) -> pd.DataFrame:
+    """Alert records as a frame, newest first, with ``kind``: whether the detector that raised
+    each alert finds anomalies in the process (``anomaly``) or problems in the data (``quality``)."""
+    from .detect import detector_classes
+
     df = pd.DataFrame(list(records), columns=_COLUMNS)
     for col in ("start", "end", "peak_time"):
         df[col] = pd.to_datetime(df[col])
+    kinds = {label: cls.kind for label, cls in detector_classes().items()}
+    df["kind"] = pd.Series([kinds.get(d, "anomaly") for d in df["detector"]], index=df.index, dtype=object)
     return df.sort_values(["start", "id"], ascending=False, kind="stable").reset_index(drop=True)
 
 

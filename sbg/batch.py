@@ -80,7 +80,8 @@ def _output_table(schema, enriched, parquet: bool = False) -> pa.Table:
     cols.append(pa.array(np.round(enriched["anomaly_score"].to_numpy(dtype="float64"), 6)))
     cols.append(pa.array(enriched["is_anomaly"].to_numpy(dtype=bool)))
     cols.append(pa.array(enriched["reason"].to_numpy(dtype=object), type=pa.string()))
-    names += ["anomaly_score", "is_anomaly", "reason"]
+    cols.append(pa.array(enriched["quality"].to_numpy(dtype=object), type=pa.string()))
+    names += ["anomaly_score", "is_anomaly", "reason", "quality"]
     return pa.Table.from_arrays(cols, names=names)
 
 
@@ -203,7 +204,7 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
     metrics = Metrics()
     log = AlertLog(alerts_db) if alerts_db else None
     engine = AlertEngine(settings.make_rules(), source=source_name(sources))
-    pipeline = Pipeline(stats=settings.make_stats(), detectors=settings.make_detectors(reference), engine=engine,
+    pipeline = Pipeline(stats=settings.make_stats(), detectors=settings.make_detectors(reference, src.schema.entity), engine=engine,
                         metrics=metrics, log=log, signals=list(src.schema.signals), carried=list(src.schema.carried))
     output = Path(output)
     check_output(output, paths)
@@ -248,7 +249,7 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
     if log is not None:
         log.close()
     summary = {
-        "file": str(path) if len(paths) == 1 else [str(p) for p in paths], "output": str(output),
+        "file": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths], "files": [str(p) for p in paths], "output": str(output),
         "sbg_version": __version__,
         "rows_in": metrics.rows_in, "rows_ok": metrics.rows_ok, "rows_quarantined": metrics.rows_quarantined,
         "rows_flagged": flagged, "alerts": len(alerts),

@@ -28,7 +28,7 @@ import param
 import yaml
 
 from .alerts import Rule, default_rules
-from .detect import Baseline, default_detectors, detector_classes
+from .detect import Baseline, default_detectors, detector_classes, for_schema
 from .errors import ConfigError
 from .history import History
 from .stats import Stats
@@ -93,7 +93,8 @@ class Settings:
         stats = self._build(Stats, "stats", self.data.get("stats"))
         return stats
 
-    def make_detectors(self, reference=None):
+    def make_detectors(self, reference=None, entity_column: str | None = None):
+        """Fresh detectors with these settings; ``entity_column`` is the input's (see :func:`~sbg.detect.for_schema`)."""
         conf = self.data.get("detectors") or {}
         dets = []
         for det in default_detectors(reference):
@@ -102,7 +103,7 @@ class Settings:
                 extra = {"reference": reference} if isinstance(det, Baseline) else {}
                 det = self._build(type(det), f"detectors.{det.label}", values, **extra)
             dets.append(det)
-        return dets
+        return for_schema(dets, entity_column)
 
     def make_rules(self):
         rules = self.data.get("rules")

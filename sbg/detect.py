@@ -34,12 +34,14 @@ import numpy as np
 import pandas as pd
 import param
 
-from ._kernels import distance_scores
+from ._kernels import JointReference, Likelihood, LimitArming, distance_scores
 from .stats import Chunk, Features
 
 __all__ = [
     "Detector",
     "Limits",
+    "Surprise",
+    "Joint",
     "ZScore",
     "Robust",
     "Spike",
@@ -49,15 +51,63 @@ __all__ = [
     "default_detectors",
     "detector_classes",
     "BATTERY_LIMITS",
+    "SAFETY_LIMITS",
+    "battery_schema",
+    "for_schema",
+    "tail_score",
 ]
 
-#: Limits applied by name when a signal looks like a battery cell quantity.
+#: Cell limits of the battery preset, by signal name (NMC/graphite cells).
 BATTERY_LIMITS = {
     r"^(cell_?)?temp(erature)?(_c|_degc)?$": (5.0, 50.0),
     r"^(soc|state_of_charge)(_pct|_percent)?$": (15.0, 95.0),
-    r"^(cell_?)?volt(age)?(_v)?$": (2.5, 4.25),  # NMC/graphite cell window
-    r"co_ppm$": (None, 35.0),  # a common carbon-monoxide alarm level
+    r"^(cell_?)?volt(age)?(_v)?$": (2.5, 4.25),
 }
+
+#: Limits whose names carry their unit and substance, applied whenever such a signal is present.
+SAFETY_LIMITS = {
+    r"(^|_)co_ppm$": (None, 35.0),  # a common carbon-monoxide alarm level
+}
+
+#: Signal names that say "battery" on their own: a state of charge, or a cell quantity with its unit.
+_BATTERY_MARKERS = (r"^(soc|state_of_charge)(_pct|_percent)?$", r"^cell_?(volt(age)?|temp(erature)?)",
+                    r"^volt(age)?_v$", r"^temp(erature)?_(c|degc)$", r"^current_a$")
+
+
+def battery_schema(signals, entity: str | None = None) -> bool:
+    """Whether a set of signal names is unambiguously battery telemetry.
+
+    It is when the entity column names a battery (``battery_id``,
+    ``cell_id``, ``pack``, ``bms_id``), when a state of charge is among the
+    signals, or when at least three are unit-suffixed battery quantities
+    (``voltage_v``, ``current_a``, ``temperature_c``, ``cell_...``). A motor
+    rig's ``Voltage``, ``Current`` and ``Temperature`` are not.
+
+    >>> battery_schema(["voltage_v", "current_a", "temperature_c", "soc_pct"])
+    True
+    >>> battery_schema(["Voltage", "Current", "Temperature", "Pressure"])
+    False
+    """
+    names = [s.lower() for s in signals]
+    if entity and re.search(r"^(battery|batt|cell|pack|bms|module)(_?(id|no|name))?$", str(entity).lower()):
+        return True
+    if any(re.search(_BATTERY_MARKERS[0], s) for s in names):
+        return True
+    return sum(any(re.search(m, s) for m in _BATTERY_MARKERS[1:]) for s in names) >= 3
+
+
+def tail_score(p, decades: float):
+    """Map a tail probability to ``[0, 1]`` on a log scale: ``p = 10**-decades`` scores 0.5.
+
+    A score ``s`` means a tail probability of ``10**(-2 * decades * s)``;
+    with the default 5 decades, 0.5 is one in 100,000 and 1.0 is one in
+    10**10 or rarer.
+
+    >>> tail_score(np.array([1.0, 1e-5, 1e-10, 0.0]), 5.0).tolist()
+    [0.0, 0.5, 1.0, 1.0]
+    """
+    p = np.clip(np.nan_to_num(np.asarray(p, dtype=float), nan=1.0), 1e-300, 1.0)
+    return np.minimum(-np.log10(p) / (2.0 * decades), 1.0) + 0.0
 
 
 def ratio_score(z, threshold):
@@ -76,6 +126,11 @@ class Detector(param.Parameterized):
 
     enabled = param.Boolean(default=True, doc="Run this detector.")
     label = "detector"
+    #: ``"anomaly"``: the process behaves unusually (sets ``is_anomaly``);
+    #: ``"quality"``: the data is unusual (sets ``quality``, never ``is_anomaly``).
+    kind = "anomaly"
+    #: A quality finding that concerns the whole row (a gap), not one signal.
+    per_row = False
 
     __abstract = True
 
@@ -112,48 +167,192 @@ class Detector(param.Parameterized):
 class Limits(Detector):
     """Static lower and upper limits per signal.
 
-    ``limits`` maps a signal to ``[low, high]`` (either may be null). With
-    ``battery_defaults``, signals named like cell temperature, state of charge,
-    cell voltage or CO concentration get :data:`BATTERY_LIMITS`.
+    ``limits`` maps a signal to ``[low, high]`` (either may be null). The
+    ``preset`` adds domain limits: ``battery`` applies :data:`BATTERY_LIMITS`
+    to signals named like cell temperature, state of charge and cell voltage;
+    ``auto`` does so only when the signal names are unambiguously battery
+    telemetry (:func:`battery_schema`); ``none`` never. Limits whose names
+    carry substance and unit (:data:`SAFETY_LIMITS`, CO in ppm) apply unless
+    the preset is ``none``.
+
+    A limit counts for an entity only once its signal has been inside it. A
+    signal that starts outside is reported once, on that first row, as a
+    likely configuration mismatch (a data-quality finding, see
+    :attr:`mismatch`), not as an alarm on every row.
     """
 
     label = "limits"
     limits = param.Dict(default={}, doc="Signal name to [low, high]; null for no bound.")
-    battery_defaults = param.Boolean(default=True, doc="Apply BATTERY_LIMITS to signals whose names match.")
+    preset = param.Selector(default="auto", objects=["auto", "battery", "none"],
+                            doc="Domain limits by signal name: battery always, only for unambiguous "
+                                "battery schemas (auto), or none.")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.mismatch = None
+        #: The input's entity column, if any (set from the schema): part of what makes a schema "battery".
+        self.entity_column = None
 
     def describe(self, signal, value):
         low, high = self.bounds_for(signal)
         span = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
         return f"{signal} = {value:.6g}, outside {span}"
 
-    def bounds_for(self, signal):
+    def bounds_for(self, signal, signals=None):
         if signal in self.limits:
             low, high = self.limits[signal]
             return low, high
-        if self.battery_defaults:
-            for pattern, bounds in BATTERY_LIMITS.items():
-                if re.search(pattern, signal.lower()):
-                    return bounds
+        if self.preset == "none":
+            return None, None
+        battery = self.preset == "battery" or (
+            self.preset == "auto" and battery_schema(signals or [signal], getattr(self, "entity_column", None)))
+        presets = ({**BATTERY_LIMITS, **SAFETY_LIMITS} if battery else SAFETY_LIMITS)
+        for pattern, bounds in presets.items():
+            if re.search(pattern, signal.lower()):
+                return bounds
         return None, None
 
     def scores(self, chunk, features):
         out = np.zeros(chunk.X.shape)
-        for j, s in enumerate(chunk.signals):
-            low, high = self.bounds_for(s)
-            if low is None and high is None:
+        bounds = [self.bounds_for(s, chunk.signals) for s in chunk.signals]
+        low = np.array([-np.inf if lo is None else lo for lo, _ in bounds])
+        high = np.array([np.inf if hi is None else hi for _, hi in bounds])
+        key = ("limit_arming", ";".join(f"{lo!r}:{hi!r}" for lo, hi in zip(low, high, strict=True)))
+        armed, self.mismatch = features._get(chunk, key, lambda: LimitArming(features.k),
+                                             lambda st: st.update(chunk.codes, chunk.X, low, high))
+        for j, (lo, hi) in enumerate(bounds):
+            if lo is None and hi is None:
                 continue
             x = chunk.X[:, j]
-            scale = 0.05 * max(abs(v) for v in (low, high) if v is not None)
-            if low is not None and high is not None:
-                scale = max(0.05 * (high - low), 1e-12)
+            scale = 0.05 * max(abs(v) for v in (lo, hi) if v is not None)
+            if lo is not None and hi is not None:
+                scale = max(0.05 * (hi - lo), 1e-12)
             excess = np.zeros(len(x))
             with np.errstate(invalid="ignore"):
-                if high is not None:
-                    excess = np.where(x > high, x - high, excess)
-                if low is not None:
-                    excess = np.where(x < low, low - x, excess)
-            outside = excess > 0
-            out[:, j] = np.where(outside, 0.5 + 0.5 * (1 - np.exp(-excess / scale)), 0.0)
+                if hi is not None:
+                    excess = np.where(x > hi, x - hi, excess)
+                if lo is not None:
+                    excess = np.where(x < lo, lo - x, excess)
+            outside = (excess > 0) & armed[:, j]
+            out[:, j] = np.where(outside, 0.5 + 0.5 * (1 - np.exp(-excess / max(scale, 1e-12))), 0.0)
+        return out
+
+
+class Surprise(Detector):
+    """How unusual each value is against the signal's own recent behaviour (the default outlier detector).
+
+    Each value is compared with a short-memory prediction (a weighted mean of
+    the last few rows); the error, in units of the signal's usual error,
+    is its raw surprise. The mean surprise of the last ``short`` rows is then
+    judged against the distribution of that mean over the signal's history,
+    as an anomaly likelihood: the score is the tail probability of the
+    recent surprise on a log scale (:func:`tail_score`), so one threshold
+    means the same on a noisy power meter, a quantised temperature and a
+    bursty counter, at any sampling rate. The prediction follows a new
+    level within a few rows, so a level shift or a change of variance is
+    flagged when it happens, not for ever after; slow drifts and smooth
+    daily cycles stay predictable and are not flagged.
+    """
+
+    label = "surprise"
+    enabled = param.Boolean(default=False,
+                            doc="Run this detector (off by default for now: on cycler data it takes every "
+                                "load step for news; see docs/detection.md).")
+    decades = param.Number(default=5.0, bounds=(0.5, 50),
+                           doc="Flag when the recent surprise has a tail probability of at most 10^-decades.")
+    short = param.Integer(default=10, bounds=(1, 256), doc="Rows whose mean surprise is judged.")
+    level_span = param.Number(default=5.0, bounds=(1, None), doc="Span, in rows, of the prediction.")
+    scale_span = param.Number(default=500.0, bounds=(2, None),
+                              doc="Span, in rows, of the usual prediction error (all rows so far while fewer).")
+    history_span = param.Number(default=2000.0, bounds=(10, None),
+                                doc="Span, in rows, of the history the recent surprise is judged against "
+                                    "(all rows so far while fewer).")
+    floor_ratio = param.Number(default=0.5, bounds=(0, None),
+                               doc="Usual error floor, as a fraction of the long-run error (10x scale_span).")
+    warmup = param.Integer(default=150, bounds=(0, None),
+                           doc="Valid values of a signal before it can be flagged (enough to know its surprises).")
+
+    def describe(self, signal, value):
+        return f"{signal} = {value:.6g}, unusual for this signal"
+
+    def tail(self, chunk, features):
+        """``(tail probability, raw surprise)`` per row and signal."""
+        _, _, quantum = features.lag(chunk)
+        key = ("likelihood", self.level_span, self.scale_span, self.history_span, self.short, self.warmup,
+               self.floor_ratio)
+        return features._get(chunk, key, lambda: Likelihood(
+            features.k, self.level_span, self.scale_span, 10 * self.scale_span, self.history_span, self.short,
+            self.warmup, self.floor_ratio), lambda st: st.update(chunk.codes, chunk.X, quantum))
+
+    def scores(self, chunk, features):
+        p, _ = self.tail(chunk, features)
+        return tail_score(p, self.decades)
+
+
+class Joint(Detector):
+    """A condition: the joint state of an entity's signals is far from its reference.
+
+    Per entity with two or more signals, the first rows (``rows_per_signal``
+    per signal, at least ``min_rows``) are the reference: a robust centre,
+    scale and covariance of the signals (see
+    :class:`~sbg._kernels.JointReference`). Every later row is scored by its
+    smoothed squared Mahalanobis distance from it, turned into a tail
+    probability against the same distance on the reference itself, on the
+    same log scale as :class:`Surprise`. The flag lasts while the condition
+    does (a closed valve, a raised plateau) and releases within a few rows
+    of the return. The score is put on the signal that departs most.
+    """
+
+    label = "joint"
+    decades = param.Number(default=5.0, bounds=(0.5, 50),
+                           doc="Flag when the distance has a tail probability of at most 10^-decades.")
+    rows_per_signal = param.Integer(default=50, bounds=(5, None),
+                                    doc="Reference rows per signal: enough to estimate their covariance.")
+    min_rows = param.Integer(default=400, bounds=(10, None), doc="Fewest reference rows.")
+    smooth_span = param.Number(default=5.0, bounds=(1, None), doc="Span, in rows, of the distance's smoothing.")
+    shrink = param.Number(default=0.1, bounds=(0, 1),
+                          doc="Shrinkage of the covariance towards its diagonal (stability with few rows).")
+    applies = param.Selector(default="auto", objects=["auto", "always"],
+                             doc="auto: not for battery schemas (cells cycle between operating points by "
+                                 "design, so no start-of-run reference describes them).")
+    follow = param.Number(default=3.0, bounds=(0, None),
+                          doc="Span of the centre's slow following of the process, in reference lengths "
+                              "(0: the centre stays where the reference put it).")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.mismatch = None
+        self.entity_column = None
+
+    def describe(self, signal, value):
+        return f"{signal} = {value:.6g}, joint state away from the reference"
+
+    def reference_rows(self, k):
+        return max(self.min_rows, self.rows_per_signal * k)
+
+    def scores(self, chunk, features):
+        n, k = chunk.X.shape
+        out = np.zeros((n, k))
+        self.mismatch = None
+        if k < 2 or n == 0 or (self.applies == "auto" and battery_schema(chunk.signals, self.entity_column)):
+            return out
+        rows = self.reference_rows(k)
+        key = ("joint", rows, self.smooth_span, self.shrink, self.follow, self.decades)
+        d2, top, unfit = features._get(chunk, key, lambda: JointReference(
+            k, rows, self.smooth_span, self.shrink, self.follow * rows, 10.0 ** -self.decades),
+            lambda st: st.update(chunk.codes, chunk.X))
+        state = features._state[key]
+        if unfit.any():  # reported as a data-quality finding on the row where the check failed
+            self.mismatch = np.zeros((n, k), dtype=bool)
+            self.mismatch[unfit, 0] = True
+        ok = np.isfinite(d2)
+        if ok.any():
+            from scipy.stats import chi2
+
+            g, h = state.g[chunk.codes[ok]], state.h[chunk.codes[ok]]
+            p = np.ones(n)
+            p[ok] = chi2.sf(d2[ok] / g, h)
+            out[np.arange(n), top] = tail_score(p, self.decades)
         return out
 
 
@@ -261,6 +460,7 @@ class Flatline(Detector):
     """
 
     label = "flatline"
+    kind = "quality"
     min_run = param.Integer(default=120, bounds=(2, None), doc="Shortest run of equal values that can be flagged.")
     ratio = param.Number(default=3.0, bounds=(1, None), doc="How much longer than any earlier run a flagged run must be.")
     min_jitter = param.Number(default=0.3, bounds=(0, 1),
@@ -287,6 +487,8 @@ class Gap(Detector):
     """
 
     label = "gap"
+    kind = "quality"
+    per_row = True
     factor = param.Number(default=10.0, bounds=(1, None), inclusive_bounds=(False, True),
                           doc="Gap, in usual intervals, at which a row is flagged.")
     min_gap = param.String(default="0s", doc="Gaps shorter than this are never flagged (a duration).")
@@ -406,9 +608,21 @@ def detector_classes() -> dict[str, type[Detector]]:
             if not cls.__name__.startswith("_")}
 
 
+def for_schema(detectors, entity_column: str | None):
+    """Tell the detectors that read the schema (battery or not) which entity column the input has."""
+    for det in detectors:
+        if hasattr(det, "entity_column"):
+            det.entity_column = entity_column
+    return detectors
+
+
 def default_detectors(reference: pd.DataFrame | None = None) -> list[Detector]:
-    """The default detector set; ``Baseline`` joins when a reference is given."""
-    dets = [Limits(), ZScore(), Robust(), Spike(), Flatline(), Gap()]
+    """The default detector set; ``Baseline`` joins when a reference is given.
+
+    With a known-good reference, that reference judges the run: ``Joint``
+    (which otherwise takes the start of the run as its reference) stands aside.
+    """
+    dets = [Limits(), Surprise(), Joint(enabled=reference is None), ZScore(), Robust(), Spike(), Flatline(), Gap()]
     if reference is not None:
         dets.append(Baseline(reference))
     return dets

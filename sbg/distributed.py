@@ -251,7 +251,8 @@ def _split_file(index: int, schema, scratch: str, partitions: int, with_file: bo
 def _make_pipeline(schema, settings_data: dict, reference, source: str, pipeline_class=Pipeline, **kwargs):
     settings = Settings(settings_data)
     engine = AlertEngine(settings.make_rules(), source=source)
-    return pipeline_class(stats=settings.make_stats(), detectors=settings.make_detectors(reference), engine=engine,
+    return pipeline_class(stats=settings.make_stats(), detectors=settings.make_detectors(reference, schema.entity),
+                          engine=engine,
                           metrics=Metrics(), signals=list(schema.signals), carried=list(schema.carried), **kwargs)
 
 
@@ -372,7 +373,7 @@ def run_detect_dask(path, output, baseline=None, settings: Settings | None = Non
                 log.close()
         faults = [f for r in split for f in r["faults"]]
         summary = {
-            "file": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths], "output": str(output),
+            "file": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths], "files": [str(p) for p in paths], "output": str(output),
             "sbg_version": __version__,
             "rows_in": sum(r["rows_in"] for r in split), "rows_ok": sum(r["rows_ok"] for r in split),
             "rows_quarantined": sum(r["rows_quarantined"] for r in split),

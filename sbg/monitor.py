@@ -35,6 +35,7 @@ from . import __version__, _kernels
 from .alerts import Alert, AlertEngine, AlertLog
 from .config import Settings
 from .errors import ConfigError, SbgError
+from .inputs import name_sources
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .replay import Replay, parse_speed
@@ -94,7 +95,7 @@ class Monitor:
         parse_speed(speed)
         self.settings = settings
         self.paths = [Path(p) for p in paths]
-        self.sources = [Source(p, **schema_options) for p in self.paths]
+        self.sources = name_sources([Source(p, **schema_options) for p in self.paths])
         self.baseline_path = Path(baseline) if baseline else None
         self.reference = load_reference(baseline, **schema_options) if baseline else None
         signals, carried = [], []
@@ -109,7 +110,8 @@ class Monitor:
         # The monitor writes the log itself: alert rows only ever go in with the checkpoint that covers them.
         self.fan_out = fan_out
         self.pipeline = (Pipeline if fan_out is None else fan_out.pipeline)(
-            stats=settings.make_stats(), detectors=settings.make_detectors(self.reference), engine=self.engine,
+            stats=settings.make_stats(), detectors=settings.make_detectors(self.reference, self.sources[0].schema.entity),
+            engine=self.engine,
             metrics=self.metrics, signals=signals, carried=carried,
         )
         self.history = settings.make_history()
@@ -237,7 +239,7 @@ class Monitor:
         keep = ["timestamp", "entity", *self.signals, *self.carried]
         for s in self.signals:
             keep += [f"{s}__mean", f"{s}__std", f"{s}__lower", f"{s}__upper", f"{s}__score"]
-        keep += ["interval_s", "anomaly_score", "is_anomaly", "reason"]
+        keep += ["interval_s", "anomaly_score", "is_anomaly", "reason", "quality"]
         return [c for c in keep if c in frame.columns]
 
     def _on_restart(self, reason: str):
@@ -422,7 +424,8 @@ _COUNTERS = ("rows_in", "rows_ok", "rows_quarantined", "rows_skipped", "analyses
              "alerts_total", "alerts_firing")
 #: The only classes a checkpoint may name: the kernels that hold a pipeline's carried state.
 _KERNELS = {name: getattr(_kernels, name) for name in (
-    "RollingMoments", "RollingQuantiles", "EWM", "EWSpread", "Lag", "RunLength", "Positions", "UsualInterval")}
+    "RollingMoments", "RollingQuantiles", "EWM", "EWSpread", "Lag", "RunLength", "Positions", "UsualInterval",
+    "Likelihood", "JointReference", "LimitArming")}
 _SCALARS = (bool, int, float, str, type(None))
 _HEAD_BYTES = 1 << 20
 

@@ -19,8 +19,13 @@ Enriched columns
 ``interval_s``
     Seconds since the entity's previous row (NaN for its first).
 ``anomaly_score``, ``is_anomaly``, ``reason``
-    Row summary: the highest score, whether it reaches 0.5, and the
-    ``detector:signal`` pairs that flagged, highest first.
+    Behavioural anomalies: the highest score of the anomaly detectors,
+    whether it reaches 0.5, and the ``detector:signal`` pairs that flagged,
+    highest first.
+``quality``
+    Data-quality findings on the row (``gap``, ``flatline:signal``,
+    ``limits_mismatch:signal``), ``;``-separated, empty for none. They never
+    set ``is_anomaly``.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ _log = logging.getLogger("sbg")
 
 __all__ = ["Pipeline", "OUTPUT_COLUMNS"]
 
-OUTPUT_COLUMNS = ("anomaly_score", "is_anomaly", "reason")
+OUTPUT_COLUMNS = ("anomaly_score", "is_anomaly", "reason", "quality")
 
 
 class Pipeline(param.Parameterized):
@@ -180,39 +185,81 @@ class Pipeline(param.Parameterized):
             # NaN scores count as 0; fmax/fmin do it without temporaries.
             np.fmin(np.fmax(block, 0.0), 1.0, out=S[:, j * k:(j + 1) * k])
         out = dict(stat_cols)
-        per_signal = S.reshape(n, D, k).max(axis=1) if D and k else np.zeros((n, k))
+        kinds = np.repeat([d.kind == "anomaly" for d in active], k) if D else np.zeros(0, dtype=bool)
+        A = S[:, kinds]
+        n_anomaly = int(kinds.sum()) // k if k else 0
+        per_signal = A.reshape(n, n_anomaly, k).max(axis=1) if n_anomaly and k else np.zeros((n, k))
         for j, s in enumerate(self.signals):
             out[f"{s}__score"] = per_signal[:, j]
         pairs = self.pairs
-        names = np.array([f"{d}:{s}" for d, s in pairs] + [""], dtype=object)
-        if S.shape[1]:
-            best = S.argmax(axis=1)
-            top = S[np.arange(n), best]
+        names = np.array([f"{d}:{s}" for (d, s), a in zip(pairs, kinds, strict=True) if a] + [""], dtype=object)
+        if A.shape[1]:
+            best = A.argmax(axis=1)
+            top = A[np.arange(n), best]
         else:
-            best = np.zeros(n, dtype=int)
+            best = np.full(n, len(names) - 1)
             top = np.zeros(n)
         flagged = top >= 0.5
         reason = np.where(flagged, names[best], "")
-        multi = np.flatnonzero((S >= 0.5).sum(axis=1) > 1) if S.shape[1] else []
+        multi = np.flatnonzero((A >= 0.5).sum(axis=1) > 1) if A.shape[1] else []
         for i in multi:
-            cols = np.flatnonzero(S[i] >= 0.5)
-            cols = cols[np.argsort(-S[i, cols], kind="stable")]
+            cols = np.flatnonzero(A[i] >= 0.5)
+            cols = cols[np.argsort(-A[i, cols], kind="stable")]
             reason[i] = ";".join(names[cols])
+        out["quality"] = self._quality(S, kinds, active, n, k)
         out["interval_s"] = (self._guard("intervals", lambda: self.features.intervals(chunk)[0],
                                          lambda: np.full(n, np.nan)) if n else np.zeros(0))
         out["anomaly_score"] = top
         out["is_anomaly"] = flagged
         out["reason"] = pd.Series(reason, dtype=object)
+        out["quality"] = pd.Series(out.pop("quality"), dtype=object)
         # copy=False keeps one block per column: consolidating ~30 columns per chunk costs more than the maths.
         result = pd.concat([frame.reset_index(drop=True), pd.DataFrame(out, copy=False)], axis=1)
         return result, S
 
+    def _quality(self, S, kinds, active, n, k) -> np.ndarray:
+        """The ``quality`` column: every data-quality finding on each row, ``;``-separated."""
+        quality = np.full(n, "", dtype=object)
+        found = []
+        for j, det in enumerate(active):
+            if det.kind != "quality":
+                continue
+            hit = S[:, j * k:(j + 1) * k] >= 0.5
+            if det.per_row:
+                found.append((hit.any(axis=1), det.label))
+            else:
+                found += [(hit[:, c], f"{det.label}:{s}") for c, s in enumerate(self.signals)]
+        for det in active:
+            mismatch = getattr(det, "mismatch", None)
+            if mismatch is not None and len(mismatch) == n and mismatch.any():
+                found += [(mismatch[:, c], f"{det.label}_mismatch:{s}") for c, s in enumerate(self.signals)]
+        for rows, name in found:
+            for i in np.flatnonzero(rows):
+                quality[i] = f"{quality[i]};{name}" if quality[i] else name
+        return quality
+
     def account(self, result: pd.DataFrame, S: np.ndarray, chunk):
         """Advance the alert rules over a scored chunk and count it in the metrics."""
         self._guard("alerts", lambda: self._alerts(result, self.pairs, S, chunk), lambda: None)
+        self._guard("quality events", lambda: self._mismatch_events(result), lambda: None)
         self.metrics.analyses += 1
         self.metrics.entities = len(self.features.index)
         self.metrics.sim_time = pd.Timestamp(chunk.ts[-1])
+
+    def _mismatch_events(self, result):
+        """One event per signal that breaches its limits from its first value: a likely configuration mismatch."""
+        quality = result["quality"].to_numpy(dtype=object)
+        rows = [i for i, q in enumerate(quality) if q and "_mismatch:" in q]
+        for i in rows:
+            for name in quality[i].split(";"):
+                if "_mismatch:" not in name:
+                    continue
+                signal = name.split(":", 1)[1]
+                det = next((d for d in self.detectors if name.startswith(f"{d.label}_mismatch")), None)
+                where = f"{det.describe(signal, float(result[signal].iloc[i]))}" if det else signal
+                self.emit_event("quality", f"{result['entity'].iloc[i]}: {where} from its first value; "
+                                "the limits are held back until it comes inside them (likely configuration "
+                                "mismatch)", "warning", entity=str(result["entity"].iloc[i]), signal=signal)
 
     def _neutral(self, frame: pd.DataFrame, count: bool, stats: bool) -> pd.DataFrame:
         """``frame`` with the enriched columns of a chunk that could not be analysed: NaN, zero, unflagged."""
@@ -223,6 +270,7 @@ class Pipeline(param.Parameterized):
         out["anomaly_score"] = np.zeros(n)
         out["is_anomaly"] = np.zeros(n, dtype=bool)
         out["reason"] = pd.Series([""] * n, dtype=object)
+        out["quality"] = pd.Series([""] * n, dtype=object)
         if n and count:
             self.metrics.analyses += 1
         return pd.concat([frame.reset_index(drop=True), pd.DataFrame(out, copy=False)], axis=1)

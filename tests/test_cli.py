@@ -351,7 +351,7 @@ def test_detect_writes_one_row_per_accepted_row(detect_runs, data):
     _, out, _, _ = detect_runs["default"]
     scored = pd.read_csv(out)
     assert scored.columns.tolist() == ["timestamp", "battery_id", "voltage", "temp_c", "status",
-                                       "anomaly_score", "is_anomaly", "reason"]
+                                       "anomaly_score", "is_anomaly", "reason", "quality"]
     assert len(scored) == 3 * N_PER_ENTITY
     # The accepted rows are exactly the generated ones, in input order.
     lines = data["tele"].read_text().splitlines()

@@ -1,0 +1,180 @@
+"""Behavioural anomalies and data-quality findings kept apart; domain limits that check themselves;
+conditions that last as long as they do; a surprise score that reads the same on any series."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sbg.detect import Joint, Limits, Surprise, battery_schema, default_detectors, for_schema
+from sbg.pipeline import Pipeline
+
+from .conftest import chunkings
+
+
+def frame(n=2000, freq="1s", entity="a", seed=0, **signals):
+    t = pd.date_range("2024-01-01", periods=n, freq=freq)
+    data = {"timestamp": t, "entity": entity}
+    rng = np.random.default_rng(seed)
+    for name, make in signals.items():
+        data[name] = make(rng, n)
+    return pd.DataFrame(data)
+
+
+def pipeline(signals, entity_column=None, **settings):
+    return Pipeline(detectors=for_schema(default_detectors(), entity_column), signals=list(signals))
+
+
+def test_a_gap_is_a_quality_finding_and_never_an_anomaly():
+    df = frame(n=600, v=lambda r, n: r.normal(0, 1, n), w=lambda r, n: r.normal(0, 1, n))
+    df.loc[400:, "timestamp"] += pd.Timedelta("1h")  # an hour without data before row 400
+    out = pipeline(["v", "w"]).run_frame(df)
+    assert out.loc[400, "quality"] == "gap"
+    assert not out.loc[400, "is_anomaly"] and out.loc[400, "reason"] == ""
+    assert (out["quality"] != "").sum() == 1
+
+
+def test_a_stuck_sensor_is_a_quality_alert():
+    df = frame(n=3000, v=lambda r, n: r.normal(0, 1, n))
+    df.loc[1500:1900, "v"] = 0.25
+    pl = pipeline(["v"])
+    out = pl.run_frame(df)
+    assert out.loc[1500:1900, "quality"].str.contains("flatline:v").any()
+    assert not out.loc[1500:1900, "is_anomaly"].any()
+    alerts = pl.engine.table()
+    assert alerts["rule"].tolist() == ["stuck_sensor"] and alerts["kind"].tolist() == ["quality"]
+
+
+@pytest.mark.parametrize("signals,entity,expected", [
+    (["Voltage", "Current", "Temperature", "Pressure"], None, False),  # a motor rig
+    (["voltage", "temp_c"], "battery_id", True),
+    (["voltage_v", "current_a", "temperature_c"], None, True),
+    (["soc"], None, True),
+    (["voltage", "temp_c"], "machine", False),
+])
+def test_battery_limits_need_an_unambiguous_battery_schema(signals, entity, expected):
+    assert battery_schema(signals, entity) is expected
+
+
+def test_a_230_volt_supply_is_not_judged_by_cell_limits():
+    df = frame(n=500, Voltage=lambda r, n: 230 + r.normal(0, 2, n), Temperature=lambda r, n: 80 + r.normal(0, 1, n))
+    out = pipeline(["Voltage", "Temperature"]).run_frame(df)
+    assert not out["reason"].str.contains("limits").any() and (out["quality"] == "").all()
+
+
+def test_a_limit_breached_from_the_first_row_is_one_mismatch_not_an_alarm_on_every_row():
+    df = frame(n=300, temperature_c=lambda r, n: 80 + r.normal(0, 0.1, n))
+    pl = pipeline(["temperature_c"], entity_column="battery_id")
+    events = []
+    pl.subscribe_events(events.append)
+    out = pl.run_frame(df)
+    assert out.loc[0, "quality"] == "limits_mismatch:temperature_c"
+    assert (out["quality"] != "").sum() == 1
+    assert not out["reason"].str.contains("limits").any()
+    assert [e["kind"] for e in events] == ["quality"] and "configuration mismatch" in events[0]["message"]
+
+
+def test_limits_arm_once_the_signal_has_been_inside_them():
+    temp = np.r_[np.full(50, 60.0), np.full(100, 30.0), np.full(50, 60.0)]
+    df = frame(n=200, temperature_c=lambda r, n: temp)
+    det = Limits(preset="battery")
+    scores = det.score(df)["temperature_c"].to_numpy()
+    assert (scores[:150] < 0.5).all() and (scores[150:] >= 0.5).all()
+
+
+@pytest.mark.parametrize("cuts", [[], [1, 2, 3], [137, 400, 401, 999]])
+def test_limit_arming_is_chunk_invariant(cuts):
+    temp = np.r_[np.full(50, 60.0), np.full(100, 30.0), np.full(1000, 60.0)]
+    df = frame(n=len(temp), temperature_c=lambda r, n: temp)
+    whole = Limits(preset="battery").score(df).to_numpy()
+    det = Limits(preset="battery")
+    parts = np.vstack([det.score(df.iloc[a:b]).to_numpy() for a, b in chunkings(len(df), cuts)])
+    np.testing.assert_array_equal(whole, parts)
+
+
+def condition_frame(seed=0, n=2000, start=1000, stop=1400, shift=6.0):
+    """Four correlated signals of a steady process; from start to stop one of them sits ``shift`` spreads off."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, 1, (n, 1))
+    X = base + 0.5 * rng.normal(0, 1, (n, 4))
+    X[start:stop, 2] += shift * X[:, 2].std()
+    t = pd.date_range("2024-01-01", periods=n, freq="1s")
+    return pd.DataFrame({"timestamp": t, "entity": "rig", **{f"s{j}": X[:, j] for j in range(4)}})
+
+
+def test_a_persistent_condition_stays_flagged_while_it_lasts_and_releases_after():
+    df = condition_frame()
+    scores = Joint().score(df).to_numpy().max(axis=1)
+    flagged = scores >= 0.5
+    assert flagged[1010:1400].mean() > 0.95  # held for the whole condition, not only its onset
+    assert not flagged[1420:1600].any()  # released within a few rows of the return
+    assert flagged[400:1000].mean() < 0.01 and flagged[1420:].mean() < 0.01
+
+
+def test_a_reference_that_does_not_fit_stands_down_and_says_so():
+    # A process that cycles between two operating points: the first rows (one of them) do not describe it.
+    n = 6000
+    mode = (np.arange(n) // 1000) % 2
+    rng = np.random.default_rng(1)
+    t = pd.date_range("2024-01-01", periods=n, freq="1s")
+    df = pd.DataFrame({"timestamp": t, "entity": "e", "a": 10 * mode + rng.normal(0, 1, n),
+                       "b": -5 * mode + rng.normal(0, 1, n)})
+    pl = Pipeline(detectors=[Joint()], signals=["a", "b"])
+    out = pl.run_frame(df)
+    unfit = np.flatnonzero(out["quality"].str.contains("joint_mismatch").to_numpy())
+    assert len(unfit) == 1
+    assert not out.loc[unfit[0]:, "is_anomaly"].any()
+
+
+def test_joint_is_chunk_invariant():
+    df = condition_frame(n=1500, start=900, stop=1100)
+    whole = Joint().score(df).to_numpy()
+    det = Joint()
+    parts = np.vstack([det.score(df.iloc[a:b]).to_numpy() for a, b in chunkings(len(df), [1, 399, 400, 401, 1000])])
+    np.testing.assert_array_equal(whole, parts)
+
+
+KNOWN_LIMITS = pytest.mark.xfail(strict=True, reason="surprise is not yet the default: it flags the return "
+                                 "from a long flat stretch and rare large bursts (docs/detection.md)")
+
+
+@pytest.mark.parametrize("name,make", [
+    ("daily cycle", lambda r, n: 10 * np.sin(2 * np.pi * np.arange(n) / 1440) + r.normal(0, 1, n)),
+    ("slow drift", lambda r, n: 0.01 * np.arange(n) + r.normal(0, 1, n)),
+    ("integer counts", lambda r, n: r.poisson(3, n).astype(float)),
+    ("quantised", lambda r, n: np.round(20 + r.normal(0, 0.3, n), 1)),
+    pytest.param("long normal flats", lambda r, n: np.where((np.arange(n) // 500) % 2 == 0, 5.0,
+                                                            5.0 + r.normal(0, 1, n)), marks=KNOWN_LIMITS),
+    pytest.param("bursty counts", lambda r, n: r.poisson(np.where(r.random(n) < 0.02, 30, 1)).astype(float),
+                 marks=KNOWN_LIMITS),
+])
+def test_surprise_stays_quiet_on_what_real_series_do(name, make):
+    df = frame(n=5000, freq="5min", v=make)
+    flagged = (Surprise(enabled=True).score(df)["v"] >= 0.5).to_numpy()
+    assert flagged.mean() < 2e-3, name
+
+
+@pytest.mark.parametrize("name,change", [
+    ("spike", lambda v: v.__setitem__(slice(3000, 3001), v[3000] + 15)),
+    ("level shift", lambda v: v.__setitem__(slice(3000, None), v[3000:] + 10)),
+    ("variance change", lambda v: v.__setitem__(slice(3000, None), v[3000:] * 6)),
+])
+def test_surprise_flags_the_change_not_the_new_level(name, change):
+    rng = np.random.default_rng(5)
+    v = rng.normal(0, 1, 5000)
+    change(v)
+    df = frame(n=5000, v=lambda r, n: v)
+    flagged = (Surprise(enabled=True).score(df)["v"] >= 0.5).to_numpy()
+    assert flagged[3000:3015].any(), name
+    assert not flagged[:2990].any()
+    if name == "level shift":
+        assert not flagged[3500:].any()  # the new level is normal after a while
+
+
+def test_the_surprise_score_reads_the_same_whatever_the_scale():
+    rng = np.random.default_rng(9)
+    v = rng.normal(0, 1, 3000)
+    v[2500] += 12
+    small = Surprise().score(frame(n=3000, v=lambda r, n: v * 1e-3 + 5))["v"].to_numpy()
+    large = Surprise().score(frame(n=3000, freq="1h", v=lambda r, n: v * 1e4 - 3))["v"].to_numpy()
+    np.testing.assert_allclose(small, large, atol=1e-6)
+    assert small[2500] >= 0.5
