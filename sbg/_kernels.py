@@ -14,13 +14,11 @@ results match ``groupby(entity).rolling(...)`` to float tolerance.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
 __all__ = ["EntityIndex", "RollingMoments", "RollingQuantiles", "EWM", "EWSpread", "Lag", "RunLength",
-           "Positions", "UsualInterval", "Likelihood", "JointReference", "LimitArming"]
+           "Positions", "UsualInterval", "Likelihood", "JointReference", "LimitArming", "tail_probability"]
 
 _RESYNC = 4096  # rows between exact recomputations of the window sums
 
@@ -789,8 +787,78 @@ def _hist_bin(avg):
 
 
 @njit(cache=True, nogil=True)
-def _likelihood_kernel(codes, X, quantum, a_level, span_scale, span_floor, span_dist, short, warmup, floor_ratio,
-                       sd_floor, nobs, level, dev, dev_slow, ring, mu, var, hist, hist_w, out_p, out_raw):
+def tail_probability(hist, x, discount, tail_share, tail_min):
+    """Probability of a surprise of at least ``x`` under the weighted histogram ``hist`` (log2 bins).
+
+    The mass ``discount`` at the top (the largest past event) is left out.
+    Inside the histogram's top ``tail_share`` of mass (at least ``tail_min``)
+    the probability is read off the histogram; beyond its start ``x0`` it is
+    extrapolated by a generalised Pareto tail (peaks over a threshold),
+    ``q * (1 + xi * (x - x0) / sigma) ** (-1 / xi)``, whose scale and shape
+    come from the mean and variance of the top mass's excess over ``x0``
+    (method of moments, ``xi`` held in ``[0, 0.9]``): a signal whose big
+    surprises come in all sizes has a heavy tail (``xi`` near 0.9, a power
+    law), one that is never far from its usual error a light one (``xi``
+    of 0, an exponential tail).
+    """
+    total = 0.0
+    for j in range(_HIST_BINS):
+        total += hist[j]
+    total -= discount
+    if total <= 0:
+        return 1.0
+    target = tail_share * total
+    if target < tail_min:
+        target = tail_min
+    lx = np.log2(x) if x > 0 else _HIST_LO
+    skip = discount
+    mass = 0.0
+    excess = 0.0
+    excess2 = 0.0
+    at_x = -1.0
+    b0 = 0
+    for j in range(_HIST_BINS - 1, -1, -1):
+        m = hist[j]
+        if skip > 0:
+            s = skip if skip < m else m
+            m -= s
+            skip -= s
+        lo = _HIST_LO + j * _HIST_STEP
+        if lx >= lo + _HIST_STEP and mass >= target:
+            break
+        mass += m
+        v = 2.0 ** (lo + 0.5 * _HIST_STEP)
+        excess += m * v
+        excess2 += m * v * v
+        b0 = j
+        if lx >= lo and at_x < 0:
+            at_x = mass
+    x0 = _HIST_LO + b0 * _HIST_STEP
+    if at_x >= 0 and lx < x0 + _HIST_STEP:
+        return at_x / total if at_x > 0 else 1.0 / total
+    if mass <= 0:
+        return 1.0
+    v0 = 2.0 ** x0
+    mean_excess = excess / mass - v0
+    var_excess = excess2 / mass - (excess / mass) ** 2
+    floor = v0 * (2.0 ** (0.5 * _HIST_STEP) - 1.0)  # half a bin: the histogram's resolution
+    if mean_excess < floor:
+        mean_excess = floor
+    if var_excess < floor * floor:
+        var_excess = floor * floor
+    xi = 0.5 * (1.0 - mean_excess * mean_excess / var_excess)
+    xi = 0.0 if xi < 0.0 else (0.9 if xi > 0.9 else xi)
+    sigma = mean_excess * (1.0 - xi)
+    y = (2.0 ** lx - v0) / sigma
+    if xi < 1e-6:
+        return (mass / total) * np.exp(-y)
+    return (mass / total) * (1.0 + xi * y) ** (-1.0 / xi)
+
+
+@njit(cache=True, nogil=True)
+def _likelihood_kernel(codes, X, quantum, a_level, b_trend, phi, span_scale, span_floor, span_dist, short, warmup,
+                       floor_ratio, tail_share, restart, nobs, level, trend, dev, dev_slow, ring, hist, hist_w,
+                       last, run, out_p, out_raw):
     n, k = X.shape
     for i in range(n):
         e = codes[i]
@@ -802,9 +870,26 @@ def _likelihood_kernel(codes, X, quantum, a_level, span_scale, span_floor, span_
             cnt = nobs[e, c]
             if cnt == 0:
                 level[e, c] = x
+                last[e, c] = x
                 nobs[e, c] = 1
                 continue
-            res = abs(x - level[e, c])
+            if x == last[e, c]:
+                run[e, c] += 1
+                if run[e, c] >= restart and dev_slow[e, c] > 0:
+                    continue  # stuck: these rows teach nothing about the signal
+            else:
+                stuck = run[e, c] >= restart and dev_slow[e, c] > 0
+                run[e, c] = 0
+                last[e, c] = x
+                if stuck:
+                    # A signal that normally moves held one value for `restart` rows: it was stuck
+                    # (a data-quality finding). Its return restarts the prediction; it is not news.
+                    level[e, c] = x
+                    trend[e, c] = 0.0
+                    continue
+            pred = level[e, c] + phi * trend[e, c]
+            err = x - pred
+            res = abs(err)
             scale = dev[e, c]
             fl = floor_ratio * dev_slow[e, c]
             if fl > scale:
@@ -819,14 +904,15 @@ def _likelihood_kernel(codes, X, quantum, a_level, span_scale, span_floor, span_
                 # The usual error is not known yet: learn it, judge nothing.
                 dev[e, c] += asc * (res - dev[e, c])
                 dev_slow[e, c] += afl * (res - dev_slow[e, c])
-                level[e, c] += a_level * (x - level[e, c])
+                level[e, c] = pred + a_level * err
+                trend[e, c] = phi * trend[e, c] + a_level * b_trend * err
                 nobs[e, c] = cnt + 1
                 continue
             raw = res / scale
             if raw > 1e6:
                 raw = 1e6
             out_raw[i, c] = raw
-            # The short average: the last `short` raw surprises (fewer at the start).
+            # The short average: the last `short` raw surprises.
             m_seen = cnt - short
             ring[e, (m_seen - 1) % short, c] = raw
             m = m_seen if m_seen < short else short
@@ -834,88 +920,73 @@ def _likelihood_kernel(codes, X, quantum, a_level, span_scale, span_floor, span_
             for j in range(m):
                 acc += ring[e, j, c]
             avg = acc / m
-            b = _hist_bin(avg)
             ad = 1.0 / m_seen
             if ad < 2.0 / (span_dist + 1.0):
                 ad = 2.0 / (span_dist + 1.0)
+            w = hist_w[e, c] / (1.0 - ad) if hist_w[e, c] > 0 else 1.0
             if cnt > warmup:
-                sd = np.sqrt(var[e, c])
-                if sd < sd_floor:
-                    sd = sd_floor
-                z = (avg - mu[e, c]) / sd
-                p = 0.5 * math.erfc(z / np.sqrt(2.0))
-                # How often the history held a recent surprise this large, one past
-                # event (``short`` rows) discounted: seen twice, it is this signal's normal.
-                tail = 0.0
-                total = 0.0
-                for j in range(_HIST_BINS):
-                    total += hist[e, c, j]
-                    if j >= b:
-                        tail += hist[e, c, j]
-                if total > 0:
-                    emp = (tail - short * hist_w[e, c]) / total
-                    if emp > p:
-                        p = emp
-                out_p[i, c] = p
+                # The largest past event (``short`` rows, as they would weigh now) is left out.
+                out_p[i, c] = tail_probability(hist[e, c], avg, short * w, tail_share, 5.0 * w)
             # Learn after scoring: the row is judged by what came before it. The
             # histogram's weights grow by 1 / (1 - ad) a row instead of decaying.
-            w = hist_w[e, c] / (1.0 - ad) if hist_w[e, c] > 0 else 1.0
             if w > 1e200:
                 for j in range(_HIST_BINS):
                     hist[e, c, j] /= w
                 w = 1.0
             hist_w[e, c] = w
-            hist[e, c, b] += w
-            d = avg - mu[e, c]
-            mu[e, c] += ad * d
-            var[e, c] = (1.0 - ad) * (var[e, c] + ad * d * d)
+            hist[e, c, _hist_bin(avg)] += w
             dev[e, c] += asc * (res - dev[e, c])
             dev_slow[e, c] += afl * (res - dev_slow[e, c])
-            level[e, c] += a_level * (x - level[e, c])
+            level[e, c] = pred + a_level * err
+            trend[e, c] = phi * trend[e, c] + a_level * b_trend * err
             nobs[e, c] = cnt + 1
 
 
 class Likelihood:
-    """How surprising each value is, as a tail probability against the signal's own recent surprises.
+    """How surprising each value is, as a tail probability against the signal's own surprises.
 
     Two stages per entity and column, in constant space:
 
     1. *Raw surprise*: ``|x - level| / scale``, where ``level`` is an
        exponentially weighted mean of recent values (span ``level_span``
        rows) and ``scale`` the weighted mean absolute error of that
-       prediction (span ``scale_span``), floored by ``floor_ratio`` times a
-       much slower one (a quiet spell does not make normal activity news)
-       and by the signal's resolution (a step of a quantised signal is one
-       unit, never more).
-    2. *Anomaly likelihood*, as in Numenta's detectors: the mean surprise of
-       the last ``short`` rows is compared with the distribution of that
-       mean over the signal's history (exponentially weighted mean and
-       variance, span ``dist_span``; until that many rows have been seen,
-       every earlier row counts equally). The result is the Gaussian tail
-       probability of the recent mean: 1 for ordinary rows, 1e-5 for rows
-       as unusual as a 4.3-sigma event in the signal's own terms. Surprises
-       are rarely Gaussian: a load step is a large surprise that a cycler
-       makes every few minutes. So the probability is also read off an
-       exponentially weighted histogram of the recent mean (log-spaced bins,
-       same span), less one past event; the larger of the two counts. A
-       surprise the signal has shown twice within its history is its normal.
+       prediction (span ``scale_span``; every row so far while fewer),
+       floored by ``floor_ratio`` times a ten times slower one (a quiet
+       spell does not make normal activity news) and by the signal's
+       resolution (a step of a quantised signal is one unit, never more).
+       With ``short`` above 1, the mean of the last ``short`` raw surprises
+       is judged instead of each row's own.
+    2. *Tail probability*: the surprise is looked up in an exponentially
+       weighted histogram of the signal's earlier surprises (log-spaced
+       bins, span ``dist_span``), and beyond its top ``tail_share`` it is
+       extrapolated by a power law fitted to that top (see
+       :func:`tail_probability`). The largest past event is left out, so
+       one earlier anomaly does not teach that anomalies are normal; a
+       surprise the signal shows again and again (a cycler's load steps)
+       is its normal.
 
-    Rows before ``warmup`` valid values get probability 1.
+    Rows before ``warmup`` valid values get probability 1. A signal that
+    normally moves and holds one exact value for ``restart`` rows is stuck:
+    its further repeats teach nothing, and when it moves again the
+    prediction restarts from the new value (the stuck stretch is a
+    data-quality finding, the return is not an anomaly).
     """
 
     def __init__(self, ncols, level_span=5.0, scale_span=500.0, floor_span=5000.0, dist_span=2000.0,
-                 short=10, warmup=150, floor_ratio=0.5, sd_floor=0.05):
+                 short=1, warmup=150, floor_ratio=0.5, tail_share=0.01, trend=0.1, damping=0.98, restart=30):
         self.k = int(ncols)
         self.a_level = 2.0 / (float(level_span) + 1.0)
+        self.b_trend, self.phi = float(trend), float(damping)
+        self.restart = int(restart)
         self.scale_span, self.floor_span, self.dist_span = float(scale_span), float(floor_span), float(dist_span)
         self.short, self.warmup = int(short), int(warmup)
-        self.floor_ratio, self.sd_floor = float(floor_ratio), float(sd_floor)
+        self.floor_ratio, self.tail_share = float(floor_ratio), float(tail_share)
         self.nobs = np.zeros((0, self.k), dtype=np.int64)
-        for name in ("level", "dev", "dev_slow", "mu", "var"):
+        for name in ("level", "trend", "dev", "dev_slow", "hist_w", "last"):
             setattr(self, name, np.zeros((0, self.k)))
+        self.run = np.zeros((0, self.k), dtype=np.int64)
         self.ring = np.zeros((0, self.short, self.k))
         self.hist = np.zeros((0, self.k, _HIST_BINS))
-        self.hist_w = np.zeros((0, self.k))
 
     def update(self, codes, X, quantum):
         """Return ``(tail probability, raw surprise)`` per row and column."""
@@ -924,14 +995,15 @@ class Likelihood:
         if len(codes):
             n = int(codes.max()) + 1
             self.nobs = _grow_rows(self.nobs, n, 0)
-            for name in ("level", "dev", "dev_slow", "mu", "var", "ring", "hist", "hist_w"):
+            for name in ("level", "trend", "dev", "dev_slow", "ring", "hist", "hist_w", "last"):
                 setattr(self, name, _grow_rows(getattr(self, name), n, 0.0))
+            self.run = _grow_rows(self.run, n, 0)
         p = np.ones(X.shape)
         raw = np.zeros(X.shape)
-        _likelihood_kernel(codes, X, np.ascontiguousarray(quantum, dtype=np.float64), self.a_level,
-                           self.scale_span, self.floor_span, self.dist_span, self.short, self.warmup,
-                           self.floor_ratio, self.sd_floor, self.nobs, self.level, self.dev, self.dev_slow,
-                           self.ring, self.mu, self.var, self.hist, self.hist_w, p, raw)
+        _likelihood_kernel(codes, X, np.ascontiguousarray(quantum, dtype=np.float64), self.a_level, self.b_trend,
+                           self.phi, self.scale_span, self.floor_span, self.dist_span, self.short, self.warmup,
+                           self.floor_ratio, self.tail_share, self.restart, self.nobs, self.level, self.trend,
+                           self.dev, self.dev_slow, self.ring, self.hist, self.hist_w, self.last, self.run, p, raw)
         return p, raw
 
 

@@ -239,38 +239,49 @@ class Limits(Detector):
 
 
 class Surprise(Detector):
-    """How unusual each value is against the signal's own recent behaviour (the default outlier detector).
+    """How unusual each value is against the signal's own history (a calibrated outlier detector).
 
-    Each value is compared with a short-memory prediction (a weighted mean of
-    the last few rows); the error, in units of the signal's usual error,
-    is its raw surprise. The mean surprise of the last ``short`` rows is then
-    judged against the distribution of that mean over the signal's history,
-    as an anomaly likelihood: the score is the tail probability of the
-    recent surprise on a log scale (:func:`tail_score`), so one threshold
+    Each value is compared with a short-memory prediction (a weighted mean
+    of the last few rows); the error, in units of the signal's usual error,
+    is its surprise. The surprise is then judged against the distribution of
+    the signal's own earlier surprises, with a power-law tail fitted to the
+    largest of them (:class:`~sbg._kernels.Likelihood`): the score is that
+    tail probability on a log scale (:func:`tail_score`). So one threshold
     means the same on a noisy power meter, a quantised temperature and a
-    bursty counter, at any sampling rate. The prediction follows a new
-    level within a few rows, so a level shift or a change of variance is
-    flagged when it happens, not for ever after; slow drifts and smooth
-    daily cycles stay predictable and are not flagged.
+    bursty counter, at any sampling rate, and a surprise a signal shows
+    again and again (a cycler's load steps) is its normal. The prediction
+    follows a new level within a few rows, so a level shift or a change of
+    variance is flagged when it happens, not for ever after; slow drifts and
+    smooth daily cycles stay predictable.
     """
 
     label = "surprise"
-    enabled = param.Boolean(default=False,
-                            doc="Run this detector (off by default for now: on cycler data it takes every "
-                                "load step for news; see docs/detection.md).")
-    decades = param.Number(default=5.0, bounds=(0.5, 50),
-                           doc="Flag when the recent surprise has a tail probability of at most 10^-decades.")
-    short = param.Integer(default=10, bounds=(1, 256), doc="Rows whose mean surprise is judged.")
-    level_span = param.Number(default=5.0, bounds=(1, None), doc="Span, in rows, of the prediction.")
+    decades = param.Number(default=6.0, bounds=(0.5, 50),
+                           doc="Flag when the surprise has a tail probability of at most 10^-decades.")
+    short = param.Integer(default=1, bounds=(1, 256),
+                          doc="Rows whose mean surprise is judged (1: every row on its own).")
+    level_span = param.Number(default=5.0, bounds=(1, None), doc="Span, in rows, of the prediction's level.")
+    trend = param.Number(default=0.1, bounds=(0, 1),
+                         doc="How fast the prediction learns a trend, relative to its level (0: no trend; "
+                             "a damped trend lets ramps such as a state of charge under load stay predictable).")
     scale_span = param.Number(default=500.0, bounds=(2, None),
                               doc="Span, in rows, of the usual prediction error (all rows so far while fewer).")
-    history_span = param.Number(default=2000.0, bounds=(10, None),
-                                doc="Span, in rows, of the history the recent surprise is judged against "
+    history_span = param.Number(default=5000.0, bounds=(10, None),
+                                doc="Span, in rows, of the history of surprises a new one is judged against "
                                     "(all rows so far while fewer).")
+    tail_share = param.Number(default=0.01, bounds=(0.001, 0.5),
+                              doc="Share of the history's largest surprises the power-law tail is fitted to.")
     floor_ratio = param.Number(default=0.5, bounds=(0, None),
                                doc="Usual error floor, as a fraction of the long-run error (10x scale_span).")
-    warmup = param.Integer(default=150, bounds=(0, None),
-                           doc="Valid values of a signal before it can be flagged (enough to know its surprises).")
+    warmup = param.Integer(default=500, bounds=(0, None),
+                           doc="Valid values of a signal before it can be flagged: enough for the top "
+                               "tail_share of its surprises to hold five of them (5 / tail_share).")
+    isolated_only = param.Boolean(default=True,
+                                  doc="Leave out surprises shared by two or more signals of the entity on the "
+                                      "same row: a change of operating point (a load step moves current and "
+                                      "voltage together), which the joint detector judges.")
+    shared_tail = param.Number(default=1e-3, bounds=(0, 1),
+                               doc="Tail probability under which a signal counts as moving with the others.")
 
     def describe(self, signal, value):
         return f"{signal} = {value:.6g}, unusual for this signal"
@@ -278,15 +289,20 @@ class Surprise(Detector):
     def tail(self, chunk, features):
         """``(tail probability, raw surprise)`` per row and signal."""
         _, _, quantum = features.lag(chunk)
-        key = ("likelihood", self.level_span, self.scale_span, self.history_span, self.short, self.warmup,
-               self.floor_ratio)
+        key = ("likelihood", self.level_span, self.trend, self.scale_span, self.history_span, self.short,
+               self.warmup, self.floor_ratio, self.tail_share)
         return features._get(chunk, key, lambda: Likelihood(
             features.k, self.level_span, self.scale_span, 10 * self.scale_span, self.history_span, self.short,
-            self.warmup, self.floor_ratio), lambda st: st.update(chunk.codes, chunk.X, quantum))
+            self.warmup, self.floor_ratio, self.tail_share, self.trend),
+            lambda st: st.update(chunk.codes, chunk.X, quantum))
 
     def scores(self, chunk, features):
         p, _ = self.tail(chunk, features)
-        return tail_score(p, self.decades)
+        score = tail_score(p, self.decades)
+        if self.isolated_only and p.shape[1] > 1:
+            shared = (p < self.shared_tail).sum(axis=1) >= 2
+            score[shared] = np.minimum(score[shared], 0.49)
+        return score
 
 
 class Joint(Detector):
@@ -375,6 +391,10 @@ class _Windowed(Detector):
     resolution_floor = param.Number(default=2.0, bounds=(0, None),
                                     doc="Scale floor in steps of the signal's resolution (smallest change "
                                         "seen): a change of a step or two is never news.")
+    confirm = param.Number(default=1e-3, bounds=(0, 1),
+                           doc="Flag only values whose surprise, judged against the signal's own history "
+                               "(the surprise detector's tail probability), is at most this; 0 to judge "
+                               "by the threshold alone.")
 
     def _distance(self, chunk, features, X, center, std, std_long, lo=None, hi=None, margin=0.0,
                   isolated=False, co_threshold=0.0):
@@ -382,9 +402,13 @@ class _Windowed(Detector):
         use_range = lo is not None
         if not use_range:
             lo = hi = X
-        return distance_scores(X, center, std, std_long, quantum, self.floor_ratio, self.resolution_floor,
-                               self.threshold, lo, hi, margin, use_range, isolated, co_threshold,
-                               features.rows_seen(chunk), self.warmup)
+        scores = distance_scores(X, center, std, std_long, quantum, self.floor_ratio, self.resolution_floor,
+                                 self.threshold, lo, hi, margin, use_range, isolated, co_threshold,
+                                 features.rows_seen(chunk), self.warmup)
+        if self.confirm > 0:
+            p, _ = _CALIBRATION.tail(chunk, features)
+            np.minimum(scores, np.where(p > self.confirm, 0.49, 1.0), out=scores)
+        return scores
 
 
 class ZScore(_Windowed):
@@ -600,6 +624,10 @@ class Baseline(Detector):
         out = np.maximum(out, ratio_score(shift, shift_t))
         out = np.maximum(out, ratio_score(widen, spread_t))
         return out
+
+
+#: The calibration the fixed-threshold detectors consult (``confirm``): a default surprise detector.
+_CALIBRATION = Surprise()
 
 
 def detector_classes() -> dict[str, type[Detector]]:

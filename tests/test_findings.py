@@ -133,19 +133,13 @@ def test_joint_is_chunk_invariant():
     np.testing.assert_array_equal(whole, parts)
 
 
-KNOWN_LIMITS = pytest.mark.xfail(strict=True, reason="surprise is not yet the default: it flags the return "
-                                 "from a long flat stretch and rare large bursts (docs/detection.md)")
-
-
 @pytest.mark.parametrize("name,make", [
     ("daily cycle", lambda r, n: 10 * np.sin(2 * np.pi * np.arange(n) / 1440) + r.normal(0, 1, n)),
     ("slow drift", lambda r, n: 0.01 * np.arange(n) + r.normal(0, 1, n)),
     ("integer counts", lambda r, n: r.poisson(3, n).astype(float)),
     ("quantised", lambda r, n: np.round(20 + r.normal(0, 0.3, n), 1)),
-    pytest.param("long normal flats", lambda r, n: np.where((np.arange(n) // 500) % 2 == 0, 5.0,
-                                                            5.0 + r.normal(0, 1, n)), marks=KNOWN_LIMITS),
-    pytest.param("bursty counts", lambda r, n: r.poisson(np.where(r.random(n) < 0.02, 30, 1)).astype(float),
-                 marks=KNOWN_LIMITS),
+    ("long normal flats", lambda r, n: np.where((np.arange(n) // 500) % 2 == 0, 5.0, 5.0 + r.normal(0, 1, n))),
+    ("bursty counts", lambda r, n: r.poisson(np.where(r.random(n) < 0.02, 30, 1)).astype(float)),
 ])
 def test_surprise_stays_quiet_on_what_real_series_do(name, make):
     df = frame(n=5000, freq="5min", v=make)
@@ -178,3 +172,19 @@ def test_the_surprise_score_reads_the_same_whatever_the_scale():
     large = Surprise().score(frame(n=3000, freq="1h", v=lambda r, n: v * 1e4 - 3))["v"].to_numpy()
     np.testing.assert_allclose(small, large, atol=1e-6)
     assert small[2500] >= 0.5
+
+
+def test_fixed_thresholds_speak_only_for_values_the_series_itself_finds_rare():
+    from sbg.detect import ZScore
+
+    def jump_at(i):
+        v = np.random.default_rng(0).normal(0, 1, 1500)
+        v[i:] += 15
+        return frame(n=1500, v=lambda r, n: v)
+
+    # Before the calibration has seen enough of the signal, it confirms nothing.
+    early = jump_at(300)
+    assert (ZScore(warmup=100, confirm=0).score(early)["v"] >= 0.5).iloc[300]
+    assert not (ZScore(warmup=100).score(early)["v"] >= 0.5).any()
+    late = jump_at(1000)
+    assert (ZScore(warmup=100).score(late)["v"] >= 0.5).iloc[1000]
