@@ -787,7 +787,7 @@ def _hist_bin(avg):
 
 
 @njit(cache=True, nogil=True)
-def tail_probability(hist, x, discount, tail_share, tail_min):
+def tail_probability(hist, x, discount, tail_share, tail_min, total=-1.0, top=_HIST_BINS - 1):
     """Probability of a surprise of at least ``x`` under the weighted histogram ``hist`` (log2 bins).
 
     The mass ``discount`` at the top (the largest past event) is left out.
@@ -801,9 +801,10 @@ def tail_probability(hist, x, discount, tail_share, tail_min):
     law), one that is never far from its usual error a light one (``xi``
     of 0, an exponential tail).
     """
-    total = 0.0
-    for j in range(_HIST_BINS):
-        total += hist[j]
+    if total < 0:
+        total = 0.0
+        for j in range(_HIST_BINS):
+            total += hist[j]
     total -= discount
     if total <= 0:
         return 1.0
@@ -817,7 +818,7 @@ def tail_probability(hist, x, discount, tail_share, tail_min):
     excess2 = 0.0
     at_x = -1.0
     b0 = 0
-    for j in range(_HIST_BINS - 1, -1, -1):
+    for j in range(top, -1, -1):
         m = hist[j]
         if skip > 0:
             s = skip if skip < m else m
@@ -858,7 +859,7 @@ def tail_probability(hist, x, discount, tail_share, tail_min):
 @njit(cache=True, nogil=True)
 def _likelihood_kernel(codes, X, quantum, a_level, b_trend, phi, span_scale, span_floor, span_dist, short, warmup,
                        floor_ratio, tail_share, restart, nobs, level, trend, dev, dev_slow, ring, hist, hist_w,
-                       last, run, out_p, out_raw):
+                       hist_sum, hist_top, last, run, out_p, out_raw):
     n, k = X.shape
     for i in range(n):
         e = codes[i]
@@ -926,15 +927,21 @@ def _likelihood_kernel(codes, X, quantum, a_level, b_trend, phi, span_scale, spa
             w = hist_w[e, c] / (1.0 - ad) if hist_w[e, c] > 0 else 1.0
             if cnt > warmup:
                 # The largest past event (``short`` rows, as they would weigh now) is left out.
-                out_p[i, c] = tail_probability(hist[e, c], avg, short * w, tail_share, 5.0 * w)
+                out_p[i, c] = tail_probability(hist[e, c], avg, short * w, tail_share, 5.0 * w, hist_sum[e, c],
+                                               hist_top[e, c])
             # Learn after scoring: the row is judged by what came before it. The
             # histogram's weights grow by 1 / (1 - ad) a row instead of decaying.
             if w > 1e200:
                 for j in range(_HIST_BINS):
                     hist[e, c, j] /= w
+                hist_sum[e, c] /= w
                 w = 1.0
             hist_w[e, c] = w
-            hist[e, c, _hist_bin(avg)] += w
+            b = _hist_bin(avg)
+            hist[e, c, b] += w
+            hist_sum[e, c] += w
+            if b > hist_top[e, c]:
+                hist_top[e, c] = b
             dev[e, c] += asc * (res - dev[e, c])
             dev_slow[e, c] += afl * (res - dev_slow[e, c])
             level[e, c] = pred + a_level * err
@@ -982,9 +989,10 @@ class Likelihood:
         self.short, self.warmup = int(short), int(warmup)
         self.floor_ratio, self.tail_share = float(floor_ratio), float(tail_share)
         self.nobs = np.zeros((0, self.k), dtype=np.int64)
-        for name in ("level", "trend", "dev", "dev_slow", "hist_w", "last"):
+        for name in ("level", "trend", "dev", "dev_slow", "hist_w", "hist_sum", "last"):
             setattr(self, name, np.zeros((0, self.k)))
         self.run = np.zeros((0, self.k), dtype=np.int64)
+        self.hist_top = np.zeros((0, self.k), dtype=np.int64)
         self.ring = np.zeros((0, self.short, self.k))
         self.hist = np.zeros((0, self.k, _HIST_BINS))
 
@@ -995,15 +1003,17 @@ class Likelihood:
         if len(codes):
             n = int(codes.max()) + 1
             self.nobs = _grow_rows(self.nobs, n, 0)
-            for name in ("level", "trend", "dev", "dev_slow", "ring", "hist", "hist_w", "last"):
+            for name in ("level", "trend", "dev", "dev_slow", "ring", "hist", "hist_w", "hist_sum", "last"):
                 setattr(self, name, _grow_rows(getattr(self, name), n, 0.0))
             self.run = _grow_rows(self.run, n, 0)
+            self.hist_top = _grow_rows(self.hist_top, n, 0)
         p = np.ones(X.shape)
         raw = np.zeros(X.shape)
         _likelihood_kernel(codes, X, np.ascontiguousarray(quantum, dtype=np.float64), self.a_level, self.b_trend,
                            self.phi, self.scale_span, self.floor_span, self.dist_span, self.short, self.warmup,
                            self.floor_ratio, self.tail_share, self.restart, self.nobs, self.level, self.trend,
-                           self.dev, self.dev_slow, self.ring, self.hist, self.hist_w, self.last, self.run, p, raw)
+                           self.dev, self.dev_slow, self.ring, self.hist, self.hist_w, self.hist_sum, self.hist_top,
+                           self.last, self.run, p, raw)
         return p, raw
 
 

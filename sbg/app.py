@@ -618,14 +618,16 @@ class Dashboard(pn.viewable.Viewer):
         self.alerts_table = pn.widgets.Tabulator(
             self._alerts_frame(), sizing_mode="stretch_width", height=330, disabled=True, show_index=False,
             pagination="local", page_size=10, header_filters=True, selectable=False,
-            formatters={c: {"type": "plaintext"} for c in ("severity", "entity", "rule", "signal", "message", "state")},
+            formatters={c: {"type": "plaintext"}
+                        for c in ("severity", "kind", "entity", "rule", "signal", "message", "state")},
             layout="fit_data_stretch",
         )
         self.alerts_table.style.apply(self._severity_style, axis=1)
         self.feed = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=css)
         self.legend = pn.pane.HTML(stylesheets=css, object=
             '<div class="sbg-legend">' + "".join(
-                f'<span style="--c:{STATE_COLORS[k]}">{k}</span>' for k in ("normal", "warning", "critical", "stale"))
+                f'<span style="--c:{STATE_COLORS[k]}">{k}</span>'
+                for k in ("normal", "warning", "critical", "stale", "data quality"))
             + "</div>")
         self.progress_text.stylesheets = css
         self.upload_status.stylesheets = css
@@ -640,12 +642,12 @@ class Dashboard(pn.viewable.Viewer):
 
     def _alerts_frame(self, limit=500) -> pd.DataFrame:
         table = self.monitor.alerts.head(limit)
-        cols = ["start", "severity", "entity", "rule", "signal", "message", "state", "end"]
+        cols = ["start", "severity", "kind", "entity", "rule", "signal", "message", "state", "end"]
         if table.empty:
             return pd.DataFrame({c: pd.Series([], dtype="datetime64[ns]" if c in ("start", "end") else object)
                                  for c in cols})
         out = table[cols].copy()
-        for c in ("severity", "entity", "rule", "signal", "message", "state"):
+        for c in ("severity", "kind", "entity", "rule", "signal", "message", "state"):
             out[c] = out[c].astype(object)
         return out
 

@@ -206,7 +206,8 @@ class Monitor:
             self.commit()
 
     def health(self, stale_after: str = "60s") -> pd.DataFrame:
-        """State per entity and signal: 0 normal, 1 flagged, 2 critical alert firing, 3 no recent data.
+        """State per entity and signal: 0 normal, 1 flagged, 2 critical alert firing, 3 no recent data,
+        4 a data-quality finding (a gap, a stuck sensor) and no anomaly.
 
         An entity is stale when its newest row is older than ``stale_after``
         on the replay's clock: silence is shown as silence, never as normal.
@@ -221,7 +222,9 @@ class Monitor:
         for entity, rec in latest.iterrows():
             for s in self.signals:
                 score = rec.get(f"{s}__score", np.nan)
-                state = 3 if stale[entity] else 2 if (str(entity), s) in critical else 1 if score >= 0.5 else 0
+                quality = rec.get(f"{s}__quality", 0.0)
+                state = (3 if stale[entity] else 2 if (str(entity), s) in critical else 1 if score >= 0.5
+                         else 4 if quality >= 0.5 else 0)
                 rows.append((str(entity), s, state, score, rec["timestamp"]))
         return pd.DataFrame(rows, columns=["entity", "signal", "state", "score", "last_seen"])
 
@@ -238,7 +241,7 @@ class Monitor:
     def history_columns(self, frame):
         keep = ["timestamp", "entity", *self.signals, *self.carried]
         for s in self.signals:
-            keep += [f"{s}__mean", f"{s}__std", f"{s}__lower", f"{s}__upper", f"{s}__score"]
+            keep += [f"{s}__mean", f"{s}__std", f"{s}__lower", f"{s}__upper", f"{s}__score", f"{s}__quality"]
         keep += ["interval_s", "anomaly_score", "is_anomaly", "reason", "quality"]
         return [c for c in keep if c in frame.columns]
 

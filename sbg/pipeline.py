@@ -15,7 +15,9 @@ Enriched columns
 ``{signal}__mean/__std/__min/__max/__ewm``
     Rolling statistics (:class:`~sbg.stats.Stats`).
 ``{signal}__score``
-    Highest detector score on the signal.
+    Highest anomaly-detector score on the signal.
+``{signal}__quality``
+    Highest data-quality score on the signal (a gap counts for every signal).
 ``interval_s``
     Seconds since the entity's previous row (NaN for its first).
 ``anomaly_score``, ``is_anomaly``, ``reason``
@@ -124,6 +126,7 @@ class Pipeline(param.Parameterized):
     def output_columns(self):
         cols = ["timestamp", "entity", *self.signals, *self.carried, *self.stats.columns()]
         cols += [f"{s}__score" for s in self.signals]
+        cols += [f"{s}__quality" for s in self.signals]
         return cols + ["interval_s", *OUTPUT_COLUMNS]
 
     def example(self) -> pd.DataFrame:
@@ -207,6 +210,10 @@ class Pipeline(param.Parameterized):
             cols = cols[np.argsort(-A[i, cols], kind="stable")]
             reason[i] = ";".join(names[cols])
         out["quality"] = self._quality(S, kinds, active, n, k)
+        Q = S[:, ~kinds] if D and k else np.zeros((n, 0))
+        q_signal = Q.reshape(n, Q.shape[1] // k, k).max(axis=1) if Q.shape[1] else np.zeros((n, k))
+        for j, s in enumerate(self.signals):
+            out[f"{s}__quality"] = q_signal[:, j]
         out["interval_s"] = (self._guard("intervals", lambda: self.features.intervals(chunk)[0],
                                          lambda: np.full(n, np.nan)) if n else np.zeros(0))
         out["anomaly_score"] = top
@@ -266,6 +273,7 @@ class Pipeline(param.Parameterized):
         n = len(frame)
         out = {c: np.full(n, np.nan) for c in self.stats.columns()} if stats else {}
         out.update({f"{s}__score": np.zeros(n) for s in self.signals})
+        out.update({f"{s}__quality": np.zeros(n) for s in self.signals})
         out["interval_s"] = np.full(n, np.nan)
         out["anomaly_score"] = np.zeros(n)
         out["is_anomaly"] = np.zeros(n, dtype=bool)

@@ -45,11 +45,12 @@ STATE_COLORS = {
     "warning": "#d97706",
     "critical": "#dc2626",
     "stale": "#9ca3af",
+    "data quality": "#7c3aed",
 }
 #: Entity colours: blues, teals, purples and greys, so no entity looks like a warning.
 ENTITY_COLORS = ["#2563eb", "#0d9488", "#7c3aed", "#475569", "#0891b2", "#4f46e5", "#15803d", "#a21caf",
                  "#1e40af", "#0f766e", "#6d28d9", "#334155"]
-STATE_LABELS = {0: "normal", 1: "warning", 2: "critical", 3: "stale"}
+STATE_LABELS = {0: "normal", 1: "warning", 2: "critical", 3: "stale", 4: "data quality"}
 #: Live plots draw on a 2D canvas: WebGL (HoloViews' default) falls back to a slow
 #: software renderer on machines without a GPU, and a few thousand points need no GPU.
 CANVAS = {"plot.output_backend": "canvas"}
@@ -259,6 +260,9 @@ class LiveBuffers:
         self.buffers = dict(zip(self.entities, self.slots, strict=False))
         self.flags = {s: hv.streams.Buffer(self._empty(["timestamp", s]), length=flag_length, index=False)
                       for s in self.signals}
+        #: Rows with a data-quality finding (gap, stuck sensor), drawn apart from anomalies.
+        self.quality = {s: hv.streams.Buffer(self._empty(["timestamp", s]), length=flag_length, index=False)
+                        for s in self.signals}
         self.bridge = bridge if bridge is not None else BufferBridge()
 
     @staticmethod
@@ -307,20 +311,21 @@ class LiveBuffers:
             rows = np.flatnonzero(ent == e)
             if len(rows):
                 self.bridge.update(buf, drawn.take(rows).reset_index(drop=True))
-        for s, buf in self.flags.items():
-            score = f"{s}__score"
-            if score not in frame.columns:
-                continue
-            hit = np.flatnonzero(mine & (frame[score].to_numpy() >= 0.5))
-            if len(hit):
-                self.bridge.update(buf, drawn[["timestamp", s]].take(hit).reset_index(drop=True))
+        for suffix, buffers in (("score", self.flags), ("quality", self.quality)):
+            for s, buf in buffers.items():
+                score = f"{s}__{suffix}"
+                if score not in frame.columns:
+                    continue
+                hit = np.flatnonzero(mine & (frame[score].to_numpy() >= 0.5))
+                if len(hit):
+                    self.bridge.update(buf, drawn[["timestamp", s]].take(hit).reset_index(drop=True))
         return int(mine.sum())
 
     def flush(self) -> int:
         return self.bridge.flush()
 
     def clear(self):
-        self.bridge.clear([*self.slots, *self.flags.values()])
+        self.bridge.clear([*self.slots, *self.flags.values(), *self.quality.values()])
 
 
 def _element(kind, kdims, vdims, label=""):
@@ -360,6 +365,9 @@ def signal_view(buffers: LiveBuffers, signal: str, height: int = 210, bands: int
         curve = hv.DynamicMap(_element("Curve", "timestamp", vdims), streams=[buf])
         layers.append(curve.opts(color=color, line_width=1.5, tools=["hover"], hooks=hooks, **common))
     if layers:
+        quality = hv.DynamicMap(_element("Scatter", "timestamp", signal), streams=[buffers.quality[signal]])
+        layers.append(quality.opts(color=STATE_COLORS["data quality"], size=7, marker="square",
+                                   line_color="white", hooks=[sync_hook], **common))
         flags = hv.DynamicMap(_element("Scatter", "timestamp", signal), streams=[buffers.flags[signal]])
         layers.append(flags.opts(color=STATE_COLORS["critical"], size=7, marker="circle", line_color="white",
                                  hooks=[sync_hook], **common))
@@ -452,7 +460,7 @@ def health_element(frame: pd.DataFrame, height: int | None = None):
     frame = _health_cells(frame)
     n_entities = max(frame["row"].nunique(), 1)
     height = height or health_height(n_entities)
-    cmap = {name: STATE_COLORS[name] for name in ("normal", "warning", "critical", "stale")}
+    cmap = {name: STATE_COLORS[name] for name in ("normal", "warning", "critical", "stale", "data quality")}
     # Rows are labelled with ids cut to a readable length (a long id would squeeze the grid); hover shows it whole.
     return hv.HeatMap(frame, ["signal", "row"], ["state_name", "entity_id", "score", "last_seen"]).opts(
         hover_tooltips=[("entity", "@entity_id"), ("signal", "@signal"), ("state", "@state_name"),
@@ -595,6 +603,9 @@ def static_signal_view(frame: pd.DataFrame, signal: str, entities=None, width: i
             layers.append(hv.Area(rows, "timestamp", [f"{signal}__lower", f"{signal}__upper"]).opts(
                 color=color, alpha=0.12, line_alpha=0))
         layers.append(hv.Curve(rows, "timestamp", signal, label=str(e)).opts(color=color, line_width=1.2))
+        quality = rows[rows.get(f"{signal}__quality", pd.Series(0, index=rows.index)) >= 0.5]
+        layers.append(hv.Scatter(quality, "timestamp", signal).opts(color=STATE_COLORS["data quality"], size=5,
+                                                                    marker="square"))
         flagged = rows[rows.get(f"{signal}__score", pd.Series(0, index=rows.index)) >= 0.5]
         layers.append(hv.Scatter(flagged, "timestamp", signal).opts(color=STATE_COLORS["critical"], size=5))
     return hv.Overlay(layers).opts(width=width, height=height, title=signal, show_grid=True)

@@ -493,7 +493,18 @@ class _Run:
             n = int(h[s].isna().sum())
             if n:
                 missing.append({"signal": s, "count": n, "share": n / max(len(h), 1)})
+        findings = []
+        if "quality" in h.columns and len(h):
+            q = h["quality"].astype(str)
+            named = q[q != ""].str.split(";").explode()
+            for name, rows in named.groupby(named, sort=True):
+                idx = rows.index
+                ents = sorted(h.loc[idx, "entity"].astype(str).unique())
+                findings.append({"finding": name, "rows": len(idx),
+                                 "first": self.when(h.loc[idx, "timestamp"].min()),
+                                 "entities": ", ".join(ents[:8]) + (f" and {len(ents) - 8} more" if len(ents) > 8 else "")})
         return {"quality": {
+            "findings": findings,
             "reasons": reasons, "kept": len(snap.quarantine), "keep": snap.quarantine_keep,
             "rows_quarantined": snap.metrics["rows_quarantined"],
             "gaps": self.gaps[: self.opts.max_gaps], "gap_count": len(self.gaps),

@@ -37,11 +37,16 @@ KILLS = 20
 SEED = 20240603
 
 # Sensitive rules: ~160 alerts that fire, resolve and reopen all through the run, and every kind of
-# carried state (robust quantiles, the baseline's paired windows) in the checkpoint.
+# carried state (robust quantiles, the baseline's paired windows, the surprise histograms, the joint
+# reference) in the checkpoint.
 SENSITIVE = {
-    "detectors": {"zscore": {"threshold": 3.0, "warmup": 200}, "spike": {"threshold": 4.0, "warmup": 200},
-                  "robust": {"enabled": True, "threshold": 4.0, "warmup": 200}},
+    "detectors": {"zscore": {"threshold": 3.0, "warmup": 200, "confirm": 0},
+                  "spike": {"threshold": 4.0, "warmup": 200, "confirm": 0},
+                  "robust": {"enabled": True, "threshold": 4.0, "warmup": 200, "confirm": 0},
+                  "surprise": {"decades": 3.0}, "joint": {"applies": "always", "decades": 3.0}},
     "rules": [
+        {"name": "anomaly", "detectors": ["surprise"], "clear_rows": 5, "dedup": "1min"},
+        {"name": "condition", "detectors": ["joint"], "clear_rows": 5, "dedup": "1min"},
         {"name": "outlier", "detectors": ["zscore", "robust"], "clear_rows": 5, "dedup": "2min"},
         {"name": "spike", "detectors": ["spike"], "clear_rows": 3, "dedup": "1min"},
         {"name": "limit_breach", "detectors": ["limits"], "severity": "critical", "pending_rows": 3,
