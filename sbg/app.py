@@ -677,6 +677,7 @@ class Dashboard(pn.viewable.Viewer):
             f'<span style="--c:{ENTITY_COLORS[i % len(ENTITY_COLORS)]}">{html.escape(e)}</span>'
             for i, e in enumerate(self.live.entities)) + (
             f'<span style="--c:{STATE_COLORS["critical"]}">flagged point</span>'
+            f'<span style="--c:{STATE_COLORS["data quality"]}">data-quality finding</span>'
             f'<span style="--c:#9ca3af">band: mean ± {self.monitor.pipeline.stats.band_k:g} std</span></div>')
 
     def _new_xy_buffer(self):

@@ -657,6 +657,7 @@ class _Figures:
         gap_rows = run.gap_rows
         alerts = run.alerts
         flagged_colour = self.state_colors["critical"]
+        quality_colour = self.state_colors.get("data quality", "#7c3aed")
         for si, s in enumerate(run.signals):
             y_all = h[s].to_numpy(dtype="float64")
             lower = h[f"{s}__lower"].to_numpy(dtype="float64") if f"{s}__lower" in h.columns else None
@@ -664,6 +665,9 @@ class _Figures:
             score = (h[f"{s}__score"].to_numpy(dtype="float64") if f"{s}__score" in h.columns
                      else np.zeros(len(h)))
             reasons = h["reason"].to_numpy(dtype=object) if "reason" in h.columns else None
+            quality = (h[f"{s}__quality"].to_numpy(dtype="float64") if f"{s}__quality" in h.columns
+                       else np.zeros(len(h)))
+            findings = h["quality"].to_numpy(dtype=object) if "quality" in h.columns else None
             figs = []
             section = {"signal": s, "index": si, "cols": cols, "flagged": 0,
                        "alerts": int((alerts["signal"] == s).sum()) if len(alerts) else 0,
@@ -675,8 +679,9 @@ class _Figures:
                 rows = run.rows[ei]
                 colour = self.entity_colors[run.colour_index[e] % len(self.entity_colors)]
                 flag_pos = np.flatnonzero(score[rows] >= 0.5)
+                quality_pos = np.flatnonzero((quality[rows] >= 0.5) & (score[rows] < 0.5))
                 breaks = np.flatnonzero(np.isin(rows, gap_rows)) if len(gap_rows) else np.zeros(0, dtype="int64")
-                keep = np.concatenate([flag_pos, breaks, breaks - 1]) if len(breaks) else flag_pos
+                keep = np.concatenate([flag_pos, quality_pos, breaks, breaks - 1])
                 x = run.ts[rows]
                 idx = minmax_indices(x, y_all[rows], buckets, keep=keep[keep >= 0])
                 where = with_breaks(idx, breaks)
@@ -703,6 +708,12 @@ class _Figures:
                 }), Scatter(x="x", y="y", size=5.5, fill_color=flagged_colour, line_width=0.6,
                             # Sparse points get a white ring to stand off the curve; dense ones would turn pink.
                             line_color="white" if len(fr) <= 300 else flagged_colour))
+                qr = rows[quality_pos]
+                marks = fig.add_glyph(ColumnDataSource({
+                    "x": run.ts[qr] / 1e6, "y": y_all[qr].astype("float32"),
+                    "finding": findings[qr].tolist() if findings is not None else [""] * len(qr),
+                }), Scatter(x="x", y="y", size=5.5, marker="square", fill_color=quality_colour, line_width=0.6,
+                            line_color="white" if len(qr) <= 300 else quality_colour))
                 fig.y_range = DataRange1d(renderers=[line, flags], range_padding=0.08)
                 if len(alerts):
                     mine = alerts[(alerts["entity"] == e) & (alerts["signal"] == s)]
@@ -719,6 +730,9 @@ class _Figures:
                     HoverTool(renderers=[flags], tooltips=[
                         ("flagged", f"@x{{{fmt}}}"), (s, "@y{%.6g}"), ("score", "@score{0.00}"),
                         ("by", "@detectors"),
+                    ], formatters={"@x": "datetime", "@y": "printf"}),
+                    HoverTool(renderers=[marks], tooltips=[
+                        ("data quality", f"@x{{{fmt}}}"), (s, "@y{%.6g}"), ("finding", "@finding"),
                     ], formatters={"@x": "datetime", "@y": "printf"}),
                 )
                 fig.yaxis.axis_label = None
