@@ -1257,3 +1257,98 @@ def _arm_rows(codes, X, low, high, state, out_armed, out_mismatch):
                     out_mismatch[i, c] = True
                 state[e, c] = s
             out_armed[i, c] = s
+
+
+@njit(cache=True, nogil=True)
+def _fit_check_kernel(codes, X, start, rows, count, state, buf, offset, out_state, out_offset, out_decided):
+    """Collect each entity's first ``rows`` rows; return the row that completes them (-1 when none does)."""
+    n, k = X.shape
+    for i in range(start, n):
+        e = codes[i]
+        if count[e] < rows:
+            for c in range(k):
+                buf[e, count[e], c] = X[i, c]
+            count[e] += 1
+            if count[e] == rows:
+                return i
+        for c in range(k):
+            out_state[i, c] = state[e, c]
+            out_offset[i, c] = offset[e, c]
+    return -1
+
+
+class ReferenceFit:
+    """Whether a known-good reference describes each entity's run, signal by signal.
+
+    The first ``rows`` rows of an entity are compared, per signal, with the
+    reference (``median``, ``low``/``high``: its 0.1-99.9 % range,
+    ``bulk_low``/``bulk_high``: its 5-95 % range, ``scale``: its robust
+    spread). State 0 while learning; then 1 when at least half of those rows
+    lie inside the reference's range and their median inside its bulk (it
+    fits); 2 when not, but the run's spread is within a factor ``spread_ratio`` of the
+    reference's (another operating point: judge shape and spread, with the
+    reference re-centred by ``offset`` onto the run's median); 3 when
+    neither holds (the reference does not describe the signal: it is not
+    judged). The row that decides is reported (``decided``).
+    """
+
+    def __init__(self, ncols, rows, spread_ratio=4.0):
+        self.k = int(ncols)
+        self.rows = int(rows)
+        self.spread_ratio = float(spread_ratio)
+        self.count = np.zeros(0, dtype=np.int64)
+        self.state = np.zeros((0, self.k), dtype=np.int64)
+        self.offset = np.zeros((0, self.k))
+        self.buf = np.zeros((0, self.rows, self.k))
+
+    def update(self, codes, X, reference):
+        """Return ``(state, offset, decided)`` per row and signal, as known before the row.
+
+        ``reference`` holds, per signal, ``(median, low, high, scale, bulk_low, bulk_high)``; it is
+        the detector's, given on each call, so the carried state is the entities' alone.
+        """
+        X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        if len(codes):
+            n = int(codes.max()) + 1
+            self.count = _grow_rows(self.count, n, 0)
+            self.state = _grow_rows(self.state, n, 0)
+            self.offset = _grow_rows(self.offset, n, 0.0)
+            self.buf = _grow_rows(self.buf, n, 0.0)
+        state = np.zeros(X.shape, dtype=np.int64)
+        offset = np.zeros(X.shape)
+        decided = np.zeros(X.shape, dtype=np.bool_)
+        start = 0
+        while start < len(codes):
+            i = _fit_check_kernel(codes, X, start, self.rows, self.count, self.state, self.buf, self.offset,
+                                  state, offset, decided)
+            if i < 0:
+                break
+            e = int(codes[i])
+            self._decide(e, *(np.asarray(r, dtype=np.float64) for r in reference))
+            state[i], offset[i] = self.state[e], self.offset[e]
+            decided[i] = self.state[e] >= 2
+            start = i + 1
+        return state, offset, decided
+
+    def _decide(self, e, median, low, high, ref_scale, bulk_low, bulk_high):
+        B = self.buf[e]
+        for c in range(self.k):
+            v = B[:, c]
+            v = v[np.isfinite(v)]
+            if not np.isfinite(median[c]) or len(v) < 2:
+                self.state[e, c] = 3 if not np.isfinite(median[c]) else 1
+                continue
+            inside = np.mean((v >= low[c]) & (v <= high[c]))
+            q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75])
+            if inside >= 0.5 and bulk_low[c] <= med <= bulk_high[c]:
+                self.state[e, c] = 1
+                continue
+            spread = max((q3 - q1) / 1.349, 1e-12)
+            ratio = spread / max(ref_scale[c], 1e-12)
+            if 1.0 / self.spread_ratio <= ratio <= self.spread_ratio:
+                self.state[e, c] = 2
+                self.offset[e, c] = med - median[c]
+            else:
+                self.state[e, c] = 3
+        self.buf[e] = 0.0

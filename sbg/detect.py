@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import param
 
-from ._kernels import JointReference, Likelihood, LimitArming, distance_scores
+from ._kernels import JointReference, Likelihood, LimitArming, ReferenceFit, distance_scores
 from .stats import Chunk, Features
 
 __all__ = [
@@ -132,6 +132,16 @@ class Detector(param.Parameterized):
     #: A quality finding that concerns the whole row (a gap), not one signal.
     per_row = False
 
+    def findings(self) -> list:
+        """Data-quality findings of the last :meth:`scores` call beyond the scores themselves:
+        ``(rows x signals bool array, name, per_row)`` triples (a limit breached from a signal's first
+        value, a reference that does not fit)."""
+        return []
+
+    def explain(self, name: str, entity: str, signal: str) -> str:
+        """Words for the event that reports a finding of :meth:`findings`."""
+        return f"{signal}: {name}"
+
     __abstract = True
 
     def scores(self, chunk: Chunk, features: Features) -> np.ndarray:
@@ -177,8 +187,8 @@ class Limits(Detector):
 
     A limit counts for an entity only once its signal has been inside it. A
     signal that starts outside is reported once, on that first row, as a
-    likely configuration mismatch (a data-quality finding, see
-    :attr:`mismatch`), not as an alarm on every row.
+    likely configuration mismatch (a ``limits_mismatch`` data-quality
+    finding), not as an alarm on every row.
     """
 
     label = "limits"
@@ -192,6 +202,15 @@ class Limits(Detector):
         self.mismatch = None
         #: The input's entity column, if any (set from the schema): part of what makes a schema "battery".
         self.entity_column = None
+
+    def findings(self):
+        return [] if self.mismatch is None else [(self.mismatch, "limits_mismatch", False)]
+
+    def explain(self, name, entity, signal):
+        low, high = self.bounds_for(signal, None)
+        span = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+        return (f"{signal} starts outside its limits {span}; they are held back until it comes inside them "
+                "(likely configuration mismatch: are these the right limits for this data?)")
 
     def describe(self, signal, value):
         low, high = self.bounds_for(signal)
@@ -217,7 +236,7 @@ class Limits(Detector):
         bounds = [self.bounds_for(s, chunk.signals) for s in chunk.signals]
         low = np.array([-np.inf if lo is None else lo for lo, _ in bounds])
         high = np.array([np.inf if hi is None else hi for _, hi in bounds])
-        key = ("limit_arming", ";".join(f"{lo!r}:{hi!r}" for lo, hi in zip(low, high, strict=True)))
+        key = ("limit_arming", ";".join(f"{float(lo)!r}:{float(hi)!r}" for lo, hi in zip(low, high, strict=True)))
         armed, self.mismatch = features._get(chunk, key, lambda: LimitArming(features.k),
                                              lambda st: st.update(chunk.codes, chunk.X, low, high))
         for j, (lo, hi) in enumerate(bounds):
@@ -342,6 +361,14 @@ class Joint(Detector):
 
     def describe(self, signal, value):
         return f"{signal} = {value:.6g}, joint state away from the reference"
+
+    def findings(self):
+        return [] if self.mismatch is None else [(self.mismatch, "joint_unfit", True)]
+
+    def explain(self, name, entity, signal):
+        return ("the joint state left the reference learned at the start of the run for more than a quarter "
+                "of the time: the start does not describe this process (it moves between operating points), "
+                "so the joint detector stops judging this entity")
 
     def reference_rows(self, k):
         return max(self.min_rows, self.rows_per_signal * k)
@@ -545,9 +572,21 @@ class Baseline(Detector):
     ``threshold`` robust spreads, or when the mean quantile of the last ``window`` rows has moved
     ``shift`` away from one half (the whole distribution has shifted), or the
     mean distance from the median quantile has grown to ``spread``.
+
+    A reference recorded on another day may describe another operating
+    point. So the first ``check_rows`` rows of each entity are checked
+    against it first, signal by signal (:class:`~sbg._kernels.ReferenceFit`,
+    no flags meanwhile): where most of them lie outside the reference's
+    range but their spread is like the reference's, the reference is
+    re-centred on the run and judges the spread of its values only; where the spread
+    differs too, the signal is not judged. Either way the row that decides
+    carries a ``baseline_recentred:signal`` or ``baseline_unfit:signal``
+    data-quality finding, and an event says what was found.
     """
 
     label = "baseline"
+    check_rows = param.Integer(default=200, bounds=(2, None),
+                               doc="Rows of each entity checked against the reference before it judges them.")
     window = param.Integer(default=600, bounds=(10, None), doc="Rows over which a distribution shift is judged.")
     threshold = param.Number(default=3.0, bounds=(0, None), inclusive_bounds=(False, True),
                              doc="Robust spreads beyond the reference's 0.1-99.9 % range at which a single row is flagged.")
@@ -562,9 +601,22 @@ class Baseline(Detector):
     def describe(self, signal, value):
         return f"{signal} = {value:.6g}, away from the baseline"
 
+    def findings(self):
+        if self.mismatch is None:
+            return []
+        return [(self.mismatch[0], "baseline_recentred", False), (self.mismatch[1], "baseline_unfit", False)]
+
+    def explain(self, name, entity, signal):
+        if name == "baseline_recentred":
+            return (f"{signal} runs at another level than in the baseline, with a similar spread: the baseline is "
+                    "re-centred on this run and judges its shape and spread only")
+        return (f"{signal} differs from the baseline in level and spread: the baseline does not describe it, "
+                "so it is not judged against it")
+
     def __init__(self, reference: pd.DataFrame | None = None, **params):
         super().__init__(**params)
         self.reference = None
+        self.mismatch = None
         if reference is not None:
             self.set_reference(reference)
 
@@ -589,27 +641,46 @@ class Baseline(Detector):
             s_ref = float(np.nanmax((2 * u - 1).abs().rolling(w).mean())) if len(vals) > w else 0.5
             shift = max(self.shift, (m_ref + 0.5) / 2)
             spread = max(self.spread, (s_ref + 1.0) / 2)
-            self.reference[col] = (grid, probs, (lo, hi), scale, shift, spread)
+            bulk = tuple(float(q) for q in np.quantile(vals, [0.05, 0.95]))
+            self.reference[col] = (grid, probs, (float(lo), float(hi)), float(scale), shift, spread,
+                                   float(np.median(vals)), bulk)
+
+    def _fit(self, chunk, features):
+        """``(state, offset, decided)`` of the reference for each row and signal (see :class:`ReferenceFit`)."""
+        refs = [self.reference.get(s) for s in chunk.signals]
+        ref = ([r[6] if r else np.nan for r in refs], [r[2][0] if r else np.nan for r in refs],
+               [r[2][1] if r else np.nan for r in refs], [r[3] if r else np.nan for r in refs],
+               [r[7][0] if r else np.nan for r in refs], [r[7][1] if r else np.nan for r in refs])
+        return features._get(chunk, ("reference_fit", self.check_rows),
+                             lambda: ReferenceFit(features.k, self.check_rows),
+                             lambda st: st.update(chunk.codes, chunk.X, ref))
 
     def scores(self, chunk, features):
         out = np.zeros(chunk.X.shape)
+        self.mismatch = None
         if not self.reference:
             return out
         cols = [j for j, s in enumerate(chunk.signals) if s in self.reference]
         if not cols:
             return out
+        fit, offset, decided = self._fit(chunk, features)
+        if decided.any():
+            self.mismatch = (decided & (fit == 2), decided & (fit == 3))
+        X = chunk.X - offset
         U = np.full(chunk.X.shape, np.nan)
         shift_t = np.full(chunk.X.shape[1], 0.5)
         spread_t = np.full(chunk.X.shape[1], 0.5)
         for j in cols:
-            grid, probs, (lo, hi), scale, shift_j, spread_j = self.reference[chunk.signals[j]]
+            grid, probs, (lo, hi), scale, shift_j, spread_j, _, _ = self.reference[chunk.signals[j]]
             shift_t[j], spread_t[j] = shift_j, spread_j - 0.5
-            x = chunk.X[:, j]
+            x = X[:, j]
             u = np.interp(x, grid, probs, left=0.0, right=1.0)
             U[:, j] = np.where(np.isnan(x), np.nan, u)
             with np.errstate(invalid="ignore"):
                 z = np.maximum(np.maximum(lo - x, x - hi), 0.0) / scale
             out[:, j] = ratio_score(z, self.threshold)
+        judged = (fit == 1) | (fit == 2)
+        U[~judged] = np.nan
         key = ("baseline_u", self.window)
         state = features._state.get(key)
         if state is None:
@@ -621,8 +692,13 @@ class Baseline(Detector):
         mean_w, _, _, _ = state[1].update(chunk.codes, chunk.ts, np.abs(2 * U - 1))
         shift = np.nan_to_num(np.abs(mean_u - 0.5))
         widen = np.nan_to_num(np.maximum(mean_w - 0.5, 0))
-        out = np.maximum(out, ratio_score(shift, shift_t))
+        # Re-centred on another operating point, a signal is judged by the spread of its values only.
+        level = ratio_score(shift, shift_t)
+        out[fit == 2] = 0.0
+        level[fit == 2] = 0.0
+        out = np.maximum(out, level)
         out = np.maximum(out, ratio_score(widen, spread_t))
+        out[~judged] = 0.0
         return out
 
 
@@ -647,10 +723,8 @@ def for_schema(detectors, entity_column: str | None):
 def default_detectors(reference: pd.DataFrame | None = None) -> list[Detector]:
     """The default detector set; ``Baseline`` joins when a reference is given.
 
-    With a known-good reference, that reference judges the run: ``Joint``
-    (which otherwise takes the start of the run as its reference) stands aside.
     """
-    dets = [Limits(), Surprise(), Joint(enabled=reference is None), ZScore(), Robust(), Spike(), Flatline(), Gap()]
+    dets = [Limits(), Surprise(), Joint(), ZScore(), Robust(), Spike(), Flatline(), Gap()]
     if reference is not None:
         dets.append(Baseline(reference))
     return dets

@@ -428,7 +428,7 @@ _COUNTERS = ("rows_in", "rows_ok", "rows_quarantined", "rows_skipped", "analyses
 #: The only classes a checkpoint may name: the kernels that hold a pipeline's carried state.
 _KERNELS = {name: getattr(_kernels, name) for name in (
     "RollingMoments", "RollingQuantiles", "EWM", "EWSpread", "Lag", "RunLength", "Positions", "UsualInterval",
-    "Likelihood", "JointReference", "LimitArming")}
+    "Likelihood", "JointReference", "LimitArming", "ReferenceFit")}
 _SCALARS = (bool, int, float, str, type(None))
 _HEAD_BYTES = 1 << 20
 

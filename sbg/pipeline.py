@@ -26,7 +26,8 @@ Enriched columns
     highest first.
 ``quality``
     Data-quality findings on the row (``gap``, ``flatline:signal``,
-    ``limits_mismatch:signal``), ``;``-separated, empty for none. They never
+    ``limits_mismatch:signal``, ``joint_unfit``, ``baseline_recentred:signal``),
+    ``;``-separated, empty for none. They never
     set ``is_anomaly``.
 """
 
@@ -237,9 +238,13 @@ class Pipeline(param.Parameterized):
             else:
                 found += [(hit[:, c], f"{det.label}:{s}") for c, s in enumerate(self.signals)]
         for det in active:
-            mismatch = getattr(det, "mismatch", None)
-            if mismatch is not None and len(mismatch) == n and mismatch.any():
-                found += [(mismatch[:, c], f"{det.label}_mismatch:{s}") for c, s in enumerate(self.signals)]
+            for rows, name, per_row in det.findings():
+                if len(rows) != n or not rows.any():
+                    continue
+                if per_row:
+                    found.append((rows.any(axis=1), name))
+                else:
+                    found += [(rows[:, c], f"{name}:{s}") for c, s in enumerate(self.signals)]
         for rows, name in found:
             for i in np.flatnonzero(rows):
                 quality[i] = f"{quality[i]};{name}" if quality[i] else name
@@ -248,25 +253,24 @@ class Pipeline(param.Parameterized):
     def account(self, result: pd.DataFrame, S: np.ndarray, chunk):
         """Advance the alert rules over a scored chunk and count it in the metrics."""
         self._guard("alerts", lambda: self._alerts(result, self.pairs, S, chunk), lambda: None)
-        self._guard("quality events", lambda: self._mismatch_events(result), lambda: None)
+        self._guard("quality events", lambda: self._finding_events(result), lambda: None)
         self.metrics.analyses += 1
         self.metrics.entities = len(self.features.index)
         self.metrics.sim_time = pd.Timestamp(chunk.ts[-1])
 
-    def _mismatch_events(self, result):
-        """One event per signal that breaches its limits from its first value: a likely configuration mismatch."""
+    def _finding_events(self, result):
+        """An event for each finding a detector reports once (see :meth:`~sbg.detect.Detector.findings`)."""
+        names = {name: det for det in self.detectors if det.enabled for _, name, _ in det.findings()}
+        if not names:
+            return
         quality = result["quality"].to_numpy(dtype=object)
-        rows = [i for i, q in enumerate(quality) if q and "_mismatch:" in q]
-        for i in rows:
-            for name in quality[i].split(";"):
-                if "_mismatch:" not in name:
-                    continue
-                signal = name.split(":", 1)[1]
-                det = next((d for d in self.detectors if name.startswith(f"{d.label}_mismatch")), None)
-                where = f"{det.describe(signal, float(result[signal].iloc[i]))}" if det else signal
-                self.emit_event("quality", f"{result['entity'].iloc[i]}: {where} from its first value; "
-                                "the limits are held back until it comes inside them (likely configuration "
-                                "mismatch)", "warning", entity=str(result["entity"].iloc[i]), signal=signal)
+        for i in np.flatnonzero(quality != ""):
+            for found in quality[i].split(";"):
+                name, _, signal = found.partition(":")
+                if name in names:
+                    entity = str(result["entity"].iloc[i])
+                    self.emit_event("quality", f"{entity}: {names[name].explain(name, entity, signal)}", "warning",
+                                    entity=entity, signal=signal, finding=name)
 
     def _neutral(self, frame: pd.DataFrame, count: bool, stats: bool) -> pd.DataFrame:
         """``frame`` with the enriched columns of a chunk that could not be analysed: NaN, zero, unflagged."""

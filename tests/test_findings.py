@@ -120,7 +120,7 @@ def test_a_reference_that_does_not_fit_stands_down_and_says_so():
                        "b": -5 * mode + rng.normal(0, 1, n)})
     pl = Pipeline(detectors=[Joint()], signals=["a", "b"])
     out = pl.run_frame(df)
-    unfit = np.flatnonzero(out["quality"].str.contains("joint_mismatch").to_numpy())
+    unfit = np.flatnonzero(out["quality"].str.contains("joint_unfit").to_numpy())
     assert len(unfit) == 1
     assert not out.loc[unfit[0]:, "is_anomaly"].any()
 
