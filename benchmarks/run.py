@@ -10,7 +10,7 @@
                one signal.
 3. detect    - `sbg detect` end to end on a generated CSV, against the I/O
                floor: pyarrow reading the file and writing it back with the
-               three added columns.
+               four added columns (the flags and the quality findings).
 
 Data is generated at bench time under benchmarks/_data (not committed).
 Timings are best of ``--repeat`` runs; the machine is shared and noisy.
@@ -169,6 +169,7 @@ def bench_detect(rows, repeat):
         table = table.append_column("anomaly_score", pa.array(np.zeros(n)))
         table = table.append_column("is_anomaly", pa.array(np.zeros(n, dtype=bool)))
         table = table.append_column("reason", pa.array(np.full(n, "", dtype=object), type=pa.string()))
+        table = table.append_column("quality", pa.array(np.full(n, "", dtype=object), type=pa.string()))
         pacsv.write_csv(table, floor_out)
 
     run_detect(path, out, chunk_size=65536)

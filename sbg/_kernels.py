@@ -776,6 +776,8 @@ def parse_window(window):
 
 
 _HIST_LO, _HIST_STEP, _HIST_BINS = -6.0, 0.25, 112
+#: Each bin's centre, as a surprise (not its log).
+_BIN_CENTRES = 2.0 ** (_HIST_LO + (np.arange(_HIST_BINS) + 0.5) * _HIST_STEP)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -791,7 +793,8 @@ def tail_probability(hist, x, discount, tail_share, tail_min, total=-1.0, top=_H
     """Probability of a surprise of at least ``x`` under the weighted histogram ``hist`` (log2 bins).
 
     The mass ``discount`` at the top (the largest past event) is left out.
-    Inside the histogram's top ``tail_share`` of mass (at least ``tail_min``)
+    A surprise below the histogram's top ``tail_share`` of mass (at least
+    ``tail_min``) is in its body and gets 1. In the lowest bin of the top
     the probability is read off the histogram; beyond its start ``x0`` it is
     extrapolated by a generalised Pareto tail (peaks over a threshold),
     ``q * (1 + xi * (x - x0) / sigma) ** (-1 / xi)``, whose scale and shape
@@ -825,16 +828,18 @@ def tail_probability(hist, x, discount, tail_share, tail_min, total=-1.0, top=_H
             m -= s
             skip -= s
         lo = _HIST_LO + j * _HIST_STEP
-        if lx >= lo + _HIST_STEP and mass >= target:
+        if mass >= target:
             break
         mass += m
-        v = 2.0 ** (lo + 0.5 * _HIST_STEP)
+        v = _BIN_CENTRES[j]
         excess += m * v
         excess2 += m * v * v
         b0 = j
         if lx >= lo and at_x < 0:
             at_x = mass
     x0 = _HIST_LO + b0 * _HIST_STEP
+    if lx < x0:
+        return 1.0  # in the body of the history, below its top: not a tail event at all
     if at_x >= 0 and lx < x0 + _HIST_STEP:
         return at_x / total if at_x > 0 else 1.0 / total
     if mass <= 0:
