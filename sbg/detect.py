@@ -131,6 +131,8 @@ class Detector(param.Parameterized):
     kind = "anomaly"
     #: A quality finding that concerns the whole row (a gap), not one signal.
     per_row = False
+    #: Names of the one-off findings :meth:`findings` reports.
+    finding_names: tuple = ()
 
     def findings(self) -> list:
         """Data-quality findings of the last :meth:`scores` call beyond the scores themselves:
@@ -192,6 +194,7 @@ class Limits(Detector):
     """
 
     label = "limits"
+    finding_names = ("limits_mismatch",)
     limits = param.Dict(default={}, doc="Signal name to [low, high]; null for no bound.")
     preset = param.Selector(default="auto", objects=["auto", "battery", "none"],
                             doc="Domain limits by signal name: battery always, only for unambiguous "
@@ -339,6 +342,7 @@ class Joint(Detector):
     """
 
     label = "joint"
+    finding_names = ("joint_unfit",)
     decades = param.Number(default=5.0, bounds=(0.5, 50),
                            doc="Flag when the distance has a tail probability of at most 10^-decades.")
     rows_per_signal = param.Integer(default=50, bounds=(5, None),
@@ -585,6 +589,7 @@ class Baseline(Detector):
     """
 
     label = "baseline"
+    finding_names = ("baseline_recentred", "baseline_unfit")
     check_rows = param.Integer(default=200, bounds=(2, None),
                                doc="Rows of each entity checked against the reference before it judges them.")
     window = param.Integer(default=600, bounds=(10, None), doc="Rows over which a distribution shift is judged.")

@@ -260,7 +260,8 @@ class Pipeline(param.Parameterized):
 
     def _finding_events(self, result):
         """An event for each finding a detector reports once (see :meth:`~sbg.detect.Detector.findings`)."""
-        names = {name: det for det in self.detectors if det.enabled for _, name, _ in det.findings()}
+        # By name, not by the detectors' last call: in a Dask fan-out they ran on the workers.
+        names = {name: det for det in self.detectors if det.enabled for name in det.finding_names}
         if not names:
             return
         quality = result["quality"].to_numpy(dtype=object)
