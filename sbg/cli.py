@@ -188,6 +188,30 @@ def build_parser() -> argparse.ArgumentParser:
     _dask_args(p, "entity partitions, each with its state on one worker (default: one per worker)")
     _schema_args(p)
 
+    p = sub.add_parser("evaluate", help="score a run's flags against labelled fault windows",
+                       description="Score the flags of 'sbg detect' (a CSV file or a Parquet dataset) against "
+                                   "labelled windows: event recall, precision and median delay (a run of "
+                                   "flagged rows that overlaps a window catches it), point-wise precision, "
+                                   "recall, F1 and false-alarm rate, and the window score of the Numenta "
+                                   "Anomaly Benchmark (NAB) under its profiles. Only is_anomaly counts: "
+                                   "data-quality findings are not anomalies.")
+    p.add_argument("flags", help="output of sbg detect: a CSV file or a Parquet dataset directory")
+    p.add_argument("--labels", required=True, metavar="CSV",
+                   help="labelled windows: start, end and an entity column (entity or *_id) when there are several")
+    p.add_argument("--entity", metavar="NAME",
+                   help="entity of a flags file without an entity column (default: the labels' only entity, "
+                        "else the file's stem)")
+    p.add_argument("--time", metavar="COLUMN", help="timestamp column of the flags (default: timestamp, else the first)")
+    p.add_argument("--profile", choices=["standard", "reward_low_fp", "reward_low_fn", "all"], default="all",
+                   help="NAB scoring profile (default: all three)")
+    p.add_argument("--skip-rows", type=int, default=0, metavar="N",
+                   help="leave each entity's first N rows out of the point-wise counts (SKAB: 400)")
+    p.add_argument("--probation", type=float, default=0.15, metavar="SHARE",
+                   help="share of each series whose detections NAB ignores (default 0.15)")
+    p.add_argument("--tolerance", default="0s", help="slack around label windows for the event view")
+    p.add_argument("--date", default=None, help="date for HH:MM:SS label times (default 1970-01-01)")
+    p.add_argument("--json", metavar="PATH", dest="json_path", help="also write the figures as JSON")
+
     p = sub.add_parser("validate", help="print the inferred schema and check every row",
                        description="Infer the schema, read the whole file and report quarantined rows.")
     p.add_argument("file", type=Path, metavar="FILE")
@@ -247,7 +271,7 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     try:
         handler = {"replay": cmd_replay, "detect": cmd_detect, "validate": cmd_validate, "data": cmd_data,
-                   "serve": cmd_serve, "report": cmd_report}
+                   "serve": cmd_serve, "report": cmd_report, "evaluate": cmd_evaluate}
         return handler[args.command](args)
     except SbgError as exc:
         print(f"sbg: error: {exc}", file=sys.stderr)
@@ -449,6 +473,84 @@ def cmd_report(args) -> int:
     m = monitor.metrics
     print(f"{path}: {path.stat().st_size / 1e6:.1f} MB; {m.rows_in:,} rows in, {m.rows_quarantined:,} quarantined; "
           f"{m.alerts_total} alerts ({time.monotonic() - t0:.2f}s)")
+    return 0
+
+
+def _read_flags(path: Path, time_col, entity):
+    """The rows of a flags file as ``entity, timestamp, is_anomaly``."""
+    import pandas as pd
+
+    from .batch import is_dataset, read_dataset
+
+    if not path.exists():
+        raise SourceError(path, "no such file or directory")
+    try:
+        frame = read_dataset(path).to_pandas() if is_dataset(path) else pd.read_csv(path, low_memory=False)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise SourceError(path, f"cannot be read as sbg detect output: {exc}") from None
+    if "is_anomaly" not in frame.columns:
+        raise SourceError(path, "has no is_anomaly column: is it the output of sbg detect?")
+    time_col = time_col or ("timestamp" if "timestamp" in frame.columns else frame.columns[0])
+    if time_col not in frame.columns:
+        raise SourceError(path, f"has no column {time_col!r}")
+    try:
+        ts = pd.to_datetime(frame[time_col], format="ISO8601")
+    except (ValueError, TypeError) as exc:
+        raise SourceError(path, f"column {time_col!r}: not timestamps ({exc})") from None
+    flag = frame["is_anomaly"]
+    if flag.dtype != bool:
+        text = flag.astype(str).str.strip().str.lower()
+        bad = ~text.isin(["true", "false", "1", "0"])
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            raise SourceError(path, f"is_anomaly is {flag.iloc[i]!r}, not true or false", line=i + 2)
+        flag = text.isin(["true", "1"])
+    ent = frame["entity"].astype(str) if "entity" in frame.columns else entity
+    return pd.DataFrame({"entity": ent, "timestamp": ts, "is_anomaly": flag.to_numpy(dtype=bool)})
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import PROFILES, load_labels, score_flags
+    from .sources import DEFAULT_CLOCK_DATE
+
+    labels_path = Path(args.labels)
+    if not labels_path.exists():
+        raise SourceError(labels_path, "no such file or directory")
+    try:
+        labels = load_labels(labels_path, entity=args.entity, date=args.date or DEFAULT_CLOCK_DATE)
+    except KeyError as exc:
+        raise SourceError(labels_path, f"labels need start and end columns (missing {exc})") from None
+    except (ValueError, TypeError) as exc:
+        raise SourceError(labels_path, f"unreadable label times: {exc}") from None
+    entities = labels["entity"].astype(str).unique()
+    entity = args.entity or (entities[0] if len(entities) == 1 else Path(args.flags).stem)
+    flags = _read_flags(Path(args.flags), args.time, entity)
+    profiles = list(PROFILES) if args.profile == "all" else [args.profile]
+    r = score_flags(flags, labels, profiles, args.skip_rows, args.tolerance, args.probation)
+    ev, pw = r["events"], r["pointwise"]
+
+    def pct(x):
+        return "n/a" if x != x else f"{100 * x:.1f} %"
+
+    print(f"{args.flags}: {len(flags):,} rows, {int(flags['is_anomaly'].sum()):,} flagged; "
+          f"{len(labels)} labelled windows in {labels_path}")
+    print("events (a run of flagged rows overlapping a window catches it)")
+    print(f"  recall            {pct(ev['recall']):>10}   ({ev['labels']} windows)")
+    print(f"  precision         {pct(ev['precision']):>10}   ({ev['alerts']} runs of flagged rows)")
+    delay = ev["median_delay_s"]
+    print(f"  median delay      {'n/a' if delay != delay else f'{delay:,.0f} s':>10}")
+    skip = f", first {args.skip_rows} rows of each entity left out" if args.skip_rows else ""
+    print(f"point-wise{skip}")
+    print(f"  precision         {pct(pw['precision']):>10}")
+    print(f"  recall            {pct(pw['recall']):>10}")
+    print(f"  F1                {'n/a' if pw['f1'] != pw['f1'] else format(pw['f1'], '.3f'):>10}")
+    print(f"  false-alarm rate  {pct(pw['false_alarm_rate']):>10}   (TP {pw['tp']:,}, FP {pw['fp']:,}, "
+          f"FN {pw['fn']:,}, TN {pw['tn']:,})")
+    print(f"NAB window score (0 = no detections, 100 = every window at its start; probation {args.probation:g})")
+    for p, n in r["nab"].items():
+        print(f"  {p:<16}  {n['score']:>10.1f}   (TP {n['tp']}, FP {n['fp']}, FN {n['fn']})")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(r, indent=1, default=float))
     return 0
 
 

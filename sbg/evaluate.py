@@ -24,7 +24,7 @@ import pandas as pd
 
 from .sources import DEFAULT_CLOCK_DATE
 
-__all__ = ["load_labels", "evaluate"]
+__all__ = ["load_labels", "evaluate", "compare", "nab_score", "pointwise", "flagged_runs", "score_flags", "PROFILES"]
 
 
 def load_labels(path, entity: str | None = None, date: str = DEFAULT_CLOCK_DATE) -> pd.DataFrame:
@@ -94,3 +94,182 @@ def compare(paths, labels: pd.DataFrame, variants: dict, baseline=None, toleranc
                       "median_delay_s": result["median_delay_s"], "alerts": len(result["alerts"]),
                       "rows_flagged": int(monitor.history.frame()["is_anomaly"].sum())}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+
+# ----------------------------------------------------------------------------- point-wise and window scores
+
+#: The scoring profiles of the Numenta Anomaly Benchmark (Lavin & Ahmad, 2015): weights of a true
+#: positive, a false positive and a missed window.
+PROFILES = {
+    "standard": {"tp": 1.0, "fp": -0.11, "fn": -1.0},
+    "reward_low_fp": {"tp": 1.0, "fp": -0.22, "fn": -1.0},
+    "reward_low_fn": {"tp": 1.0, "fp": -0.11, "fn": -2.0},
+}
+
+
+def scaled_sigmoid(y):
+    """NAB's weight of a detection at relative position ``y`` (in window lengths from the window's end).
+
+    >>> [round(float(scaled_sigmoid(y)), 3) for y in (-1.0, -0.5, 0.0, 0.5, 3.0)]
+    [0.987, 0.848, 0.0, -0.848, -1.0]
+    """
+    y = np.asarray(y, dtype=float)
+    return 2.0 / (1.0 + np.exp(np.clip(5.0 * y, -700, 700))) - 1.0
+
+
+def _per_entity(flags: pd.DataFrame, windows: pd.DataFrame):
+    """Per entity: its rows' flags in time order and each window as a ``[first, last]`` row span."""
+    flags = flags.assign(entity=flags["entity"].astype(str))
+    windows = windows.assign(entity=windows["entity"].astype(str))
+    by_entity = {e: w for e, w in windows.groupby("entity", sort=False)}
+    for entity, rows in flags.groupby("entity", sort=True):
+        rows = rows.sort_values("timestamp", kind="stable")
+        ts = pd.to_datetime(rows["timestamp"]).to_numpy(dtype="datetime64[ns]")
+        flagged = rows["is_anomaly"].to_numpy(dtype=bool)
+        spans = []
+        for w in (by_entity.get(entity, windows.iloc[:0])).itertuples():
+            first = int(np.searchsorted(ts, np.datetime64(pd.Timestamp(w.start), "ns"), side="left"))
+            last = int(np.searchsorted(ts, np.datetime64(pd.Timestamp(w.end), "ns"), side="right")) - 1
+            if last >= first:
+                spans.append((first, last))
+        yield entity, flagged, sorted(spans)
+
+
+def nab_score(flags: pd.DataFrame, windows: pd.DataFrame, profile: str = "standard",
+              probation: float = 0.15) -> dict:
+    """The window score of the Numenta Anomaly Benchmark, from its published rule (Lavin & Ahmad, 2015).
+
+    ``flags`` holds every row of every series (``entity``, ``timestamp``,
+    ``is_anomaly``); ``windows`` the labelled anomaly windows (``entity``,
+    ``start``, ``end``, inclusive). Per series, in row positions:
+
+    * the first detection inside a window scores ``A_TP * s(y)``, where ``y``
+      is its position relative to the window's end in window lengths (-1 at
+      the start, 0 at the end) and ``s(y) = 2 / (1 + exp(5y)) - 1``; later
+      detections in the same window count for nothing;
+    * a detection outside every window scores ``A_FP * -s(y)``, ``y`` its
+      distance past the end of the closest preceding window in that
+      window's lengths (a detection just after a window costs little, one
+      far from it the full ``A_FP``), or ``A_FP`` with no window before it;
+    * a window without a detection scores ``A_FN``;
+    * detections in the first ``probation`` share of a series' rows are ignored.
+
+    The raw sum is normalised over all series: ``100 * (raw - null) /
+    (perfect - null)``, where the null detector flags nothing and the
+    perfect one flags the first row of every window. Simplification: each
+    labelled window is used as given (NAB sizes its windows around point
+    labels itself).
+
+    >>> t = pd.date_range("2024-01-01", periods=100, freq="min")
+    >>> w = pd.DataFrame({"entity": ["a"], "start": [t[40]], "end": [t[59]]})
+    >>> def run(rows):
+    ...     return nab_score(pd.DataFrame({"entity": "a", "timestamp": t, "is_anomaly": np.isin(range(100), rows)}), w)
+    >>> run([])["score"], run([40])["score"], round(run([50])["score"], 1), round(run([40, 90])["score"], 1)
+    (0.0, 100.0, 93.0, 94.5)
+    """
+    weights = PROFILES[profile]
+    raw = null = perfect = 0.0
+    tp = fp = fn = 0
+    rows_out = []
+    for entity, flagged, spans in _per_entity(flags, windows):
+        n = len(flagged)
+        start = int(np.floor(probation * n))
+        score = 0.0
+        detected = [False] * len(spans)
+        e_tp = e_fp = 0
+        firsts = np.array([a for a, _ in spans], dtype=int)
+        for i in np.flatnonzero(flagged):
+            if i < start:
+                continue
+            k = int(np.searchsorted(firsts, i, side="right")) - 1  # the last window starting at or before i
+            if k >= 0 and i <= spans[k][1]:
+                if not detected[k]:
+                    a, b = spans[k]
+                    length = b - a + 1
+                    score += weights["tp"] * float(scaled_sigmoid(-(b - i + 1) / length))
+                    detected[k] = True
+                    e_tp += 1
+                continue
+            if k >= 0:
+                a, b = spans[k]
+                score += weights["fp"] * -float(scaled_sigmoid((i - b) / (b - a + 1)))
+            else:
+                score += weights["fp"]
+            e_fp += 1
+        e_fn = detected.count(False)
+        score += weights["fn"] * e_fn
+        raw += score
+        null += weights["fn"] * len(spans)
+        perfect += sum(weights["tp"] * float(scaled_sigmoid(-1.0)) for _ in spans)
+        tp, fp, fn = tp + e_tp, fp + e_fp, fn + e_fn
+        rows_out.append({"entity": entity, "rows": n, "windows": len(spans), "tp": e_tp, "fp": e_fp, "fn": e_fn,
+                         "raw": score})
+    normalised = 100.0 * (raw - null) / (perfect - null) if perfect != null else float("nan")
+    return {"profile": profile, "score": float(normalised), "raw": raw, "null": null, "perfect": perfect,
+            "tp": tp, "fp": fp, "fn": fn, "per_entity": pd.DataFrame(rows_out)}
+
+
+def pointwise(flags: pd.DataFrame, windows: pd.DataFrame, skip_rows: int = 0) -> dict:
+    """Row-by-row confusion counts of ``is_anomaly`` against the rows inside ``windows``.
+
+    The first ``skip_rows`` rows of each entity are left out (SKAB scores from row 400).
+    F1 is ``TP / (TP + (FN + FP) / 2)``; read it beside the false-alarm rate, ``FP / (FP + TN)``.
+
+    >>> t = pd.date_range("2024-01-01", periods=10, freq="s")
+    >>> f = pd.DataFrame({"entity": "a", "timestamp": t, "is_anomaly": [0, 0, 1, 1, 1, 0, 0, 0, 1, 0]})
+    >>> w = pd.DataFrame({"entity": ["a"], "start": [t[3]], "end": [t[6]]})
+    >>> r = pointwise(f, w)
+    >>> r["tp"], r["fp"], r["fn"], r["tn"], round(r["f1"], 3), round(r["false_alarm_rate"], 3)
+    (2, 2, 2, 4, 0.5, 0.333)
+    """
+    tp = fp = fn = tn = 0
+    for _, flagged, spans in _per_entity(flags, windows):
+        truth = np.zeros(len(flagged), dtype=bool)
+        for a, b in spans:
+            truth[a:b + 1] = True
+        f, t = flagged[skip_rows:], truth[skip_rows:]
+        tp += int((f & t).sum())
+        fp += int((f & ~t).sum())
+        fn += int((~f & t).sum())
+        tn += int((~f & ~t).sum())
+
+    def ratio(a, b):
+        return a / b if b else float("nan")
+
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
+            "f1": ratio(tp, tp + (fn + fp) / 2), "false_alarm_rate": ratio(fp, fp + tn),
+            "miss_rate": ratio(fn, fn + tp)}
+
+
+def flagged_runs(flags: pd.DataFrame) -> pd.DataFrame:
+    """Runs of consecutive flagged rows per entity, as alert-like ``entity, start, end`` rows (for :func:`evaluate`).
+
+    >>> t = pd.date_range("2024-01-01", periods=6, freq="s")
+    >>> flagged_runs(pd.DataFrame({"entity": "a", "timestamp": t, "is_anomaly": [0, 1, 1, 0, 1, 0]}))["start"].dt.second.tolist()
+    [1, 4]
+    """
+    out = []
+    for entity, rows in flags.assign(entity=flags["entity"].astype(str)).groupby("entity", sort=True):
+        rows = rows.sort_values("timestamp", kind="stable")
+        ts = pd.to_datetime(rows["timestamp"]).to_numpy(dtype="datetime64[ns]")
+        f = rows["is_anomaly"].to_numpy(dtype=bool)
+        edges = np.diff(np.r_[0, f.astype(np.int8), 0])
+        for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1, strict=True):
+            out.append({"entity": entity, "start": ts[a], "end": ts[b]})
+    return pd.DataFrame(out, columns=["entity", "start", "end"]).astype({"start": "datetime64[ns]",
+                                                                         "end": "datetime64[ns]"})
+
+
+def score_flags(flags: pd.DataFrame, windows: pd.DataFrame, profiles=("standard",), skip_rows: int = 0,
+                tolerance="0s", probation: float = 0.15) -> dict:
+    """Everything ``sbg evaluate`` prints: events, point-wise and NAB window scores of one run's flags."""
+    events = evaluate(flagged_runs(flags), windows, tolerance)
+    return {
+        "events": {"recall": events["recall"], "precision": events["precision"],
+                   "median_delay_s": events["median_delay_s"], "alerts": len(events["alerts"]),
+                   "labels": len(events["labels"])},
+        "pointwise": pointwise(flags, windows, skip_rows),
+        "nab": {p: {k: v for k, v in nab_score(flags, windows, p, probation).items() if k != "per_entity"}
+                for p in profiles},
+    }
