@@ -73,7 +73,10 @@ def compare(paths, labels: pd.DataFrame, variants: dict, baseline=None, toleranc
     """Replay ``paths`` once per settings variant and score each against ``labels``.
 
     ``variants`` maps a name to a settings dict (as in the YAML file). Returns
-    one row per variant: recall, precision, median delay and alert count.
+    one row per variant: the alerts' event recall, precision and median delay
+    and their count, the rows flagged as anomalies and those with a
+    data-quality finding, the point-wise F1 and false-alarm rate, and the
+    NAB window score (standard profile).
 
     >>> from sbg.datasets import DATA_DIR
     >>> labels = load_labels(DATA_DIR / "machine_monitor_labels.csv", entity="machine_monitor")
@@ -90,12 +93,16 @@ def compare(paths, labels: pd.DataFrame, variants: dict, baseline=None, toleranc
         monitor = Monitor(paths, baseline=baseline, settings=Settings.from_dict(settings), **schema_options)
         monitor.run_to_end()
         result = evaluate(monitor.alerts, labels, tolerance)
+        history = monitor.history.frame()
+        flags = history[["entity", "timestamp", "is_anomaly"]]
+        pw = pointwise(flags, labels)
         rows[name] = {"recall": result["recall"], "precision": result["precision"],
                       "median_delay_s": result["median_delay_s"], "alerts": len(result["alerts"]),
-                      "rows_flagged": int(monitor.history.frame()["is_anomaly"].sum())}
+                      "rows_flagged": int(history["is_anomaly"].sum()),
+                      "rows_with_quality": int((history["quality"] != "").sum()),
+                      "f1": pw["f1"], "false_alarm_rate": pw["false_alarm_rate"],
+                      "nab_standard": nab_score(flags, labels)["score"]}
     return pd.DataFrame.from_dict(rows, orient="index")
-
-
 
 # ----------------------------------------------------------------------------- point-wise and window scores
 

@@ -37,7 +37,8 @@ EXPECTED = {
     },
     "02_tuning_detection.ipynb": {
         "evaluate(monitor.alerts": ["recall", "precision", "median delay"],
-        "table = compare(": ["recall", "precision", "median_delay_s", "defaults"],
+        "table = compare(": ["recall", "precision", "median_delay_s", "defaults", "false_alarm_rate",
+                             "nab_standard"],
         "hv.Layout(": ["application/vnd.holoviews_exec.v0+json"],
     },
     "03_baseline_vs_live.ipynb": {
