@@ -188,3 +188,14 @@ def test_fixed_thresholds_speak_only_for_values_the_series_itself_finds_rare():
     assert not (ZScore(warmup=100).score(early)["v"] >= 0.5).any()
     late = jump_at(1000)
     assert (ZScore(warmup=100).score(late)["v"] >= 0.5).iloc[1000]
+
+
+def test_irregular_sampling_is_no_news_but_a_spike_still_is():
+    rng = np.random.default_rng(11)
+    n = 4000
+    t = pd.Timestamp("2024-01-01") + pd.to_timedelta(np.cumsum(rng.exponential(7.0, n)), unit="s")
+    v = rng.normal(20, 0.5, n)
+    v[3500] += 8
+    df = pd.DataFrame({"timestamp": t, "entity": "a", "v": v})
+    flagged = (Surprise().score(df)["v"] >= 0.5).to_numpy()
+    assert flagged[3500] and flagged.sum() <= 3
