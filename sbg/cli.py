@@ -198,9 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("flags", help="output of sbg detect: a CSV file or a Parquet dataset directory")
     p.add_argument("--labels", required=True, metavar="CSV",
                    help="labelled windows: start, end and an entity column (entity or *_id) when there are several")
-    p.add_argument("--entity", metavar="NAME",
-                   help="entity of a flags file without an entity column (default: the labels' only entity, "
-                        "else the file's stem)")
+    p.add_argument("--entity", metavar="COLUMN",
+                   help="entity column of the flags (default: entity, else the labels' entity column, e.g. "
+                        "battery_id, else the first *_id column; without one the flags are one entity)")
+    p.add_argument("--entity-name", metavar="NAME",
+                   help="entity of flags without an entity column (default: the labels' only entity, else the "
+                        "flags file's stem), and of labels without one (default: the run's only entity)")
     p.add_argument("--time", metavar="COLUMN", help="timestamp column of the flags (default: timestamp, else the first)")
     p.add_argument("--profile", choices=["standard", "reward_low_fp", "reward_low_fn", "all"], default="all",
                    help="NAB scoring profile (default: all three)")
@@ -476,8 +479,14 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _read_flags(path: Path, time_col, entity):
-    """The rows of a flags file as ``entity, timestamp, is_anomaly``."""
+def _read_flags(path: Path, time_col=None, entity_col=None, entity_name=None, label_entity_col=None):
+    """The rows of a flags file (CSV or Parquet dataset) as ``entity, timestamp, is_anomaly``.
+
+    The entity column is ``entity_col``, else ``entity``, else the labels' own entity
+    column, else the first ``*_id`` column (``sbg detect`` keeps a long file's entity
+    column under its name, e.g. ``battery_id``); without one, every row belongs to
+    ``entity_name`` (the output of a wide file).
+    """
     import pandas as pd
 
     from .batch import is_dataset, read_dataset
@@ -487,16 +496,18 @@ def _read_flags(path: Path, time_col, entity):
     try:
         frame = read_dataset(path).to_pandas() if is_dataset(path) else pd.read_csv(path, low_memory=False)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise SourceError(path, f"cannot be read as sbg detect output: {exc}") from None
+        raise SourceError(path, f"cannot be read as sbg detect output: {_first_line(exc)}") from None
     if "is_anomaly" not in frame.columns:
         raise SourceError(path, "has no is_anomaly column: is it the output of sbg detect?")
     time_col = time_col or ("timestamp" if "timestamp" in frame.columns else frame.columns[0])
     if time_col not in frame.columns:
         raise SourceError(path, f"has no column {time_col!r}")
+    if entity_col and entity_col not in frame.columns:
+        raise SourceError(path, f"has no column {entity_col!r} (--entity)")
     try:
         ts = pd.to_datetime(frame[time_col], format="ISO8601")
     except (ValueError, TypeError) as exc:
-        raise SourceError(path, f"column {time_col!r}: not timestamps ({exc})") from None
+        raise SourceError(path, f"column {time_col!r}: not timestamps ({_first_line(exc)})") from None
     flag = frame["is_anomaly"]
     if flag.dtype != bool:
         text = flag.astype(str).str.strip().str.lower()
@@ -505,26 +516,88 @@ def _read_flags(path: Path, time_col, entity):
             i = int(bad.to_numpy().argmax())
             raise SourceError(path, f"is_anomaly is {flag.iloc[i]!r}, not true or false", line=i + 2)
         flag = text.isin(["true", "1"])
-    ent = frame["entity"].astype(str) if "entity" in frame.columns else entity
+    if not entity_col:
+        candidates = ["entity", label_entity_col] + [c for c in frame.columns if str(c).endswith("_id")]
+        entity_col = next((c for c in candidates if c and c in frame.columns), None)
+    ent = frame[entity_col].astype(str) if entity_col else entity_name
     return pd.DataFrame({"entity": ent, "timestamp": ts, "is_anomaly": flag.to_numpy(dtype=bool)})
 
 
+def _first_line(exc) -> str:
+    """The first line of an exception's message (pandas explains at length)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _json_safe(value):
+    """``value`` with NaN as ``None`` and numpy numbers as Python ones, for strict JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
+    return None if isinstance(value, float) and value != value else value
+
+
+def _windows_without_rows(flags, labels) -> int:
+    """How many of ``labels``' windows contain no timestamp of their entity in ``flags``."""
+    import numpy as np
+
+    times = {e: np.sort(g["timestamp"].to_numpy(dtype="datetime64[ns]"))
+             for e, g in flags.groupby("entity", sort=False)}
+    empty = 0
+    for e, start, end in zip(labels["entity"].astype(str), labels["start"], labels["end"], strict=True):
+        ts = times.get(e, np.array([], dtype="datetime64[ns]"))
+        lo = np.searchsorted(ts, np.datetime64(start, "ns"), side="left")
+        empty += int(lo >= np.searchsorted(ts, np.datetime64(end, "ns"), side="right"))
+    return empty
+
+
 def cmd_evaluate(args) -> int:
+    import pandas as pd
+
     from .evaluate import PROFILES, load_labels, score_flags
     from .sources import DEFAULT_CLOCK_DATE
 
-    labels_path = Path(args.labels)
-    if not labels_path.exists():
-        raise SourceError(labels_path, "no such file or directory")
+    if args.skip_rows < 0:
+        raise SbgError("--skip-rows must be 0 or more")
+    if not 0 <= args.probation < 1:
+        raise SbgError("--probation must be a share of each series, at least 0 and below 1")
     try:
-        labels = load_labels(labels_path, entity=args.entity, date=args.date or DEFAULT_CLOCK_DATE)
+        pd.Timedelta(args.tolerance)
+    except ValueError:
+        raise SbgError(f"--tolerance {args.tolerance!r} is not a duration such as 0s, 30s or 5min") from None
+    labels_path = Path(args.labels)
+    if not labels_path.is_file():
+        raise SourceError(labels_path, "no such file" if not labels_path.exists() else "is not a file")
+    try:
+        labels = load_labels(labels_path, entity=args.entity_name, date=args.date or DEFAULT_CLOCK_DATE)
     except KeyError as exc:
         raise SourceError(labels_path, f"labels need start and end columns (missing {exc})") from None
+    except (OSError, UnicodeDecodeError, pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise SourceError(labels_path, f"cannot be read as a labels CSV: {_first_line(exc)}") from None
     except (ValueError, TypeError) as exc:
-        raise SourceError(labels_path, f"unreadable label times: {exc}") from None
+        raise SourceError(labels_path, f"unreadable label times: {_first_line(exc)}") from None
     entities = labels["entity"].astype(str).unique()
-    entity = args.entity or (entities[0] if len(entities) == 1 else Path(args.flags).stem)
-    flags = _read_flags(Path(args.flags), args.time, entity)
+    entity = args.entity_name or (entities[0] if len(entities) == 1 else Path(args.flags).stem)
+    flags = _read_flags(Path(args.flags), args.time, args.entity, entity, labels.attrs.get("entity_column"))
+    run_entities = flags["entity"].unique()
+    if labels.attrs.get("entity_column") is None and not args.entity_name and len(run_entities) == 1:
+        labels = labels.assign(entity=str(run_entities[0]))  # labels of the one series in the run
+        entities = labels["entity"].astype(str).unique()
+    unknown = sorted(set(entities) - set(run_entities))
+    if unknown:
+        # Their rows are not in the run: no view could score them.
+        left_out = labels["entity"].astype(str).isin(unknown)
+        names = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        print(f"sbg: warning: {labels_path}: {int(left_out.sum())} labelled windows are for entities not in "
+              f"{args.flags} ({names}); left out (see --entity and --entity-name)", file=sys.stderr)
+        labels = labels[~left_out]
+    empty = _windows_without_rows(flags, labels)
+    if empty:
+        print(f"sbg: warning: {labels_path}: {empty} labelled windows hold no row of {args.flags} (check their "
+              "dates and --date); point-wise and NAB counts leave them out",
+              file=sys.stderr)
     profiles = list(PROFILES) if args.profile == "all" else [args.profile]
     r = score_flags(flags, labels, profiles, args.skip_rows, args.tolerance, args.probation)
     ev, pw = r["events"], r["pointwise"]
@@ -550,7 +623,10 @@ def cmd_evaluate(args) -> int:
     for p, n in r["nab"].items():
         print(f"  {p:<16}  {n['score']:>10.1f}   (TP {n['tp']}, FP {n['fp']}, FN {n['fn']})")
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(r, indent=1, default=float))
+        try:
+            Path(args.json_path).write_text(json.dumps(_json_safe(r), indent=1) + "\n")
+        except OSError as exc:
+            raise SbgError(f"{args.json_path}: cannot write: {exc.strerror or exc}") from None
     return 0
 
 

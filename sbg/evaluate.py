@@ -32,6 +32,7 @@ def load_labels(path, entity: str | None = None, date: str = DEFAULT_CLOCK_DATE)
 
     The entity comes from an ``*_id``/``entity`` column, or is ``entity``
     (the data file's name for wide files). ``HH:MM:SS`` times get ``date``.
+    The name of the entity column read, if any, is kept in ``attrs["entity_column"]``.
     """
     df = pd.read_csv(path, dtype=str)
     ent_col = next((c for c in df.columns if c == "entity" or c.endswith("_id")), None)
@@ -40,6 +41,7 @@ def load_labels(path, entity: str | None = None, date: str = DEFAULT_CLOCK_DATE)
         text = out[col].astype(str).str.strip()
         clock = text.str.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?")
         out[col] = pd.to_datetime(np.where(clock, date + " " + text, text), format="ISO8601")
+    out.attrs["entity_column"] = ent_col
     return out
 
 
@@ -149,24 +151,41 @@ def nab_score(flags: pd.DataFrame, windows: pd.DataFrame, profile: str = "standa
 
     ``flags`` holds every row of every series (``entity``, ``timestamp``,
     ``is_anomaly``); ``windows`` the labelled anomaly windows (``entity``,
-    ``start``, ``end``, inclusive). Per series, in row positions:
+    ``start``, ``end``, inclusive). ``profile`` names the weights ``A_TP``,
+    ``A_FP``, ``A_FN`` in :data:`PROFILES`. Per series, in row positions, with
+    a window of ``L`` rows whose last row is ``b``, and the scaled sigmoid
+    ``s(y) = 2 / (1 + exp(5y)) - 1``:
 
-    * the first detection inside a window scores ``A_TP * s(y)``, where ``y``
-      is its position relative to the window's end in window lengths (-1 at
-      the start, 0 at the end) and ``s(y) = 2 / (1 + exp(5y)) - 1``; later
-      detections in the same window count for nothing;
-    * a detection outside every window scores ``A_FP * -s(y)``, ``y`` its
-      distance past the end of the closest preceding window in that
-      window's lengths (a detection just after a window costs little, one
-      far from it the full ``A_FP``), or ``A_FP`` with no window before it;
+    * the first detection ``i`` inside a window scores ``A_TP * s(y)`` with
+      ``y = (i - b - 1) / L``, its position relative to the window's end in
+      window lengths: -1 at the window's first row (``s = 0.987``), close to
+      0 at its last; later detections in the same window count for nothing;
+    * a detection outside every window is a false positive costing
+      ``A_FP * -s(y)`` (``A_FP`` is negative), ``y = (i - b) / L`` its distance
+      past the end of the closest preceding window in that window's lengths:
+      one just after a window costs little, one far from it the full ``A_FP``;
+      with no window before it, it costs the full ``A_FP``;
     * a window without a detection scores ``A_FN``;
-    * detections in the first ``probation`` share of a series' rows are ignored.
+    * detections in the first ``probation`` share of a series' rows
+      (``floor(probation * rows)``; NAB's probationary period is 15 %) are
+      ignored.
 
-    The raw sum is normalised over all series: ``100 * (raw - null) /
-    (perfect - null)``, where the null detector flags nothing and the
-    perfect one flags the first row of every window. Simplification: each
-    labelled window is used as given (NAB sizes its windows around point
-    labels itself).
+    Windows are mapped to the rows whose timestamps they contain; a window
+    with no rows is left out. The raw scores of all series are summed and
+    normalised: ``100 * (raw - null) / (perfect - null)``, where the null
+    detector flags nothing (``A_FN`` per window) and the perfect one flags
+    the first row of every window (``A_TP * s(-1)`` per window). The score is
+    NaN without windows. Returned: ``score`` (normalised), ``raw``, ``null``,
+    ``perfect``, the counts ``tp``, ``fp`` (each scored false detection) and
+    ``fn``, ``profile``, and ``per_entity`` (rows, windows, counts and raw
+    score per entity).
+
+    Simplifications against NAB: the windows are used as labelled (NAB
+    centres windows of a tenth of the series' length, split among its
+    anomalies, on point labels); a window inside the probation period cannot
+    be detected, so it counts as missed for every detector and keeps the
+    score below 100; every detection is scored,
+    without NAB's threshold optimisation over anomaly scores.
 
     >>> t = pd.date_range("2024-01-01", periods=100, freq="min")
     >>> w = pd.DataFrame({"entity": ["a"], "start": [t[40]], "end": [t[59]]})
