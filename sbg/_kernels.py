@@ -1024,12 +1024,15 @@ class Likelihood:
 
 @njit(cache=True, nogil=True)
 def _joint_kernel(codes, X, start, rows, count, ready, buf, center, scale, prec, clip2, smooth, a_smooth, a_follow,
-                  thr2, post, over, off, out_d2, out_top, out_unfit):
+                  thr2, post, over, off, out_d2, out_top, out_unfit, hold, streak, latched, out_latch):
     """Mahalanobis distance of each row from its entity's reference; returns the row that completes a reference.
 
     After scoring a row, the centre moves ``a_follow`` of the way towards it, with the row pulled in
     to the reference's ``clip2`` distance first (a Huber step): slow drift is followed, a sudden
     condition moves the centre only a little per row and stays flagged while it lasts.
+
+    A condition held for ``hold`` rows in a row (``hold > 0``) is marked in ``out_latch`` (2 on the
+    row it reaches ``hold``, 1 after it) until the distance falls back under the threshold.
     """
     n, k = X.shape
     z = np.zeros(k)
@@ -1068,7 +1071,17 @@ def _joint_kernel(codes, X, start, rows, count, ready, buf, center, scale, prec,
         out_top[i] = top
         post[e] += 1
         if smooth[e] > thr2[e]:
-            over[e] += 1
+            streak[e] += 1
+            if hold > 0 and streak[e] >= hold and not latched[e]:
+                latched[e] = True
+                out_latch[i] = 2
+            elif latched[e]:
+                out_latch[i] = 1
+            else:
+                over[e] += 1  # a held condition is an operating point, not evidence against the reference
+        else:
+            streak[e] = 0
+            latched[e] = False
         if post[e] % (2 * rows) == 0:
             if 4 * over[e] > 2 * rows:
                 off[e] = True
@@ -1076,7 +1089,7 @@ def _joint_kernel(codes, X, start, rows, count, ready, buf, center, scale, prec,
                 out_d2[i] = np.nan
                 continue
             over[e] = 0
-        if a_follow > 0:
+        if a_follow > 0 and not latched[e]:
             w = 1.0 if d2 <= clip2[e] else np.sqrt(clip2[e] / d2)
             for c in range(k):
                 center[e, c] += a_follow * w * z[c] * scale[e, c]
@@ -1101,7 +1114,8 @@ class JointReference:
     wander of a healthy process within the reference is part of "normal".
 
     With ``follow_span``, the centre then follows the process slowly (see
-    :func:`_joint_kernel`).
+    :func:`_joint_kernel`). With ``hold``, a condition that lasts ``hold``
+    rows in a row is marked as held until it clears.
 
     Self-check: the rows after the reference are counted in blocks of
     ``2 * rows``; if more than a quarter of a block lies beyond the flag
@@ -1110,8 +1124,11 @@ class JointReference:
     entity's scoring stops there, and that row is reported as ``unfit``.
     """
 
-    def __init__(self, ncols, rows=400, smooth_span=5.0, shrink=0.1, follow_span=0.0, tail=1e-5):
+    def __init__(self, ncols, rows=400, smooth_span=5.0, shrink=0.1, follow_span=0.0, tail=1e-5, hold=0):
         self.k = int(ncols)
+        self.hold = int(hold)
+        self.streak = np.zeros(0, dtype=np.int64)
+        self.latched = np.zeros(0, dtype=np.bool_)
         self.rows = int(rows)
         self.a_smooth = 2.0 / (float(smooth_span) + 1.0)
         self.a_follow = 2.0 / (float(follow_span) + 1.0) if follow_span else 0.0
@@ -1133,7 +1150,11 @@ class JointReference:
         self.h = np.ones(0)
 
     def update(self, codes, X):
-        """Return ``(smoothed d², top signal index, unfit)`` per row; d² is NaN during the reference."""
+        """Return ``(smoothed d², top signal index, unfit, held)`` per row; d² is NaN during the reference.
+
+        ``held`` is 2 on the row where a condition has lasted ``hold`` rows, 1 on the rows after it
+        while the condition lasts, and 0 elsewhere.
+        """
         X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
         codes = np.ascontiguousarray(codes, dtype=np.int64)
         if len(codes):
@@ -1152,6 +1173,9 @@ class JointReference:
             self.smooth = _grow_rows(self.smooth, n, 0.0)
             self.g = _grow_rows(self.g, n, 1.0)
             self.h = _grow_rows(self.h, n, 1.0)
+            self.streak = _grow_rows(self.streak, n, 0)
+            self.latched = _grow_rows(self.latched, n, False)
+        held = np.zeros(len(codes), dtype=np.int8)
         d2 = np.full(len(codes), np.nan)
         top = np.zeros(len(codes), dtype=np.int64)
         unfit = np.zeros(len(codes), dtype=np.bool_)
@@ -1159,12 +1183,13 @@ class JointReference:
         while start < len(codes):
             i = _joint_kernel(codes, X, start, self.rows, self.count, self.ready, self.buf, self.center,
                               self.scale, self.prec, self.clip2, self.smooth, self.a_smooth, self.a_follow,
-                              self.thr2, self.post, self.over, self.off, d2, top, unfit)
+                              self.thr2, self.post, self.over, self.off, d2, top, unfit,
+                              self.hold, self.streak, self.latched, held)
             if i < 0:
                 break
             self._fit(int(codes[i]))
             start = i + 1
-        return d2, top, unfit
+        return d2, top, unfit, held
 
     def _model(self, B):
         """Robust centre, scale and precision matrix of the rows ``B``; NaN cells take the column median."""

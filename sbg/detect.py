@@ -339,10 +339,17 @@ class Joint(Detector):
     same log scale as :class:`Surprise`. The flag lasts while the condition
     does (a closed valve, a raised plateau) and releases within a few rows
     of the return. The score is put on the signal that departs most.
+
+    The event is the change, not the new level: a condition that has lasted
+    as long as the reference itself (``hold``, in reference lengths) has
+    been seen for as long as "normal" was, so its rows stop being flagged;
+    the row where that happens carries the finding ``joint_held``, and the
+    detector speaks again once the state has come back within reach of the
+    reference and leaves it anew.
     """
 
     label = "joint"
-    finding_names = ("joint_unfit",)
+    finding_names = ("joint_unfit", "joint_held")
     decades = param.Number(default=5.0, bounds=(0.5, 50),
                            doc="Flag when the distance has a tail probability of at most 10^-decades.")
     rows_per_signal = param.Integer(default=50, bounds=(5, None),
@@ -357,19 +364,27 @@ class Joint(Detector):
     follow = param.Number(default=3.0, bounds=(0, None),
                           doc="Span of the centre's slow following of the process, in reference lengths "
                               "(0: the centre stays where the reference put it).")
+    hold = param.Number(default=1.0, bounds=(0, None),
+                        doc="After a condition has lasted this many reference lengths, its rows are no longer "
+                            "flagged (finding joint_held) until it clears (0: flag for as long as it lasts).")
 
     def __init__(self, **params):
         super().__init__(**params)
-        self.mismatch = None
+        self.mismatch = self.held = None
         self.entity_column = None
 
     def describe(self, signal, value):
         return f"{signal} = {value:.6g}, joint state away from the reference"
 
     def findings(self):
-        return [] if self.mismatch is None else [(self.mismatch, "joint_unfit", True)]
+        out = [] if self.mismatch is None else [(self.mismatch, "joint_unfit", True)]
+        return out if self.held is None else [*out, (self.held, "joint_held", True)]
 
     def explain(self, name, entity, signal):
+        if name == "joint_held":
+            return ("the joint state has been away from the reference for as long as the reference itself: "
+                    "the change was flagged, and this state is now taken as the current operating point "
+                    "until it comes back")
         return ("the joint state left the reference learned at the start of the run for more than a quarter "
                 "of the time: the start does not describe this process (it moves between operating points), "
                 "so the joint detector stops judging this entity")
@@ -380,19 +395,23 @@ class Joint(Detector):
     def scores(self, chunk, features):
         n, k = chunk.X.shape
         out = np.zeros((n, k))
-        self.mismatch = None
+        self.mismatch = self.held = None
         if k < 2 or n == 0 or (self.applies == "auto" and battery_schema(chunk.signals, self.entity_column)):
             return out
         rows = self.reference_rows(k)
-        key = ("joint", rows, self.smooth_span, self.shrink, self.follow, self.decades)
-        d2, top, unfit = features._get(chunk, key, lambda: JointReference(
-            k, rows, self.smooth_span, self.shrink, self.follow * rows, 10.0 ** -self.decades),
+        key = ("joint", rows, self.smooth_span, self.shrink, self.follow, self.decades, self.hold)
+        d2, top, unfit, held = features._get(chunk, key, lambda: JointReference(
+            k, rows, self.smooth_span, self.shrink, self.follow * rows, 10.0 ** -self.decades,
+            int(round(self.hold * rows))),
             lambda st: st.update(chunk.codes, chunk.X))
         state = features._state[key]
         if unfit.any():  # reported as a data-quality finding on the row where the check failed
             self.mismatch = np.zeros((n, k), dtype=bool)
             self.mismatch[unfit, 0] = True
-        ok = np.isfinite(d2)
+        if (held == 2).any():
+            self.held = np.zeros((n, k), dtype=bool)
+            self.held[held == 2, top[held == 2]] = True
+        ok = np.isfinite(d2) & (held == 0)
         if ok.any():
             from scipy.stats import chi2
 

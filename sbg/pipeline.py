@@ -26,7 +26,7 @@ Enriched columns
     highest first.
 ``quality``
     Data-quality findings on the row (``gap``, ``flatline:signal``,
-    ``limits_mismatch:signal``, ``joint_unfit``, ``baseline_recentred:signal``),
+    ``limits_mismatch:signal``, ``joint_unfit``, ``joint_held``, ``baseline_recentred:signal``),
     ``;``-separated, empty for none. They never
     set ``is_anomaly``.
 """

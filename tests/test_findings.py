@@ -110,6 +110,40 @@ def test_a_persistent_condition_stays_flagged_while_it_lasts_and_releases_after(
     assert flagged[400:1000].mean() < 0.01 and flagged[1420:].mean() < 0.01
 
 
+def held_frame():
+    """A condition from row 1000 to 2000 (2.5 reference lengths), then normal, then a new one at 2400-2500."""
+    df = condition_frame(n=2800, start=1000, stop=2000)
+    df.loc[2400:2499, "s1"] += 6.0 * df["s1"].std()
+    return df
+
+
+def test_a_condition_that_lasts_as_long_as_the_reference_becomes_the_operating_point_until_it_clears():
+    df = held_frame()
+    out = Pipeline(detectors=[Joint()], signals=["s0", "s1", "s2", "s3"]).run_frame(df)
+    flagged = out["is_anomaly"].to_numpy()
+    held = np.flatnonzero(out["quality"].str.contains("joint_held").to_numpy())
+    rows = Joint().reference_rows(4)
+    assert len(held) == 1 and 1000 + rows - 10 <= held[0] <= 1000 + rows + 10  # one finding, a reference length in
+    assert flagged[1010:held[0]].mean() > 0.95  # the change is flagged for as long as "normal" was learned
+    assert not flagged[held[0]:2000].any()  # then the state is the operating point, not an alarm on every row
+    # back to normal: at most a few rows while the centre, which followed the condition's first rows, settles
+    assert flagged[2000:2400].mean() < 0.05
+    assert flagged[2410:2500].mean() > 0.95  # a new condition is a new change, flagged again
+    # hold=0 keeps the flag for as long as the condition lasts
+    always = Joint(hold=0).score(df).to_numpy().max(axis=1) >= 0.5
+    assert always[1010:2000].mean() > 0.95
+
+
+@pytest.mark.parametrize("cuts", [[1], [399, 400, 401], [1000, 1401, 1402]])
+def test_holding_a_condition_is_chunk_invariant(cuts):
+    df = held_frame()
+    whole = Pipeline(detectors=[Joint()], signals=["s0", "s1", "s2", "s3"]).run_frame(df)
+    pl = Pipeline(detectors=[Joint()], signals=["s0", "s1", "s2", "s3"])
+    parts = pd.concat([pl.run_frame(df.iloc[a:b]) for a, b in chunkings(len(df), cuts)], ignore_index=True)
+    pd.testing.assert_frame_equal(whole[["anomaly_score", "is_anomaly", "quality"]],
+                                  parts[["anomaly_score", "is_anomaly", "quality"]])
+
+
 def test_a_reference_that_does_not_fit_stands_down_and_says_so():
     # A process that cycles between two operating points: the first rows (one of them) do not describe it.
     n = 6000
