@@ -20,6 +20,7 @@ import contextlib
 import html
 import io
 import json
+import logging
 import os
 import re
 import threading
@@ -190,7 +191,15 @@ CSS = ":host, :root { " + _STATE_VARS + "}\n" + """
 .sbg-live.stale .sbg-dot { background: var(--sbg-warning); animation: none; }
 @keyframes sbg-pulse { 0% { box-shadow: 0 0 0 0 rgba(22,163,74,0.7); } 70% { box-shadow: 0 0 0 10px rgba(22,163,74,0); }
                        100% { box-shadow: 0 0 0 0 rgba(22,163,74,0); } }
+.sbg-kpiwrap { container-type: inline-size; width: 100%; }
 .sbg-kpis { display: grid; grid-template-columns: repeat(auto-fit, minmax(92px, 1fr)); gap: 7px; width: 100%; }
+@container (max-width: 900px) {
+  .sbg-kpis { grid-template-columns: repeat(9, minmax(0, 1fr)); gap: 4px; }
+  .sbg-kpi { padding: 5px 5px; border-radius: 8px; }
+  .sbg-kpi .label { font-size: 9px; letter-spacing: 0; }
+  .sbg-kpi .value { font-size: 13.5px; } .sbg-kpi .value.small { font-size: 11.5px; padding-top: 2px; }
+  .sbg-kpi .value.tiny { font-size: 10px; padding-top: 3px; }
+}
 .sbg-kpi { background: var(--panel-surface-color, #fff); border: 1px solid #e5e7eb; border-radius: 10px;
            padding: 7px 10px; min-width: 0; }
 .sbg-kpi .label { font-size: 10.5px; text-transform: uppercase; letter-spacing: .02em; color: #6b7280;
@@ -217,10 +226,27 @@ CSS = ":host, :root { " + _STATE_VARS + "}\n" + """
 .sbg-banner.error { background: #fef2f2; color: #991b1b; border: 1px solid #fecaca; }
 .sbg-banner.finished { background: #ecfdf5; color: #065f46; border: 1px solid #a7f3d0; }
 .sbg-plot-title { font-weight: 650; font-size: 13.5px; color: #111827; }
+.sbg-note { font-size: 11.5px; color: #6b7280; }
 .sbg-legend { font-size: 12px; color: #4b5563; display: flex; gap: 14px; flex-wrap: wrap; }
 .sbg-legend span::before { content: ""; display: inline-block; width: 10px; height: 10px; border-radius: 2px;
                            margin-right: 5px; vertical-align: -1px; background: var(--c); }
 """
+
+
+class HTML(pn.pane.HTML):
+    """An HTML pane whose updates send its new text and nothing else.
+
+    Panel re-resolves a pane's stylesheets on every change of its object,
+    and in a notebook it points them at its CDN, although they were inlined
+    when the pane was first drawn: every KPI refresh would then send a
+    request out of the machine (and fail on an air-gapped one). The
+    stylesheets of these panes never change after they are drawn.
+    """
+
+    def _update(self, ref, model):
+        props = self._get_properties(model.document)
+        props.pop("stylesheets", None)
+        model.update(**props)
 
 
 def _kpi_size(value: str) -> str:
@@ -357,13 +383,20 @@ class Dashboard(pn.viewable.Viewer):
         self._pending.clear()
         pending = self._pending
         limit = self._max_pending_rows
-        state = {"rows": 0, "span": self._window_span()}
+        state = {"rows": 0, "span": self._window_span(), "newest": pd.NaT, "restarted": False}
 
         def on_chunk(chunk):
             # Runs in the replay task: only queue, never touch the document here. Rows older than the
             # visible window are off the plots' axis, and past the bound they could not all be drawn:
             # a session waiting for its browser (or its turn) keeps neither.
             newest = chunk["timestamp"].max() if len(chunk) else pd.NaT
+            if pd.notna(newest) and pd.notna(state["newest"]) and newest < state["newest"]:
+                # Time went back: the data started over (a loop or a seek). What is queued belongs to
+                # the pass before, and the plots start afresh.
+                pending.clear()
+                state["rows"], state["restarted"] = 0, True
+            if pd.notna(newest):
+                state["newest"] = newest
             pending.append((chunk, newest))
             state["rows"] += len(chunk)
             cut = newest - state["span"] if pd.notna(newest) else None
@@ -477,7 +510,7 @@ class Dashboard(pn.viewable.Viewer):
             label="Baseline", options=["(none)"] + files,
             value=self._relative(m.baseline_path) if m.baseline_path else "(none)", sizing_mode="stretch_width")
         self.upload = pn.widgets.FileInput(accept=",".join(DATA_SUFFIXES), sizing_mode="stretch_width")
-        self.upload_status = pn.pane.HTML(self._upload_hint(), sizing_mode="stretch_width",
+        self.upload_status = HTML(self._upload_hint(), sizing_mode="stretch_width",
                                           styles={"font-size": "12px", "color": "#4b5563"})
         self.speed = pn.widgets.RadioButtonGroup(label="Speed", options=list(SPEEDS), value=self._speed_label(),
                                                  color="primary", variant="outline",
@@ -489,7 +522,7 @@ class Dashboard(pn.viewable.Viewer):
         self.reset_btn = pn.widgets.Button(label="Reset", color="light")
         self.progress = pn.indicators.Progress(label="Progress", value=0, max=100, sizing_mode="stretch_width",
                                                bar_color="primary")
-        self.progress_text = pn.pane.HTML("", styles={"font-size": "12px", "color": "#4b5563"})
+        self.progress_text = HTML("", styles={"font-size": "12px", "color": "#4b5563"})
         self.seek = pn.widgets.FloatSlider(label="Seek (% of the time span)", start=0, end=100, step=0.5,
                                            value=0, sizing_mode="stretch_width")
         self.seek_btn = pn.widgets.Button(label="Seek", color="default")
@@ -509,7 +542,7 @@ class Dashboard(pn.viewable.Viewer):
                                                      description="An HTML report of the run so far, to open "
                                                                  "offline or hand over. The replay goes on.")
         # File names have no spaces: let them break anywhere rather than run under the main area.
-        self.report_status = pn.pane.HTML("", sizing_mode="stretch_width",
+        self.report_status = HTML("", sizing_mode="stretch_width",
                                           styles={"font-size": "12px", "color": "#4b5563",
                                                   "overflow-wrap": "anywhere"})
         signals = m.signals
@@ -524,6 +557,9 @@ class Dashboard(pn.viewable.Viewer):
         self.stop_btn.on_click(lambda e: self._control("stop"))
         self.reset_btn.on_click(lambda e: self._control("reset"))
         self.seek_btn.on_click(lambda e: self._control("seek"))
+        # The seek slider follows the replay until the user moves it; Seek (or Reset) hands it back.
+        self._seek_moved = self._seek_syncing = False
+        self.seek.param.watch(self._on_seek_moved, "value")
         self.speed.param.watch(self._on_speed, "value")
         self.source_select.param.watch(self._on_source, "value")
         self.baseline_select.param.watch(self._on_source, "value")
@@ -571,7 +607,7 @@ class Dashboard(pn.viewable.Viewer):
             return pane
         rows = "".join(f"<tr><th>{html.escape(n)}</th><td>{html.escape(str(getattr(obj, n)))}</td></tr>"
                        for n in names)
-        return pn.pane.HTML(f'<table class="sbg-settings">{rows}</table>', sizing_mode="stretch_width",
+        return HTML(f'<table class="sbg-settings">{rows}</table>', sizing_mode="stretch_width",
                             stylesheets=[CSS])
 
     def _unlink_settings(self):
@@ -592,15 +628,15 @@ class Dashboard(pn.viewable.Viewer):
     # ---- views ----------------------------------------------------------
     def _build_views(self):
         css = [CSS]
-        self.live_indicator = pn.pane.HTML("", margin=(0, 10), stylesheets=css)
-        self.kpis = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=css)
-        self.banner = pn.pane.HTML("", sizing_mode="stretch_width", visible=False, stylesheets=css)
-        self.empty_state = pn.pane.HTML("", sizing_mode="stretch_width", visible=False, stylesheets=css)
-        self.health_empty = pn.pane.HTML('<div class="sbg-empty">No data yet: the fleet grid fills as rows arrive.</div>',
+        self.live_indicator = HTML("", margin=(0, 10), stylesheets=css)
+        self.kpis = HTML("", sizing_mode="stretch_width", stylesheets=css)
+        self.banner = HTML("", sizing_mode="stretch_width", visible=False, stylesheets=css)
+        self.empty_state = HTML("", sizing_mode="stretch_width", visible=False, stylesheets=css)
+        self.health_empty = HTML('<div class="sbg-empty">No data yet: the fleet grid fills as rows arrive.</div>',
                                          sizing_mode="stretch_width", stylesheets=css)
         self.signals_area = pn.Column(sizing_mode="stretch_width")
         # Before the first row the plots' time axes have nothing to show (they read 1970): a message instead.
-        self.signals_empty = pn.pane.HTML("", sizing_mode="stretch_width", visible=False, stylesheets=css)
+        self.signals_empty = HTML("", sizing_mode="stretch_width", visible=False, stylesheets=css)
         import holoviews as hv
 
         self.health_pipe = hv.streams.Pipe(data=pd.DataFrame())
@@ -613,18 +649,22 @@ class Dashboard(pn.viewable.Viewer):
         self.health_box = pn.Column(self.health_pane, sizing_mode="stretch_width", visible=False, margin=0)
         self.activity_pane = pn.pane.HoloViews(activity_view(self.activity_pipe), sizing_mode="stretch_width",
                                                linked_axes=False)
-        self.entity_legend = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
+        self.entity_legend = HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self.baseline_pane = pn.pane.HoloViews(sizing_mode="stretch_width", linked_axes=False)
         self.alerts_table = pn.widgets.Tabulator(
             self._alerts_frame(), sizing_mode="stretch_width", height=330, disabled=True, show_index=False,
             pagination="local", page_size=10, header_filters=True, selectable=False,
-            formatters={c: {"type": "plaintext"}
-                        for c in ("severity", "kind", "entity", "rule", "signal", "message", "state")},
-            layout="fit_data_stretch",
+            formatters={**{c: {"type": "plaintext"}
+                           for c in ("start", "end", "severity", "kind", "entity", "rule", "signal", "state")},
+                        "message": {"type": "textarea"}},  # wraps; escaped like plaintext
+            # Every column in view at any width: the short ones fixed, the message takes the rest and wraps.
+            layout="fit_columns",
+            widths={"start": 128, "end": 128, "severity": 96, "kind": 78, "entity": 86, "rule": 104,
+                    "signal": 104, "state": 86, "pass": 70},
         )
         self.alerts_table.style.apply(self._severity_style, axis=1)
-        self.feed = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=css)
-        self.legend = pn.pane.HTML(stylesheets=css, object=
+        self.feed = HTML("", sizing_mode="stretch_width", stylesheets=css)
+        self.legend = HTML(stylesheets=css, object=
             '<div class="sbg-legend">' + "".join(
                 f'<span style="--c:{STATE_COLORS[k]}">{k}</span>'
                 for k in ("normal", "warning", "critical", "stale", "data quality"))
@@ -643,26 +683,31 @@ class Dashboard(pn.viewable.Viewer):
     def _alerts_frame(self, limit=500) -> pd.DataFrame:
         table = self.monitor.alerts.head(limit)
         cols = ["start", "severity", "kind", "entity", "rule", "signal", "message", "state", "end"]
+        if "pass" in table.columns:  # a looped replay: which pass of the data raised it
+            cols.append("pass")
         if table.empty:
-            return pd.DataFrame({c: pd.Series([], dtype="datetime64[ns]" if c in ("start", "end") else object)
-                                 for c in cols})
+            return pd.DataFrame({c: pd.Series([], dtype=object) for c in cols})
         out = table[cols].copy()
         for c in ("severity", "kind", "entity", "rule", "signal", "message", "state"):
             out[c] = out[c].astype(object)
+        # Short data times as text (they sort as text within a year): a datetime formatter would need
+        # Tabulator's luxon, which is not loaded in a notebook.
+        for c in ("start", "end"):
+            out[c] = out[c].dt.strftime("%m-%d %H:%M:%S").fillna("").astype(object)
         return out
 
     def _refresh_plots(self):
         span = WINDOWS[self.window]
         m = self.monitor
         if not m.signals:
-            self.signals_area.objects = [pn.pane.HTML('<div class="sbg-empty">No numeric signals.</div>')]
+            self.signals_area.objects = [HTML('<div class="sbg-empty">No numeric signals.</div>')]
             return
         self.bridge.reset()
         panes = []
         for s in m.signals:
             plot = pn.pane.HoloViews(signal_view(self.live, s), sizing_mode="stretch_width", linked_axes=False)
             self.bridge.watch(plot, span_s=span)
-            panes.append(pn.Column(pn.pane.HTML(f'<div class="sbg-plot-title">{html.escape(s)}</div>',
+            panes.append(pn.Column(HTML(f'<div class="sbg-plot-title">{html.escape(s)}</div>',
                                                 stylesheets=[CSS], margin=(0, 10)), plot, sizing_mode="stretch_width"))
         ncols = 2 if len(panes) > 1 else 1
         self.signals_area.objects = [pn.GridBox(*panes, ncols=ncols, sizing_mode="stretch_width")]
@@ -706,13 +751,52 @@ class Dashboard(pn.viewable.Viewer):
                 r.stop()
             elif action == "reset":
                 r.reset()
+                self._seek_moved = False
                 self._reset_live()
             elif action == "seek":
                 r.seek(self.seek.value / 100)
+                self._seek_moved = False
                 self._reset_live()
         except (SbgError, ValueError) as exc:
             self.monitor.pipeline.emit_event("error", f"{action} failed: {exc}", "critical")
         self._update_fast(force=True)
+
+    def _on_seek_moved(self, event):
+        if not self._seek_syncing:
+            self._seek_moved = True
+
+    def _sync_controls(self, state, fraction):
+        """One next step in view at a time: Start before a run, Pause while it runs, Resume while paused.
+
+        The seek slider shows where the replay is (``fraction`` of the time
+        span), unless the user has moved it and not yet pressed Seek.
+        """
+        shown = {self.start_btn: state in ("idle", "stopped", "finished"), self.pause_btn: state == "running",
+                 self.resume_btn: state == "paused"}
+        for button, visible in shown.items():
+            if button.visible != visible:
+                button.visible = visible
+        idle = state not in ("running", "paused")
+        if self.stop_btn.disabled != idle:
+            self.stop_btn.disabled = idle
+        if not self._seek_moved and fraction is not None:
+            value = min(100.0, max(0.0, round(fraction * 200) / 2))  # the slider's 0.5 % steps
+            if abs(self.seek.value - value) >= 0.5:
+                self._seek_syncing = True
+                try:
+                    self.seek.value = value
+                finally:
+                    self._seek_syncing = False
+
+    @staticmethod
+    def _time_fraction(r):
+        """How far the replay is through the data's time span (0..1), once the span is known."""
+        if r.sim_time is None:
+            return 0.0 if r.state == "idle" else None
+        first, last = r.first_ts, r.last_ts
+        if first is None or last is None or last <= first:
+            return r.percent / 100
+        return (pd.Timestamp(r.sim_time).value - first) / (last - first)
 
     def _on_speed(self, event):
         if not self.read_only:
@@ -840,6 +924,13 @@ class Dashboard(pn.viewable.Viewer):
         chunks = [chunk for chunk, _ in self._pending]
         self._pending.clear()
         self._pending_state["rows"] = 0
+        if self._pending_state.pop("restarted", False):
+            self._pending_state["restarted"] = False
+            live = self.live
+            buffers = [*live.slots, *live.flags.values(), *live.quality.values()]
+            if getattr(self, "_baseline_buffer", None) is not None:
+                buffers.append(self._baseline_buffer)
+            self.bridge.clear(buffers)
         frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
         self._send(frame)
         self.bridge.flush()
@@ -995,9 +1086,16 @@ class Dashboard(pn.viewable.Viewer):
             threading.Thread(target=r.scan, name="sbg-scan", daemon=True).start()
         pct = r.percent
         self.progress.value = int(pct)
+        if not self.read_only:
+            self._sync_controls(state, self._time_fraction(r))
         total = "…" if r.rows_total is None else _fmt_int(r.rows_total)
+        looping = ""
+        if r.loop:
+            looping = (f' · <span title="The data starts over when it ends. Rows in counts every pass; the '
+                       f'alerts of earlier passes stay in the table, with their pass.">pass {r.loops + 1}, '
+                       f"looping</span>")
         self.progress_text.object = (f"{_fmt_int(r.rows_emitted)} of {total} rows · "
-                                     f"{pct:.1f}% · speed {html.escape(str(r.speed))}")
+                                     f"{pct:.1f}% · speed {html.escape(str(r.speed))}{looping}")
         sim_ts = None if r.sim_time is None else pd.Timestamp(r.sim_time)
         sim = "–" if sim_ts is None else sim_ts.strftime("%H:%M:%S")
         sim_label = "Sim time" if sim_ts is None else f"Sim {sim_ts:%m-%d}"
@@ -1013,11 +1111,11 @@ class Dashboard(pn.viewable.Viewer):
             ("Done", "percent", f"{pct:.1f}%", ""),
         ]
         # Long values take a smaller font rather than an ellipsis: 480,760 rows must be read whole.
-        self.kpis.object = '<div class="sbg-kpis">' + "".join(
+        self.kpis.object = '<div class="sbg-kpiwrap"><div class="sbg-kpis">' + "".join(
             f'<div class="sbg-kpi {cls}" data-kpi="{key}" title="{html.escape(f"{name}: {value}")}">'
             f'<div class="label">{html.escape(name)}</div>'
             f'<div class="value {_kpi_size(value)}">{html.escape(value)}</div></div>'
-            for name, key, value, cls in cards) + "</div>"
+            for name, key, value, cls in cards) + "</div></div>"
         banner = ""
         if errors:
             banner = (f'<div class="sbg-banner error"><b>Pipeline errors: {errors}.</b> Latest: '
@@ -1104,8 +1202,12 @@ class Dashboard(pn.viewable.Viewer):
             items = []
             for ev in reversed(events):
                 cls = "error" if ev["kind"] == "error" else ev["severity"]
-                items.append(f'<div class="ev {html.escape(cls)}"><span class="t">{html.escape(ev["time"][11:19])}</span>'
-                             f'{html.escape(ev["kind"])}: {html.escape(ev["message"])}</div>')
+                sim, wall = ev.get("sim_time"), ev["time"][11:19]
+                stamp = sim[11:19] if sim else wall
+                tip = (f"data time {sim.replace('T', ' ')}; logged at {wall} (wall clock)" if sim else
+                       f"logged at {wall} (wall clock), before any data")
+                items.append(f'<div class="ev {html.escape(cls)}"><span class="t" title="{html.escape(tip)}">'
+                             f'{html.escape(stamp)}</span>{html.escape(ev["kind"])}: {html.escape(ev["message"])}</div>')
             self.feed.object = ('<div class="sbg-feed">' + ("".join(items) or
                                 "<div class=\"ev\">No events yet: alert changes, quarantined rows and errors "
                                 "appear here.</div>") + "</div>")
@@ -1150,7 +1252,7 @@ class Dashboard(pn.viewable.Viewer):
     # ---- layout ---------------------------------------------------------
     def _main(self):
         top = pn.Column(self.kpis, self.banner, self.empty_state, sizing_mode="stretch_width")
-        right = pn.Column(pn.pane.HTML('<div class="sbg-plot-title">Fleet health</div>', stylesheets=[CSS],
+        right = pn.Column(HTML('<div class="sbg-plot-title">Fleet health</div>', stylesheets=[CSS],
                                        margin=(0, 10)), self.legend,
                           self.health_empty, self.health_box, self.activity_pane, sizing_mode="stretch_width")
         plots = pn.Row(pn.Column(self.entity_legend, self.signals_empty, self.signals_area,
@@ -1158,12 +1260,17 @@ class Dashboard(pn.viewable.Viewer):
                        sizing_mode="stretch_width")
         plots[0].width_policy = "max"
         right.styles = {"flex": "0 0 32%"}
-        bottom = pn.Row(
+        # Side by side on a wide screen; the events go under the alerts when there is no room for both
+        # (a laptop, a notebook), so the alert table keeps every column in view.
+        bottom = pn.FlexBox(
             pn.Column(pn.Row(pn.pane.Markdown("### Alerts", margin=(0, 5)), pn.Spacer(), self.export_csv,
                              self.export_json, sizing_mode="stretch_width"), self.alerts_table,
-                      sizing_mode="stretch_width"),
-            pn.Column(pn.pane.Markdown("### Events", margin=(0, 5)), self.feed, width=420),
-            sizing_mode="stretch_width",
+                      sizing_mode="stretch_width", styles={"flex": "1 1 760px"}),
+            pn.Column(pn.pane.Markdown("### Events", margin=(0, 5)),
+                      HTML('<div class="sbg-note">Times are the data\'s own (hover for the wall clock).</div>',
+                           stylesheets=[CSS], margin=(0, 10)), self.feed,
+                      sizing_mode="stretch_width", styles={"flex": "1 1 380px"}),
+            flex_wrap="wrap", sizing_mode="stretch_width",
         )
         baseline = pn.Column(pn.Row(self.x_select, self.y_select, self.size_slider), self.baseline_pane,
                              sizing_mode="stretch_width")
@@ -1171,8 +1278,8 @@ class Dashboard(pn.viewable.Viewer):
 
     def _sidebar(self):
         controls = pn.Column(
-            pn.Row(self.start_btn, self.pause_btn, sizing_mode="stretch_width"),
-            pn.Row(self.resume_btn, self.stop_btn, self.reset_btn, sizing_mode="stretch_width"),
+            pn.Row(self.start_btn, self.pause_btn, self.resume_btn, self.stop_btn, self.reset_btn,
+                   sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
         self.settings_area = pn.Column(self._settings_panel(), sizing_mode="stretch_width")
@@ -1207,12 +1314,13 @@ class Dashboard(pn.viewable.Viewer):
         doc = pn.state.curdoc
         if doc is None or doc.session_context is None:
             return super().servable(title=title, **kwargs)
+        _quiet_closed_sockets()
         header = [self.live_indicator]
         admins = [u.strip() for u in os.environ.get("SBG_ADMIN_USERS", "").split(",") if u.strip()]
         if admins and pn.state.user not in admins:
             # sbg serve --admin-users: everyone else watches; the callbacks check read_only too.
             self.read_only = True
-            header.append(pn.pane.HTML(f'<span class="sbg-readonly" title="signed in as '
+            header.append(HTML(f'<span class="sbg-readonly" title="signed in as '
                                        f'{html.escape(str(pn.state.user))}">View only</span>', stylesheets=[CSS]))
         # Bootstrap: the one template that needs no web fonts from the internet. No busy spinner:
         # every periodic callback of every session sets Panel's global busy flag, which updates
@@ -1231,26 +1339,32 @@ class Dashboard(pn.viewable.Viewer):
                 PACER.thaw()  # its frozen objects are garbage now
 
         pn.state.on_session_destroyed(on_destroyed)
-        pn.state.onload(self._settle_styles)
         return template.servable(**kwargs)
 
-    def _settle_styles(self):
-        """Gives every HTML pane, once the page is up, the stylesheets its first update would give it.
 
-        Under the template, the first change of an HTML pane after the page is
-        drawn also replaces its stylesheets, new models that make Bokeh walk the
-        page's whole model graph (~900 models, ~50 ms) per pane. Twenty sessions
-        did it for their dozen panes all at once when a replay started: the loop
-        answered nothing for 3 to 5 s. Here it is one walk per session, when
-        its page opens.
-        """
-        doc = pn.state.curdoc
-        if doc is None or doc.session_context is None:
+def _quiet_closed_sockets():
+    """Keep a closed browser tab out of the server log's tracebacks (once per event loop).
+
+    When a tab closes while the server is writing to its websocket, the
+    write's task ends in ``WebSocketClosedError`` and nobody awaits it, so
+    asyncio logged "Task exception was never retrieved" with a traceback for
+    every closed tab. A tab going away is normal: that one is logged at debug
+    level; every other unhandled exception still goes to the default handler.
+    """
+    loop = asyncio.get_running_loop()
+    if getattr(loop, "_sbg_quiet_sockets", False):
+        return
+    from tornado.iostream import StreamClosedError
+    from tornado.websocket import WebSocketClosedError
+
+    def handler(loop, context):
+        if isinstance(context.get("exception"), (WebSocketClosedError, StreamClosedError)):
+            logging.getLogger("sbg").debug("a browser went away during a write: %s", context.get("message"))
             return
-        panes = [v for v in vars(self).values() if isinstance(v, pn.pane.HTML)]
-        with doc.models.freeze():
-            for pane in panes:
-                pane.param.trigger("object")
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    loop._sbg_quiet_sockets = True
 
 
 def _rss_bytes() -> int | None:

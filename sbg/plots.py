@@ -47,9 +47,14 @@ STATE_COLORS = {
     "stale": "#9ca3af",
     "data quality": "#7c3aed",
 }
-#: Entity colours: blues, teals, purples and greys, so no entity looks like a warning.
-ENTITY_COLORS = ["#2563eb", "#0d9488", "#7c3aed", "#475569", "#0891b2", "#4f46e5", "#15803d", "#a21caf",
-                 "#1e40af", "#0f766e", "#6d28d9", "#334155"]
+#: Entity colours: blues, teals and greys, so no entity looks like a warning, a flag (red) or a
+#: data-quality finding (violet).
+ENTITY_COLORS = ["#2563eb", "#0d9488", "#0369a1", "#475569", "#0891b2", "#4f46e5", "#15803d", "#64748b",
+                 "#1e40af", "#0f766e", "#155e75", "#334155"]
+#: Live points of the baseline view: neutral, since red means flagged.
+LIVE_COLOR = "#334155"
+#: Marker size of flagged points and data-quality findings on the live curves: large enough to see.
+FLAG_SIZE = 10
 STATE_LABELS = {0: "normal", 1: "warning", 2: "critical", 3: "stale", 4: "data quality"}
 #: Live plots draw on a 2D canvas: WebGL (HoloViews' default) falls back to a slow
 #: software renderer on machines without a GPU, and a few thousand points need no GPU.
@@ -202,10 +207,39 @@ class BufferBridge:
 
 
 def sync_hook(plot, element):
-    """Records how many Buffer updates a freshly drawn layer already holds (see :class:`BufferBridge`)."""
+    """Records how many Buffer updates a freshly drawn layer already holds (see :class:`BufferBridge`).
+
+    It also makes the layer's source deaf to streams that come back from the
+    browser (:func:`_python_writes_only`).
+    """
     buf = next((s for s in getattr(plot, "streams", []) if hasattr(s, "_count")), None)
     if buf is not None:
         plot._sbg_seen = buf._count
+        cds = plot.handles.get("cds")
+        if cds is not None and not getattr(cds, "_sbg_python_only", False):
+            _python_writes_only(cds)
+
+
+def _python_writes_only(cds):
+    """Ignore rows streamed into ``cds`` from the browser: only the BufferBridge writes these sources.
+
+    In a notebook, Panel's comm manager sends every change of the browser's
+    document back to the kernel, including the streams the kernel itself just
+    sent (BokehJS marks them ``sync=False``; the served app's session drops
+    those, the notebook comm does not). Applied again in the kernel, each echo
+    would append the same rows a second time, and as numbers (milliseconds)
+    to a column of datetimes, which NumPy refuses with a ``DTypePromotionError``
+    traceback printed above the dashboard. A stream from the kernel comes with
+    no setter; one from the browser with the comm's id.
+    """
+    own = cds._stream
+
+    def _stream(new_data, rollover=None, setter=None):
+        if setter is None:
+            own(new_data, rollover, setter)
+
+    cds._stream = _stream
+    cds._sbg_python_only = True
 
 
 def band_hook(lower: str, upper: str, color: str):
@@ -366,11 +400,11 @@ def signal_view(buffers: LiveBuffers, signal: str, height: int = 210, bands: int
         layers.append(curve.opts(color=color, line_width=1.5, tools=["hover"], hooks=hooks, **common))
     if layers:
         quality = hv.DynamicMap(_element("Scatter", "timestamp", signal), streams=[buffers.quality[signal]])
-        layers.append(quality.opts(color=STATE_COLORS["data quality"], size=7, marker="square",
-                                   line_color="white", hooks=[sync_hook], **common))
+        layers.append(quality.opts(color=STATE_COLORS["data quality"], size=FLAG_SIZE, marker="square",
+                                   line_color="white", line_width=1.5, hooks=[sync_hook], **common))
         flags = hv.DynamicMap(_element("Scatter", "timestamp", signal), streams=[buffers.flags[signal]])
-        layers.append(flags.opts(color=STATE_COLORS["critical"], size=7, marker="circle", line_color="white",
-                                 hooks=[sync_hook], **common))
+        layers.append(flags.opts(color=STATE_COLORS["critical"], size=FLAG_SIZE, marker="circle", line_color="white",
+                                 line_width=1.5, hooks=[sync_hook], **common))
     if not layers:
         return hv.Curve([], "timestamp", signal).opts(**common)
     # Collated, the overlay keeps each layer tied to its own Buffer.
@@ -573,7 +607,11 @@ def health_view(pipe, height: int):
 
 
 def baseline_view(reference: pd.DataFrame | None, live_buffer, x: str, y: str, size: float = 4, height: int = 320):
-    """Baseline points (blue) with density contours against live points (red) in the x-y plane."""
+    """Baseline points (blue) with density contours against live points (slate) in the x-y plane.
+
+    Live points are not red: red means "flagged" everywhere else. Without a
+    baseline the title says how to give one.
+    """
     hv = _hv()
     layers = []
     if reference is not None and x in reference and y in reference:
@@ -585,8 +623,10 @@ def baseline_view(reference: pd.DataFrame | None, live_buffer, x: str, y: str, s
             layers.append(hv.Bivariate(ref, [x, y]).opts(
                 filled=False, cmap=["#1e3a8a"], levels=6, alpha=0.8, show_legend=False))
     live = hv.DynamicMap(_element("Points", [x, y], [], label="live"), streams=[live_buffer])
-    layers.append(live.opts(color=STATE_COLORS["critical"], size=size, alpha=0.7, responsive=True, height=height,
-                            title=f"Baseline vs live: {x} / {y}", show_grid=True, show_legend=True,
+    title = (f"Baseline vs live: {x} / {y}" if layers else
+             f"Live: {x} / {y} (no baseline: pick one in the sidebar, or --baseline)")
+    layers.append(live.opts(color=LIVE_COLOR, size=size, alpha=0.6, responsive=True, height=height,
+                            title=title, show_grid=True, show_legend=True,
                             hooks=[sync_hook], backend_opts=CANVAS))
     return hv.Overlay(layers).collate()
 
@@ -604,8 +644,8 @@ def static_signal_view(frame: pd.DataFrame, signal: str, entities=None, width: i
                 color=color, alpha=0.12, line_alpha=0))
         layers.append(hv.Curve(rows, "timestamp", signal, label=str(e)).opts(color=color, line_width=1.2))
         quality = rows[rows.get(f"{signal}__quality", pd.Series(0, index=rows.index)) >= 0.5]
-        layers.append(hv.Scatter(quality, "timestamp", signal).opts(color=STATE_COLORS["data quality"], size=5,
+        layers.append(hv.Scatter(quality, "timestamp", signal).opts(color=STATE_COLORS["data quality"], size=7,
                                                                     marker="square"))
         flagged = rows[rows.get(f"{signal}__score", pd.Series(0, index=rows.index)) >= 0.5]
-        layers.append(hv.Scatter(flagged, "timestamp", signal).opts(color=STATE_COLORS["critical"], size=5))
+        layers.append(hv.Scatter(flagged, "timestamp", signal).opts(color=STATE_COLORS["critical"], size=7))
     return hv.Overlay(layers).opts(width=width, height=height, title=signal, show_grid=True)
