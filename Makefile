@@ -1,32 +1,46 @@
 # Two commands do everything on a fresh machine:
-#   make demo   serve the live dashboard replaying the bundled battery fleet (sets itself up)
-#   make test   run the whole test suite (sets itself up, Chromium included)
+#   make demo   serve the live dashboard replaying the bundled battery fleet (sets itself up: sbg and its ui extra)
+#   make test   run the whole test suite (sets itself up: the dev extra, Chromium included)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per extra installed: each says "this extra is installed for this pyproject.toml".
+# The dev extra includes ui, so a current dev stamp satisfies the demo; the ui stamp never satisfies dev.
+UI_STAMP := $(VENV)/.installed-ui
+DEV_STAMP := $(VENV)/.installed-dev
 SPEED ?= 100x
 PORT ?= 5006
 
-.PHONY: demo replay test bench bench-latency setup lint data clean chromium
+.PHONY: demo replay test bench bench-latency bench-load setup lint data clean chromium
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+# The demo needs sbg and its ui extra (Panel, HoloViews, Bokeh), not the test, benchmark and Dask tools.
+$(UI_STAMP): pyproject.toml | $(BIN)/python
+	@if [ -f $(DEV_STAMP) ] && [ $(DEV_STAMP) -nt pyproject.toml ]; then \
+	  echo "sbg: the dev extra, which includes ui, is installed"; \
+	else \
+	  echo '$(BIN)/pip install --quiet -e ".[ui]"'; $(BIN)/pip install --quiet -e ".[ui]"; \
+	fi
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	touch $@
 
-setup: $(STAMP)
+setup: $(DEV_STAMP)
 
-demo: $(STAMP)
+demo: $(UI_STAMP)
 	@mkdir -p artifacts
 	@echo "sbg: the dashboard will be at http://127.0.0.1:$(PORT)/monitor  (Ctrl-C stops it)"
 	$(BIN)/sbg serve data/battery_fleet.csv.gz --speed $(SPEED) --loop --autostart --port $(PORT) \
 	  --alerts-db artifacts/demo_alerts.sqlite
 
 # The same replay in the terminal, alerts printed as they fire.
-replay: $(STAMP)
+replay: $(UI_STAMP)
 	@mkdir -p artifacts
 	$(BIN)/sbg replay data/battery_fleet.csv.gz --speed 1000x --alerts-db artifacts/demo_alerts.sqlite
 
@@ -36,19 +50,23 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
-test: $(STAMP) chromium
+test: $(DEV_STAMP) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/run.py
 
-bench-latency: $(STAMP) chromium
+bench-latency: $(DEV_STAMP) chromium
 	$(BIN)/python benchmarks/latency.py --minutes 10
 
-lint: $(STAMP)
+# The full load run: 20 browser sessions on one served replay (the default test run holds 6).
+bench-load: $(DEV_STAMP) chromium
+	SBG_LOAD_SESSIONS=20 $(BIN)/python -m pytest -q tests/test_load.py -k many_sessions
+
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check sbg tests benchmarks apps notebooks
 
-data: $(STAMP)
+data: $(DEV_STAMP)
 	$(BIN)/sbg data generate
 
 clean:

@@ -113,6 +113,42 @@ def _schema_options(args) -> dict:
     return opts
 
 
+#: ``sbg detect``'s default output: NAME.flags.csv in the current directory (see :func:`default_output`).
+_FLAGS_SUFFIX = ".flags.csv"
+_INPUT_SUFFIXES = (".gz", ".csv", ".tsv", ".txt", ".parquet", ".pq")
+
+
+def default_output(specs, dataset: bool = False) -> Path:
+    """``sbg detect``'s output when ``-o`` is not given: ``NAME.flags.csv`` in the current directory.
+
+    ``NAME`` is the first input's name without its data suffixes (a glob's
+    first match; a directory's own name); ``NAME.flags.parquet``, a Parquet
+    dataset, when ``dataset`` (Dask runs write only those).
+
+    >>> str(default_output(["data/battery_fleet.csv.gz", "more.csv"]))
+    'battery_fleet.flags.csv'
+    >>> str(default_output(["archive.parquet"], dataset=True))
+    'archive.flags.parquet'
+    """
+    first = Path(specs[0])
+    if not first.exists() and set(str(first)) & set("*?["):
+        first = _inputs([specs[0]])[0]
+    name = first.name if first.name not in ("", ".", "..") else first.resolve().name
+    while (suffix := next((x for x in _INPUT_SUFFIXES if name.lower().endswith(x) and len(name) > len(x)), None)):
+        name = name[: -len(suffix)]
+    return Path(name + (".flags.parquet" if dataset else _FLAGS_SUFFIX))
+
+
+def _write_text(path, text: str):
+    """Write a small output file atomically, with the permissions the umask gives; errors name the file."""
+    from .report import write_text_atomic
+
+    try:
+        write_text_atomic(path, text)
+    except OSError as exc:
+        raise SbgError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
 def _speed(text):
     from .replay import parse_speed
 
@@ -132,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                "Exit codes: 0 ok, 1 alerts at --fail-on, 2 usage, 3 bad input, 4 bad config.",
     )
     parser.add_argument("--version", action="version", version=f"sbg {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="the command to run")
 
     p = sub.add_parser("replay", help="replay files in the terminal, printing alerts as they fire",
                        description="Replay files on a simulated clock through the pipeline. Prints progress "
@@ -155,23 +191,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="score files in batch and write flags per row",
                        description="Run the pipeline over files as fast as possible and write one output row "
-                                   "per accepted input row: the input columns, then anomaly_score, is_anomaly "
-                                   "and reason. The output does not depend on --chunk-size and equals what "
-                                   "the streaming pipeline computes. Several files (globs, directories) are "
-                                   "read one after the other. With --workers or --scheduler the work is split "
-                                   "by entity over Dask workers, with the same result.")
+                                   "per accepted input row: the input columns, then anomaly_score, is_anomaly, "
+                                   "reason and quality. The output does not depend on --chunk-size and equals "
+                                   "what the streaming pipeline computes. Several files (globs, directories) are "
+                                   "read one after the other into one output. With --workers or --scheduler the "
+                                   "work is split by entity over Dask workers, with the same result.")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE",
                    help="CSV, CSV.gz or Parquet files, globs (quoted) or directories")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
-                   help="output CSV, or a Parquet dataset directory (a name ending in .parquet, or a directory)")
-    p.add_argument("--baseline", type=Path, metavar="REF")
-    p.add_argument("--config", type=Path, metavar="SBG.YAML")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="output CSV, or a Parquet dataset directory (a name ending in .parquet, or a directory); "
+                        "'-' writes the CSV to stdout once scoring ends, messages to stderr. Default: "
+                        f"NAME{_FLAGS_SUFFIX} in the current directory, NAME being the first FILE's name less "
+                        ".csv, .gz or .parquet (NAME.flags.parquet with --workers or --scheduler)")
+    p.add_argument("--baseline", type=Path, metavar="REF", help="known-good reference file")
+    p.add_argument("--config", type=Path, metavar="SBG.YAML", help="settings file")
     p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log to write")
     p.add_argument("--chunk-size", type=int, default=65536, metavar="N", help="rows per pipeline chunk (default 65536)")
     p.add_argument("--quarantine", type=Path, metavar="Q.csv",
                    help="write quarantined rows as line,raw,reason (file,line,raw,reason for several files)")
     p.add_argument("--summary-json", type=Path, metavar="S.json", help="write counts, alerts and settings used")
-    p.add_argument("--fail-on", choices=["warning", "critical"])
+    p.add_argument("--fail-on", choices=["warning", "critical"],
+                   help="exit 1 if an alert of this severity or worse fired")
     _dask_args(p, "entity partitions, each a part file of the output (default: four per worker)")
     _schema_args(p)
 
@@ -217,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="print the inferred schema and check every row",
                        description="Infer the schema, read the whole file and report quarantined rows.")
-    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("file", type=Path, metavar="FILE", help="CSV, CSV.gz or Parquet file to check")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--show", type=int, default=10, metavar="N", help="quarantined rows to list (default 10)")
     p.add_argument("--schema-only", action="store_true", help="do not read past the sample")
@@ -229,15 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "public interface without --basic-auth or OAuth. Extra arguments after -- "
                                    "go to panel serve unchanged (write them as --option=value).")
     p.add_argument("files", nargs="*", metavar="FILE", help="data files (default: the bundled battery fleet)")
-    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--port", type=int, default=5006, help="port to listen on (default 5006)")
     p.add_argument("--address", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="directory the UI may choose files from and upload to")
     p.add_argument("--speed", default="100x", type=_speed, help="initial replay speed (default 100x)")
     p.add_argument("--loop", action="store_true", help="start again when the data ends")
     p.add_argument("--autostart", action="store_true", help="start replaying as soon as the server is up")
     p.add_argument("--baseline", metavar="REF", help="known-good reference file")
-    p.add_argument("--config", type=Path, metavar="SBG.YAML")
-    p.add_argument("--alerts-db", type=Path, metavar="PATH")
+    p.add_argument("--config", type=Path, metavar="SBG.YAML", help="settings file")
+    p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log to write")
     p.add_argument("--basic-auth", metavar="PASSWORD|FILE", help="passed to panel serve: a password, or a JSON file of users")
     p.add_argument("--cookie-secret", metavar="SECRET", help="passed to panel serve (required with auth)")
     p.add_argument("--allow-websocket-origin", action="append", default=[], metavar="HOST[:PORT]",
@@ -253,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     _dask_args(p, "entity partitions, each with its state on one worker (default: one per worker)")
 
     p = sub.add_parser("data", help="sample datasets", description="Manage the bundled sample datasets.")
-    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", help="generate or list")
     g = dsub.add_parser("generate", help="regenerate the sample data byte for byte",
                         description="Rewrite the bundled datasets deterministically from the seed.")
     g.add_argument("--out", type=Path, default=None, metavar="DIR", help="output directory (default: the bundled data/)")
@@ -435,26 +475,50 @@ async def _interactive(monitor, out: _Out, progress):
 
 
 def cmd_detect(args) -> int:
+    import shutil
+    import tempfile
+
     from .batch import run_detect
 
     if args.chunk_size < 1:
         raise SbgError("--chunk-size must be at least 1")
+    dask = bool(args.scheduler or args.workers is not None)
+    if not dask and args.partitions is not None:
+        raise SbgError("--partitions needs --workers or --scheduler")
+    to_stdout = args.output == "-"
+    if to_stdout and dask:
+        raise SbgError("-o - writes CSV to stdout, but with --workers or --scheduler the flags are a Parquet "
+                       "dataset; give -o a directory such as flags.parquet")
+    output = Path(args.output) if args.output else default_output(args.files, dataset=dask)
+    # With -o -, stdout carries the CSV alone: every message goes to stderr.
+    messages = sys.stderr if to_stdout else sys.stdout
     options = dict(baseline=args.baseline, settings=_settings(args.config), alerts_db=args.alerts_db,
-                   chunk_size=args.chunk_size, quarantine_path=args.quarantine, summary_path=args.summary_json,
+                   chunk_size=args.chunk_size, quarantine_path=args.quarantine,
                    schema_options=_schema_options(args))
-    if args.scheduler or args.workers is not None:
+    if dask:
         from .distributed import run_detect_dask
 
-        result = run_detect_dask(args.files, args.output, partitions=args.partitions, scheduler=args.scheduler,
+        result = run_detect_dask(args.files, output, partitions=args.partitions, scheduler=args.scheduler,
                                  workers=args.workers, progress=sys.stdout.isatty(), **options)
+    elif to_stdout:
+        # The flags are written to a private file, then copied to stdout whole.
+        with tempfile.TemporaryDirectory(prefix="sbg-detect-") as tmp:
+            flags = Path(tmp) / "flags.csv"
+            result = run_detect(args.files, flags, **options)
+            sys.stdout.flush()
+            binary = getattr(sys.stdout, "buffer", None)
+            with open(flags, "rb") if binary else open(flags, encoding="utf-8", newline="") as fh:
+                shutil.copyfileobj(fh, binary or sys.stdout)
+            (binary or sys.stdout).flush()
     else:
-        if args.partitions is not None:
-            raise SbgError("--partitions needs --workers or --scheduler")
-        result = run_detect(args.files, args.output, **options)
-    s = result["summary"]
-    print(f"{args.output}: {s['rows_ok']:,} rows scored, {s['rows_flagged']:,} flagged; "
+        result = run_detect(args.files, output, **options)
+    s = {**result["summary"], "output": "-" if to_stdout else str(output)}
+    if args.summary_json:
+        _write_text(args.summary_json, json.dumps(s, indent=1, default=str))
+    where = "stdout" if to_stdout else str(output)
+    print(f"{where}: {s['rows_ok']:,} rows scored, {s['rows_flagged']:,} flagged; "
           f"{s['rows_quarantined']:,} quarantined of {s['rows_in']:,}; {s['alerts']} alerts "
-          f"({result['seconds']:.2f}s)")
+          f"({result['seconds']:.2f}s)", file=messages)
     return _fail_code(result["alerts"], args.fail_on)
 
 
@@ -623,10 +687,7 @@ def cmd_evaluate(args) -> int:
     for p, n in r["nab"].items():
         print(f"  {p:<16}  {n['score']:>10.1f}   (TP {n['tp']}, FP {n['fp']}, FN {n['fn']})")
     if args.json_path:
-        try:
-            Path(args.json_path).write_text(json.dumps(_json_safe(r), indent=1) + "\n")
-        except OSError as exc:
-            raise SbgError(f"{args.json_path}: cannot write: {exc.strerror or exc}") from None
+        _write_text(args.json_path, json.dumps(_json_safe(r), indent=1) + "\n")
     return 0
 
 

@@ -107,6 +107,7 @@ class Monitor:
         self.metrics = Metrics()
         self.log = AlertLog(alerts_db) if alerts_db else None
         self.engine = AlertEngine(settings.make_rules(), source=self.source_key)
+        self._past_alerts = None  # alerts of a looped replay's earlier passes
         # The monitor writes the log itself: alert rows only ever go in with the checkpoint that covers them.
         self.fan_out = fan_out
         self.pipeline = (Pipeline if fan_out is None else fan_out.pipeline)(
@@ -149,8 +150,37 @@ class Monitor:
 
     @property
     def alerts(self) -> pd.DataFrame:
-        """Alerts so far, newest first."""
-        return self.engine.table()
+        """Alerts so far, newest first.
+
+        A looped replay keeps the alerts of its earlier passes (the last
+        :data:`PAST_ALERTS`), with a ``pass`` column saying which pass of the
+        data raised each one.
+        """
+        table = self.engine.table()
+        if not self.replay.loop:
+            return table
+        table = table.assign(**{"pass": self.replay.loops + 1})
+        if self._past_alerts is None or self._past_alerts.empty:
+            return table
+        return pd.concat([table, self._past_alerts], ignore_index=True) if len(table) else self._past_alerts
+
+    def _archive_alerts(self):
+        """Before a looped replay starts over: keep this pass's alerts, those still firing ended where the data did.
+
+        The next pass's alerts get ids of their own (the pass is part of the
+        alert source), so the alert log keeps every pass too.
+        """
+        table = self.engine.table()
+        finished = self.replay.loops  # the pass that just ended (loops was counted before the restart)
+        if len(table):
+            firing = table["state"] != "resolved"
+            end = pd.Timestamp(self.metrics.sim_time) if self.metrics.sim_time is not None else pd.NaT
+            table.loc[firing, "end"] = end
+            table.loc[firing, "state"] = "resolved"
+            table = table.assign(**{"pass": finished})
+            past = table if self._past_alerts is None else pd.concat([table, self._past_alerts], ignore_index=True)
+            self._past_alerts = past.head(PAST_ALERTS).reset_index(drop=True)
+        self.engine.source = f"{self.source_key}|pass {finished + 1}"
 
     def _align(self, chunk: pd.DataFrame) -> pd.DataFrame:
         missing = [c for c in (*self.signals, *self.carried) if c not in chunk.columns]
@@ -246,6 +276,11 @@ class Monitor:
         return [c for c in keep if c in frame.columns]
 
     def _on_restart(self, reason: str):
+        if reason == "loop":
+            self._archive_alerts()
+        else:
+            self._past_alerts = None
+            self.engine.source = self.source_key
         self.pipeline.reset_state()
         if reason != "loop":
             self.history.clear()
@@ -422,6 +457,8 @@ class Monitor:
                               "resume with the same options or run without --resume")
 
 
+#: Alerts of a looped replay's earlier passes kept in memory (the newest).
+PAST_ALERTS = 5000
 #: Metrics counters a checkpoint carries over.
 _COUNTERS = ("rows_in", "rows_ok", "rows_quarantined", "rows_skipped", "analyses", "errors", "entities",
              "alerts_total", "alerts_firing")

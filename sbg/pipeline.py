@@ -93,8 +93,17 @@ class Pipeline(param.Parameterized):
         return lambda: self._event_subscribers.remove(callback) if callback in self._event_subscribers else None
 
     def emit_event(self, kind: str, message: str, severity: str = "info", **extra):
-        event = {"time": pd.Timestamp.now().isoformat(timespec="seconds"), "kind": kind,
-                 "severity": severity, "message": message, **extra}
+        """Put an event in the feed: ``time`` is the wall clock, ``sim_time`` the data's own time then.
+
+        ``sim_time`` is the time in the data the event is about (an alert's
+        start or end), or else the newest row's time, or ``None`` before any.
+        """
+        sim = extra.pop("sim_time", None)
+        if sim is None and self.metrics.sim_time is not None:
+            sim = self.metrics.sim_time
+        event = {"time": pd.Timestamp.now().isoformat(timespec="seconds"),
+                 "sim_time": None if sim is None else pd.Timestamp(sim).isoformat(timespec="seconds"),
+                 "kind": kind, "severity": severity, "message": message, **extra}
         self.events.append(event)
         for cb in list(self._event_subscribers):
             try:
@@ -104,7 +113,8 @@ class Pipeline(param.Parameterized):
 
     def _on_alert(self, event, alert):
         sev = alert.severity if event != "resolved" else "info"
-        self.emit_event("alert", f"{event}: {alert.entity} {alert.message}", sev, alert_id=alert.id,
+        when = alert.end if event == "resolved" and alert.end is not None else alert.start
+        self.emit_event("alert", f"{event}: {alert.entity} {alert.message}", sev, alert_id=alert.id, sim_time=when,
                         state=alert.state)
 
     def fault(self, where: str, exc: BaseException):

@@ -30,7 +30,7 @@ Contracts:
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +44,8 @@ from .config import settings_table
 from .downsample import minmax_indices, with_breaks
 from .errors import SbgError
 
-__all__ = ["ReportOptions", "Snapshot", "build_report", "write_report", "check_output", "render", "SECTIONS"]
+__all__ = ["ReportOptions", "Snapshot", "build_report", "write_report", "write_text_atomic", "check_output", "render",
+           "SECTIONS"]
 
 #: Section anchors and titles, in page order.
 SECTIONS = {"summary": "Summary", "signals": "Signals", "alerts": "Alerts", "baseline": "Baseline",
@@ -169,14 +170,41 @@ def build_report(monitor, title: str | None = None, options: ReportOptions | Non
 def write_report(monitor, path, title: str | None = None, options: ReportOptions | None = None) -> Path:
     """Write the report to ``path`` (atomically) and return the path."""
     path = check_output(path)
-    text = build_report(monitor, title, options)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    return write_text_atomic(path, build_report(monitor, title, options))
+
+
+def write_text_atomic(path, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically and return the path.
+
+    The text goes to a new file beside ``path`` that then replaces it, so a
+    reader sees the old file or the new one, never half of one. Unlike
+    :func:`tempfile.mkstemp` (mode 0600), the file is created with mode 0666
+    less the process umask, as ``open(path, "w")`` would create it, so
+    colleagues can read a report on a shared drive when the umask lets them.
+
+    >>> import pathlib, tempfile
+    >>> p = write_text_atomic(pathlib.Path(tempfile.mkdtemp()) / "a.txt", "hello")
+    >>> p.read_text(), [f.name for f in p.parent.iterdir()]
+    ('hello', ['a.txt'])
+    """
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            # The kernel applies the umask to 0o666: no umask() call, which would race other threads.
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with os.fdopen(fd, "w", encoding=encoding) as fh:
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -428,7 +456,13 @@ class _Run:
                 f"{q:,} row{'s' if q != 1 else ''} quarantined.")
 
     def episodes(self) -> list[dict]:
-        """Runs of flagged rows per entity and signal, highest peak score first."""
+        """Runs of flagged rows per entity and signal, highest peak score first.
+
+        Scores saturate (many rows of a large excursion score 1.0), so the row
+        an episode is shown by is, among its rows at the peak score, the one
+        whose value lies farthest from the reference of :func:`_reference`:
+        the most extreme value, not merely the first to reach the peak score.
+        """
         h = self.snap.history
         out = []
         reasons = h["reason"].to_numpy(dtype=object) if "reason" in h.columns else None
@@ -438,14 +472,19 @@ class _Run:
                 continue
             score = h[col].to_numpy(dtype="float64")
             values = h[s].to_numpy(dtype="float64")
+            mean = h[f"{s}__mean"].to_numpy(dtype="float64") if f"{s}__mean" in h.columns else None
             for e, rows in zip(self.entities, self.rows, strict=True):
-                pos = np.flatnonzero(score[rows] >= 0.5)
+                flagged = score[rows] >= 0.5
+                pos = np.flatnonzero(flagged)
                 if not len(pos):
                     continue
+                normal = values[rows[~flagged]]
+                normal = normal[np.isfinite(normal)]
+                median = float(np.median(normal)) if len(normal) else np.nan
                 cuts = np.flatnonzero(np.diff(pos) > self.opts.episode_gap_rows) + 1
                 for run in np.split(pos, cuts):
                     r = rows[run]
-                    i = r[int(np.argmax(score[r]))]
+                    i = _most_extreme(r, score, values, _reference(rows, run[0], mean, median))
                     out.append({
                         "entity": e, "signal": s, "peak_score": float(score[i]), "peak": float(values[i]),
                         "peak_time": self.when(self.ts[i]), "start": self.when(self.ts[r[0]]),
@@ -552,6 +591,35 @@ class _Run:
                 "run_std": float(b.std()), "outside": outside, "index": len(out),
             })
         return out
+
+
+def _reference(rows, first: int, mean, median: float) -> float:
+    """The normal level an episode departs from: the rolling mean on the entity's row before the
+    episode (``rows[first - 1]``, not flagged), else ``median``, that of the entity's unflagged values."""
+    if mean is not None and first > 0:
+        before = mean[rows[first - 1]]
+        if np.isfinite(before):
+            return float(before)
+    return median
+
+
+def _most_extreme(r, score, values, reference: float) -> int:
+    """The row of ``r`` (history rows) at the highest score whose value is farthest from ``reference``.
+
+    >>> _most_extreme(np.arange(4), np.array([0.6, 1.0, 1.0, 1.0]), np.array([9.0, 7.0, 12.0, 8.0]), 5.0)
+    2
+    """
+    s = score[r]
+    top = r[s >= np.nanmax(s)]
+    if len(top) > 1:
+        v = values[top]
+        if not np.isfinite(reference):  # nothing normal to compare with: the entity's own values
+            finite = values[r][np.isfinite(values[r])]
+            reference = float(np.median(finite)) if len(finite) else np.nan
+        distance = np.abs(v - reference)
+        if np.isfinite(distance).any():
+            return int(top[int(np.nanargmax(distance))])
+    return int(top[0])
 
 
 def _detectors(reason, signal) -> str:

@@ -170,6 +170,8 @@ def served(log, *args, env=None, app=None, check_log=True):
     text = log.read_text()
     if check_log and "/sbg/" in text:
         raise ServeFailed("a traceback through sbg in the server's log:\n" + text[-4000:])
+    if check_log and "Task exception was never retrieved" in text:  # e.g. a closed tab's websocket write
+        raise ServeFailed("an unretrieved task exception in the server's log:\n" + text[-4000:])
 
 
 @contextlib.contextmanager
@@ -289,8 +291,9 @@ class Tab:
     def state(self):
         return self.page.locator(".sbg-live").first.get_attribute("data-state")
 
-    def click(self, name):
-        self.page.get_by_role("button", name=name, exact=True).first.click()
+    def click(self, name, timeout=120):
+        """Click the button ``name``; the bound (seconds) only ends a wait that would never end."""
+        self.page.get_by_role("button", name=name, exact=True).first.click(timeout=timeout * 1000)
 
     def points(self):
         return self.page.evaluate(COUNT_POINTS)

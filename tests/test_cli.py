@@ -2,7 +2,8 @@
 
 Each ``sbg`` process pays for importing the engine, so independent runs are
 started together from a thread pool; the test data is small and generated
-here (seeded), never read from ``data/``.
+here (seeded), never read from ``data/``. A few tests call ``main()`` in
+this process, to see with ``capsys`` exactly what goes to stdout and stderr.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import gzip
+import io
 import json
 import os
 import re
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -153,6 +156,36 @@ def test_help_for_sbg_and_every_subcommand():
     assert re.fullmatch(r"sbg \d+\.\d+\.\d+\S*\n", version)
 
 
+def _parsers(parser, name="sbg"):
+    """``(name, parser)`` for ``parser`` and every subcommand's parser under it, at any depth."""
+    import argparse
+
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, subparser in action.choices.items():
+                yield from _parsers(subparser, f"{name} {sub}")
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    from sbg.cli import build_parser
+
+    parsers = dict(_parsers(build_parser()))
+    assert {"sbg detect", "sbg report", "sbg serve", "sbg data generate", "sbg data list"} <= set(parsers)
+    missing = []
+    for name, parser in parsers.items():
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+            if isinstance(action, argparse._SubParsersAction):  # each command's one-line summary
+                missing += [f"{name} {a.dest}" for a in action._choices_actions if not (a.help or "").strip()]
+    assert missing == []
+
+
 @pytest.fixture(scope="module")
 def usage_runs(data):
     tele = data["tele"]
@@ -160,7 +193,6 @@ def usage_runs(data):
         "no command": [],
         "unknown command": ["frobnicate"],
         "unknown option": ["validate", tele, "--frobnicate"],
-        "detect without -o": ["detect", tele],
         "bad --speed": ["replay", tele, "--speed", "fast"],
         "bad --fail-on": ["detect", tele, "-o", data["root"] / "x.csv", "--fail-on", "meh"],
         "--chunk-size 0": ["detect", tele, "-o", data["root"] / "x.csv", "--chunk-size", "0"],
@@ -170,7 +202,7 @@ def usage_runs(data):
     return dict(zip(cases, run_many(list(cases.values())), strict=True))
 
 
-@pytest.mark.parametrize("case", ["no command", "unknown command", "unknown option", "detect without -o",
+@pytest.mark.parametrize("case", ["no command", "unknown command", "unknown option",
                                   "bad --speed", "bad --fail-on", "--chunk-size 0", "--chunk-size text",
                                   "bad --encoding"])
 def test_usage_errors_exit_2_without_traceback(usage_runs, case):
@@ -405,6 +437,84 @@ def test_detect_fail_on_critical_exits_1(error_runs):
     _, proc, _ = error_runs["fail-on critical"]
     assert proc.returncode == 1 and proc.stderr == ""
     assert "rows scored" in proc.stdout
+
+
+def _tiny_csv(path):
+    """Two batteries, 40 rows each at 1 Hz, one temperature spike each: 80 rows, all accepted."""
+    rows = ["timestamp,battery_id,voltage,temp_c"]
+    for i in range(40):
+        for k, ent in enumerate(("bat-1", "bat-2")):
+            temp = 60.0 if i == 30 + k else 25 + 0.1 * ((i * 7 + k) % 5)
+            rows.append(f"2024-01-01T00:00:{i:02d},{ent},{3.7 + 0.001 * (i % 3):.3f},{temp:.1f}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+# These run main() in this process (capsys sees exactly what it prints on stdout and stderr).
+
+
+def test_detect_without_o_writes_name_flags_csv_in_the_current_directory(tmp_path, monkeypatch, capsys):
+    from sbg.cli import main
+
+    data = _tiny_csv(tmp_path / "in" / "tiny.csv")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["detect", str(data)]) == 0
+    out = capsys.readouterr()
+    assert out.err == ""
+    assert out.out.startswith("tiny.flags.csv: 80 rows scored")  # says where it wrote
+    assert sorted(p.name for p in work.iterdir()) == ["tiny.flags.csv"]
+    assert not (data.parent / "tiny.flags.csv").exists()
+    scored = pd.read_csv(work / "tiny.flags.csv")
+    assert scored.columns.tolist() == ["timestamp", "battery_id", "voltage", "temp_c",
+                                       "anomaly_score", "is_anomaly", "reason", "quality"]
+    assert len(scored) == 80
+
+
+def test_detect_default_name_drops_data_suffixes(tmp_path):
+    from sbg.cli import default_output
+
+    gz = tmp_path / "fleet.csv.gz"
+    gz.write_bytes(gzip.compress(b"timestamp,v\n2024-01-01T00:00:00,1\n"))
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "day1.csv").write_text("timestamp,v\n2024-01-01T00:00:00,1\n")
+    assert default_output([gz]) == default_output([str(gz), "other.csv"]) == Path("fleet.flags.csv")
+    assert default_output([tmp_path / "archive"]) == Path("archive.flags.csv")
+    assert default_output([str(tmp_path / "archive" / "*.csv")]) == Path("day1.flags.csv")
+    assert default_output([tmp_path / "archive"], dataset=True) == Path("archive.flags.parquet")
+
+
+def test_detect_o_dash_writes_only_csv_to_stdout(tmp_path, monkeypatch, capsys):
+    from sbg.cli import main
+
+    data = _tiny_csv(tmp_path / "in" / "tiny.csv")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["detect", str(data), "-o", "-", "--summary-json", "s.json"]) == 0
+    out = capsys.readouterr()
+    header = "timestamp,battery_id,voltage,temp_c,anomaly_score,is_anomaly,reason,quality"
+    assert out.out.splitlines()[0].replace('"', "") == header  # nothing before the CSV
+    scored = pd.read_csv(io.StringIO(out.out))
+    assert scored.columns.tolist() == header.split(",")
+    assert len(scored) == 80 and scored["is_anomaly"].dtype == bool
+    assert scored.loc[scored["temp_c"] > 50, "is_anomaly"].all()
+    # Nothing but rows after the header: every field count matches, and the message went to stderr.
+    assert all(len(row) == 8 for row in csv.reader(io.StringIO(out.out)))
+    assert out.err.startswith("stdout: 80 rows scored")
+    assert sorted(p.name for p in work.iterdir()) == ["s.json"]  # no flags file
+    assert json.loads((work / "s.json").read_text())["output"] == "-"
+
+
+def test_detect_o_dash_with_dask_is_a_usage_error(tmp_path, capsys):
+    from sbg.cli import main
+
+    data = _tiny_csv(tmp_path / "tiny.csv")
+    assert main(["detect", str(data), "-o", "-", "--workers", "2"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith("sbg: error: -o - writes CSV to stdout")
 
 
 # ----------------------------------------------------------------------------- replay

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from sbg.app import Dashboard
+from sbg.datasets import DATA_DIR
 from sbg.monitor import Monitor
 
 #: Entities coming online one after another, 5 minutes apart, all at 1 Hz.
@@ -239,3 +240,44 @@ def test_new_health_states_go_into_the_drawn_grid_as_holoviews_would_draw_them()
     update_health(pane, pipe, after[after["entity"] != after["entity"].iloc[0]])
     assert len(next(iter(pane._plots.values()))[0].handles["cds"].data["row"]) == len(after) - after[
         "entity"].eq(after["entity"].iloc[0]).sum()
+
+
+def test_a_stream_echoed_back_by_the_notebook_comm_is_ignored():
+    """In a notebook the browser sends every stream back (as milliseconds): the kernel's source must not take it.
+
+    Before, the echo appended the rows a second time and raised NumPy's DTypePromotionError (datetime64 and
+    float64) in the comm handler, whose traceback JupyterLab printed above the live dashboard.
+    """
+    import numpy as np
+    from bokeh.models import ColumnDataSource
+
+    from sbg.plots import _python_writes_only
+
+    t = np.array(["2024-06-03T08:00:00", "2024-06-03T08:00:01"], dtype="datetime64[ns]")
+    cds = ColumnDataSource({"timestamp": t, "v": np.array([1.0, 2.0])})
+    _python_writes_only(cds)
+    cds.stream({"timestamp": t[-1:] + np.timedelta64(1, "s"), "v": np.array([3.0])})  # the kernel's own
+    assert len(cds.data["timestamp"]) == 3
+    echo = {"timestamp": np.array([1717401602000.0]), "v": np.array([3.0])}  # as the browser sends it back
+    cds._stream(echo, None, "comm-id")  # what Bokeh's ColumnsStreamedEvent handler calls with the comm as setter
+    assert len(cds.data["timestamp"]) == 3 and cds.data["timestamp"].dtype.kind == "M"
+
+
+def test_events_carry_the_data_time_beside_the_wall_clock():
+    m = Monitor([DATA_DIR / "battery_fleet.csv.gz"], speed="max")
+    m.run_to_end()
+    alerts = [e for e in m.events if e["kind"] == "alert"]
+    assert alerts and all(e["sim_time"] for e in alerts)
+    first = m.alerts.sort_values("start").iloc[0]
+    fired = next(e for e in alerts if e.get("alert_id") == first["id"] and e["message"].startswith("fired"))
+    assert pd.Timestamp(fired["sim_time"]) == first["start"]  # when it happened in the data, not when logged
+
+
+def test_a_looped_replay_keeps_the_alerts_of_earlier_passes():
+    m = Monitor([DATA_DIR / "machine_monitor.csv"], speed="max", loop=True)
+    while m.replay.loops < 2:
+        m.replay.step()
+    alerts = m.alerts
+    assert set(alerts["pass"]) >= {1, 2}
+    assert alerts["id"].is_unique  # each pass's alerts have ids of their own (the alert log keeps both)
+    assert (alerts.loc[alerts["pass"] == 1, "state"] == "resolved").all()

@@ -7,9 +7,11 @@ Screenshots land in ``artifacts/`` for a person to look at.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -25,7 +27,7 @@ from sbg.datasets import DATA_DIR
 from sbg.downsample import minmax_indices, with_breaks
 from sbg.errors import SbgError
 from sbg.monitor import Monitor
-from sbg.report import build_report
+from sbg.report import ReportOptions, Snapshot, _Run, build_report, render, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
@@ -240,6 +242,59 @@ def test_report_of_an_empty_run_has_designed_empty_sections(tmp_path):
     monitor = Monitor([data], speed="max")
     text = build_report(monitor)
     assert "No data yet" in text and "No alerts" in text and 'data-plots="0"' in text
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_report_file_gets_the_permissions_of_the_umask(tmp_path, umask):
+    monitor = Monitor([fleet_csv(tmp_path / "fleet.csv", n=50)], speed="max")
+    old = os.umask(umask)
+    try:
+        path = monitor.report(tmp_path / "report.html")
+        again = monitor.report(path)  # replacing a report too
+        summary = write_text_atomic(tmp_path / "summary.json", "{}")
+    finally:
+        os.umask(old)
+        monitor.close()
+    assert again == path
+    for p in (path, summary):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask, oct(p.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fleet.csv", "report.html", "summary.json"]
+
+
+def tied_peak_snapshot(tmp_path, with_mean: bool):
+    """A snapshot whose history has one episode on bat-1's temperature: four rows tie at score 1.0 and the
+    most extreme value (58.0, 33 above the normal 25) is the third of them, not the first (40.0)."""
+    monitor = Monitor([fleet_csv(tmp_path / "fleet.csv", n=50)], speed="max")
+    snap = Snapshot.of(monitor)
+    monitor.close()
+    n = 100
+    temp = 25 + 0.05 * np.sin(np.arange(n))
+    score = np.zeros(n)
+    temp[50:54] = [40.0, 5.0, 58.0, 45.0]  # the first row at 1.0 is not the extreme one
+    score[50:54] = 1.0
+    temp[54:58], score[54:58] = 35.0, 0.9
+    history = pd.DataFrame({
+        "timestamp": pd.date_range("2024-06-03 08:00:00", periods=n, freq="s"), "entity": "bat-1",
+        "temperature_c": temp, "temperature_c__score": score, "anomaly_score": score, "is_anomaly": score >= 0.5,
+        "reason": np.where(score >= 0.5, "zscore:temperature_c", ""), "quality": "",
+    })
+    if with_mean:
+        history["temperature_c__mean"] = 25.0
+    return dataclasses.replace(snap, history=history, signals=["temperature_c"])
+
+
+@pytest.mark.parametrize("with_mean", [True, False], ids=["rolling mean", "median"])
+def test_top_anomalies_show_the_most_extreme_value_among_tied_peak_scores(tmp_path, with_mean):
+    snap = tied_peak_snapshot(tmp_path, with_mean)
+    (episode,) = _Run(snap, ReportOptions()).episodes()
+    assert episode["peak_score"] == 1.0 and episode["rows"] == 8
+    assert episode["peak"] == 58.0 and episode["peak_time"] == "08:00:52"
+    table = re.search(r'<table class="anomalies">.*?</table>', render(snap), re.S).group(0)
+    heads = re.findall(r"<th[^>]*>(.*?)</th>", table)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", table)
+    row = dict(zip(heads, cells, strict=True))
+    assert row["peak score"] == "1.00"
+    assert row["most extreme value"] == "58" and row["its time"] == "08:00:52" and row["from"] == "08:00:50"
 
 
 # ----------------------------------------------------------------------------- downsampling
