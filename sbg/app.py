@@ -71,6 +71,13 @@ _BEHIND: set[int] = set()
 _GRID_BUILDS = {"free_at": 0.0}
 
 
+#: In a notebook, the live plots update at most every NOTEBOOK_PLOT_MS and send at most about
+#: NOTEBOOK_ROWS_PER_UPDATE rows per entity each time: Jupyter's server stops all of a kernel's output
+#: (``iopub_data_rate_limit``, 1 MB/s over 3 s by default) beyond that, cell output included.
+NOTEBOOK_PLOT_MS = 500
+NOTEBOOK_ROWS_PER_UPDATE = 240
+
+
 def monitors() -> dict[tuple, Monitor]:
     """The shared monitors of this server process, by source key."""
     return _MONITORS
@@ -193,12 +200,16 @@ CSS = ":host, :root { " + _STATE_VARS + "}\n" + """
                        100% { box-shadow: 0 0 0 0 rgba(22,163,74,0); } }
 .sbg-kpiwrap { container-type: inline-size; width: 100%; }
 .sbg-kpis { display: grid; grid-template-columns: repeat(auto-fit, minmax(92px, 1fr)); gap: 7px; width: 100%; }
+/* Narrow (a notebook beside its sidebar): one row of the seven cards a watcher reads; analyses and
+   uptime step aside (they stay in /api/status), and the values keep every digit. */
 @container (max-width: 900px) {
-  .sbg-kpis { grid-template-columns: repeat(9, minmax(0, 1fr)); gap: 4px; }
-  .sbg-kpi { padding: 5px 5px; border-radius: 8px; }
-  .sbg-kpi .label { font-size: 9px; letter-spacing: 0; }
-  .sbg-kpi .value { font-size: 13.5px; } .sbg-kpi .value.small { font-size: 11.5px; padding-top: 2px; }
-  .sbg-kpi .value.tiny { font-size: 10px; padding-top: 3px; }
+  .sbg-kpiwrap .sbg-kpis { grid-template-columns: repeat(7, minmax(0, 1fr)); gap: 4px; }
+  .sbg-kpiwrap .sbg-kpi[data-kpi="analyses"], .sbg-kpiwrap .sbg-kpi[data-kpi="uptime"] { display: none; }
+  .sbg-kpiwrap .sbg-kpi { padding: 5px 6px; border-radius: 8px; }
+  .sbg-kpiwrap .sbg-kpi .label { font-size: 9px; letter-spacing: 0; }
+  .sbg-kpiwrap .sbg-kpi .value { font-size: 14px; }
+  .sbg-kpiwrap .sbg-kpi .value.small { font-size: 12px; padding-top: 2px; }
+  .sbg-kpiwrap .sbg-kpi .value.tiny { font-size: 10.5px; padding-top: 3px; }
 }
 .sbg-kpi { background: var(--panel-surface-color, #fff); border: 1px solid #e5e7eb; border-radius: 10px;
            padding: 7px 10px; min-width: 0; }
@@ -452,7 +463,10 @@ class Dashboard(pn.viewable.Viewer):
         """Queue a frame's rows for the plots; entities it brings take the free slots of the automatic selection."""
         labels = self.monitor.pipeline.features.index.labels
         shown = len(self.live.entities)
-        self.rows_sent += self.live.send(frame)
+        # In a notebook every update goes through the kernel's IOPub channel, which Jupyter stops (dropping
+        # cell output as well) beyond 1 MB/s: there each update sends a bounded, extremes-keeping sample.
+        cap = None if self._served() else NOTEBOOK_ROWS_PER_UPDATE
+        self.rows_sent += self.live.send(frame, max_rows=cap)
         grew = len(self.live.entities) != shown
         if len(labels) != len(self._entity_options):
             self._entity_options = [str(e) for e in labels]
@@ -708,7 +722,7 @@ class Dashboard(pn.viewable.Viewer):
             plot = pn.pane.HoloViews(signal_view(self.live, s), sizing_mode="stretch_width", linked_axes=False)
             self.bridge.watch(plot, span_s=span)
             panes.append(pn.Column(HTML(f'<div class="sbg-plot-title">{html.escape(s)}</div>',
-                                                stylesheets=[CSS], margin=(0, 10)), plot, sizing_mode="stretch_width"))
+                                        stylesheets=[CSS], margin=(0, 10)), plot, sizing_mode="stretch_width"))
         ncols = 2 if len(panes) > 1 else 1
         self.signals_area.objects = [pn.GridBox(*panes, ncols=ncols, sizing_mode="stretch_width")]
         self._draw_legend()
@@ -957,7 +971,8 @@ class Dashboard(pn.viewable.Viewer):
         period = self._tick_ms(stretch)
         if served and self._callback is not None and abs(period - self._callback.period) > 0.25 * self._callback.period:
             self._callback.period = period  # no idle ticks when the updates are spaced out
-        plot_due = bool(self._pending) and now - self._last_plot >= 0.9 * stretch * self.plot_ms / 1000
+        plot_ms = self.plot_ms if served else max(self.plot_ms, NOTEBOOK_PLOT_MS)
+        plot_due = bool(self._pending) and now - self._last_plot >= 0.9 * stretch * plot_ms / 1000
         slow_due = now - self._last_slow >= stretch
         fast_due = now - self._last_fast >= stretch * self.update_ms / 1000
         if not (plot_due or slow_due or fast_due):

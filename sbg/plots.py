@@ -324,11 +324,14 @@ class LiveBuffers:
                 if not free:
                     break
 
-    def send(self, frame: pd.DataFrame) -> int:
+    def send(self, frame: pd.DataFrame, max_rows: int | None = None) -> int:
         """Append the rows of ``frame`` (enriched chunk or history) to the Buffers; returns rows taken.
 
         Entities not yet shown take free slots first (see ``slots``); rows of
-        other entities are ignored.
+        other entities are ignored. With ``max_rows``, an entity with more rows
+        than that in ``frame`` sends only the rows holding each signal's
+        minimum and maximum per slice of time (:func:`~sbg.downsample.minmax_indices`):
+        the curves keep every extreme, flagged points are all kept.
         """
         if frame is None or len(frame) == 0 or not self.slots:
             return 0
@@ -343,6 +346,8 @@ class LiveBuffers:
         drawn["timestamp"] = drawn["timestamp"].astype("datetime64[ns]")
         for e, buf in self.buffers.items():
             rows = np.flatnonzero(ent == e)
+            if max_rows is not None and len(rows) > max_rows:
+                rows = self._thin(drawn, rows, max_rows)
             if len(rows):
                 self.bridge.update(buf, drawn.take(rows).reset_index(drop=True))
         for suffix, buffers in (("score", self.flags), ("quality", self.quality)):
@@ -354,6 +359,19 @@ class LiveBuffers:
                 if len(hit):
                     self.bridge.update(buf, drawn[["timestamp", s]].take(hit).reset_index(drop=True))
         return int(mine.sum())
+
+    def _thin(self, drawn, rows, max_rows):
+        """At most about ``max_rows`` of ``rows``: per signal, the lowest and highest in each slice of time."""
+        from .downsample import minmax_indices
+
+        signals = [c for c in self.columns[1:] if "__" not in c] or self.columns[1:2]
+        buckets = max(8, max_rows // (2 * len(signals)))
+        t = drawn["timestamp"].to_numpy()[rows].astype("int64").astype("float64")
+        keep = [rows[[0, -1]]]
+        for s in signals:
+            y = drawn[s].to_numpy(dtype="float64", na_value=np.nan)[rows]
+            keep.append(rows[minmax_indices(t, y, buckets)])
+        return np.unique(np.concatenate(keep))
 
     def flush(self) -> int:
         return self.bridge.flush()
@@ -387,8 +405,9 @@ def signal_view(buffers: LiveBuffers, signal: str, height: int = 210, bands: int
     The dashboard draws one shared entity legend instead of one per plot.
     """
     hv = _hv()
+    # Five time ticks at most: a plot half a notebook wide has room for no more labels.
     common = dict(responsive=True, height=height, show_legend=False, xlabel="", ylabel=signal, show_grid=True,
-                  toolbar="right", backend_opts=CANVAS)
+                  toolbar="right", backend_opts=CANVAS, xticks=5)
     layers = []
     lower, upper = f"{signal}__lower", f"{signal}__upper"
     for i, buf in enumerate(buffers.slots):

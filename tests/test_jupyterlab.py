@@ -60,6 +60,9 @@ def page(browser, lab):
 def check_outputs(name, cells):
     """What a user reads in the notebook: every cell ran, no traceback or warning, the expected outputs."""
     assert all(c["execution_count"] for c in cells), f"{name}: not every cell ran"
+    # Past its IOPub rate limits Jupyter drops a kernel's messages, cell output and dashboard updates alike.
+    limited = [c["source"][:60] for c in cells if "rate exceeded" in output_text(c)]
+    assert not limited, f"{name}: Jupyter's IOPub rate limit cut the output of {limited}"
     found = tracebacks(cells)
     assert not found, f"{name}: tracebacks in the outputs:\n" + "\n\n".join(found)[-4000:]
     warned = [o.get("text") for c in cells for o in c.get("outputs", [])

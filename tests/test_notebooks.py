@@ -26,7 +26,7 @@ EXPECTED = {
         "pd.crosstab": ["flatline", "limits"],
         "live_dashboard = Dashboard(live)": ["application/vnd.holoviews_exec.v0+json"],
         "live.replay.pause()": ["'state': 'paused'"],
-        'main(["replay"': ["FIRE", "reconciles", "yes"],
+        '"sbg.cli", "replay"': ["FIRE", "reconciles", "yes", "exit code 0"],
     },
     "02_tuning_detection.ipynb": {
         "evaluate(monitor.alerts": ["recall", "precision", "median delay"],
