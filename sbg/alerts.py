@@ -496,7 +496,10 @@ class AlertLog:
         return alerts_frame(dict(zip(_COLUMNS, r, strict=True)) for r in rows)
 
     def to_csv(self, path):
-        self.read().to_csv(path, index=False)
+        """The log as CSV, text cells a spreadsheet would run as formulas neutralised (:mod:`sbg.csvsafe`)."""
+        from .csvsafe import neutralise_frame
+
+        neutralise_frame(self.read()).to_csv(path, index=False)
 
     def to_json(self, path):
         Path(path).write_text(json.dumps(_records(self.read()), indent=1))

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 import weakref
@@ -52,7 +53,7 @@ from .plots import (
     update_activity,
     update_health,
 )
-from .replay import SPEEDS
+from .replay import SPEEDS, parse_speed
 from .report import Snapshot, render
 
 __all__ = ["Dashboard", "shared_monitor", "monitors", "resolve_data_file", "data_files", "session_count"]
@@ -69,6 +70,11 @@ _SESSIONS: weakref.WeakValueDictionary[int, Dashboard] = weakref.WeakValueDictio
 _BEHIND: set[int] = set()
 #: When the next served session may draw a new health grid (``time.monotonic()``).
 _GRID_BUILDS = {"free_at": 0.0}
+
+
+#: What bad input to a page's callbacks raises besides SbgError (a NUL byte in a name, a crafted value, a
+#: file the server cannot read): shown in the page like an SbgError, never raised into the server's log.
+BAD_INPUT = (SbgError, ValueError, OSError, TypeError)
 
 
 #: In a notebook, the live plots update at most every NOTEBOOK_PLOT_MS and send at most about
@@ -771,7 +777,7 @@ class Dashboard(pn.viewable.Viewer):
                 r.seek(self.seek.value / 100)
                 self._seek_moved = False
                 self._reset_live()
-        except (SbgError, ValueError) as exc:
+        except BAD_INPUT as exc:
             self.monitor.pipeline.emit_event("error", f"{action} failed: {exc}", "critical")
         self._update_fast(force=True)
 
@@ -813,8 +819,14 @@ class Dashboard(pn.viewable.Viewer):
         return (pd.Timestamp(r.sim_time).value - first) / (last - first)
 
     def _on_speed(self, event):
-        if not self.read_only:
-            self.monitor.replay.speed = event.new
+        if self.read_only:
+            return
+        try:
+            parse_speed(event.new)  # a crafted value would stop the replay at its next tick
+        except BAD_INPUT as exc:
+            self.upload_status.object = _error_html(f"Speed not changed: {exc}")
+            return
+        self.monitor.replay.speed = event.new
 
     def _on_source(self, event):
         if self.read_only:
@@ -824,16 +836,22 @@ class Dashboard(pn.viewable.Viewer):
             base = None if self.baseline_select.value == "(none)" else resolve_data_file(
                 self.baseline_select.value, self.data_dir)
             monitor = shared_monitor([path], baseline=base, speed=self.speed.value)
-        except SbgError as exc:
+        except BAD_INPUT as exc:  # a NUL byte in a crafted name raises ValueError, an unreadable file OSError
             self.upload_status.object = _error_html(str(exc))
             return
         self.monitor = monitor
         self._xy = (monitor.signals[0], monitor.signals[1] if len(monitor.signals) > 1 else monitor.signals[0])
-        self.x_select.options = self.y_select.options = monitor.signals
-        self.x_select.value, self.y_select.value = self._xy
         self._auto_entities = True
         self._set_entities([])
-        self._attach(monitor)
+        self._attach(monitor)  # new buffers and plots, for the new signals
+        # Then the x/y pickers: set one by one they pass through pairs of old and new signals, and a
+        # redraw before the new buffers existed raised KeyError for a source with other signals.
+        self._resetting = True
+        try:
+            self.x_select.options = self.y_select.options = monitor.signals
+            self.x_select.value, self.y_select.value = self._xy
+        finally:
+            self._resetting = False
         self.settings_area.objects = [self._settings_panel()]
         self._update_fast(force=True)
 
@@ -849,22 +867,44 @@ class Dashboard(pn.viewable.Viewer):
                 f"{name} is {_fmt_size(len(event.new))}, over the upload limit of {self.max_upload_mb:g} MB; "
                 "it was not saved.")
             return
-        target = Path(self.data_dir) / "uploads" / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(event.new)
+        folder = Path(self.data_dir) / "uploads"
+        target = folder / name
+        # Written under a hidden name beside the target (same suffix: the reader goes by it), checked, then
+        # renamed over it in one step: a file that does not load never replaces or deletes what was there.
+        temp = folder / f".{secrets.token_hex(8)}.{name}"
         try:
-            Monitor([target])  # validate the schema before offering it
-        except SbgError as exc:
-            target.unlink(missing_ok=True)
-            self.upload_status.object = _error_html(str(exc))
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(temp, "xb") as fh:
+                fh.write(event.new)
+            Monitor([temp])  # validate the schema before offering it
+            os.replace(temp, target)
+        except BAD_INPUT as exc:
+            # Named as the user named it: the page never shows the server's paths.
+            reason = str(exc)
+            data_dir = Path(self.data_dir)
+            for path, label in ((temp, name), (target, name), (folder, "uploads"), (data_dir, "data directory")):
+                # A bare relative name ("data") is left alone: it could stand for a plain word.
+                forms = {str(path.resolve()), str(path.absolute())} | ({str(path)} if os.sep in str(path) else set())
+                for form in sorted(forms, key=len, reverse=True):
+                    reason = reason.replace(form, label)
+            self.upload_status.object = _error_html(f"{reason} ({name} was not saved)")
             return
+        finally:
+            with contextlib.suppress(OSError):  # gone once renamed; a failed upload leaves nothing
+                temp.unlink(missing_ok=True)
         rel = self._relative(target)
         self.source_select.options = data_files(self.data_dir)
         self.upload_status.object = f"Uploaded {html.escape(rel)}."
         self.source_select.value = rel
 
     def _on_xy(self, event):
-        self._xy = (self.x_select.value, self.y_select.value)
+        if getattr(self, "_resetting", False):
+            return  # a source change sets the pickers itself
+        chosen = (self.x_select.value, self.y_select.value)
+        if any(s not in self.monitor.signals for s in chosen):  # a crafted value
+            self.upload_status.object = _error_html(f"{str(event.new)[:80]!r} is not a signal of this source")
+            return
+        self._xy = chosen
         self._refresh_plots()
         self._send_baseline(self.monitor.history.tail(5000))
         self.bridge.flush()
@@ -925,7 +965,10 @@ class Dashboard(pn.viewable.Viewer):
         return io.BytesIO(data)
 
     def _alerts_csv(self):
-        return io.StringIO(self.monitor.alerts.to_csv(index=False))
+        from .csvsafe import neutralise_frame
+
+        # Opened in spreadsheets: no cell may run as a formula.
+        return io.StringIO(neutralise_frame(self.monitor.alerts).to_csv(index=False))
 
     def _alerts_json(self):
         return io.StringIO(alerts_json(self.monitor.alerts))
@@ -1424,8 +1467,12 @@ def live_objects(top: int = 15) -> dict:
     return {**counts, "top_types": dict(types.most_common(top)), "tasks": dict(tasks.most_common(top))}
 
 
-def status_payload(monitor: Monitor) -> dict:
-    """What ``/api/status`` answers: metrics, replay state and progress, source and start time."""
+def status_payload(monitor: Monitor, full: bool = True) -> dict:
+    """What ``/api/status`` answers: metrics, replay state and progress, source and start time.
+
+    With ``full=False`` (a remote caller without a login) files are named,
+    not located: no directory in any value, and no process id.
+    """
     status = monitor.status()
     status["started_at"] = monitor.started_at.isoformat()
     status["sessions"] = session_count()
@@ -1433,4 +1480,28 @@ def status_payload(monitor: Monitor) -> dict:
     status["process"] = {"pid": os.getpid(), "rss_bytes": _rss_bytes()}
     # How far the sessions' update periods are stretched to keep the server's loop on time (sbg.pacing).
     status["display"] = {**PACER.summary(), "sessions_behind": sessions_behind()}
-    return json.loads(json.dumps(status, default=str))
+    status = json.loads(json.dumps(status, default=str))
+    if full:
+        return status
+    del status["process"]["pid"]
+    # Every form of each file's path (an error message may quote one), longest first: the file's name.
+    names = {}
+    for path in [*monitor.paths, *([monitor.baseline_path] if monitor.baseline_path else [])]:
+        path = Path(path)
+        for form in (path.absolute(), path.resolve()):
+            names[str(form)] = path.name
+            if form.parent != form.parent.parent:  # not the root
+                names[str(form.parent) + os.sep] = ""
+
+    def strip(value):
+        if isinstance(value, str):
+            for form in sorted(names, key=len, reverse=True):
+                value = value.replace(form, names[form])
+            return value
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()}
+        return value
+
+    return strip(status)

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .alerts import AlertEngine, AlertLog
 from .config import Settings, describe
+from .csvsafe import neutralise_cell, neutralise_table
 from .errors import SbgError
 from .inputs import FileOrder, expand_inputs, open_inputs, source_name
 from .metrics import Metrics
@@ -143,6 +144,8 @@ class FlagsWriter:
 
     def write(self, enriched):
         table = _output_table(self.schema, enriched, self.parquet)
+        if not self.parquet:  # a CSV is opened in spreadsheets: no cell may run as a formula
+            table = neutralise_table(table)
         if self._writer is None:
             self._writer = (pq.ParquetWriter(self._sink, table.schema) if self.parquet
                             else pacsv.CSVWriter(self._sink, table.schema))
@@ -276,5 +279,9 @@ def quarantine_header(paths) -> list[str]:
 
 
 def quarantine_rows(batch, with_file: bool):
-    return ([q.source, q.line, q.raw, q.reason] if with_file else [q.line, q.raw, q.reason]
-            for q in batch.quarantined)
+    """Rows of the quarantine CSV: text cells neutralised (:mod:`sbg.csvsafe`), NUL bytes of the raw
+    line written as the four characters ``\\x00``."""
+    for q in batch.quarantined:
+        raw = q.raw.replace("\x00", "\\x00")
+        row = [q.source, q.line, raw, q.reason] if with_file else [q.line, raw, q.reason]
+        yield [neutralise_cell(v) for v in row]

@@ -773,7 +773,9 @@ def serve_command(args) -> tuple[list[str], dict]:
     # for 60 s: with a shorter lifetime a page slow to load on a busy server found its session gone,
     # and the one Bokeh made again on connect pointed the page's stylesheets at a CDN.
     # The setup script loads the compiled kernels and the dashboard's imports before the first request.
-    cmd = [sys.executable, "-m", "panel", "serve", str(app), "--plugins", "sbg.server", "--port", str(args.port),
+    # -P: `python -m` puts the working directory first on sys.path, where a folder named sbg (or panel)
+    # shadowed the installed package ("cannot import name '__version__' from 'sbg' (unknown location)").
+    cmd = [sys.executable, "-P", "-m", "panel", "serve", str(app), "--plugins", "sbg.server", "--port", str(args.port),
            "--setup", str(app.parent / "setup.py"),
            "--address", args.address, "--num-procs", "1", "--check-unused-sessions", "2000",
            "--unused-session-lifetime", "60000"]

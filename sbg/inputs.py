@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import SbgError, SourceError
-from .sources import Source, with_schema
+from .sources import Source, check_regular_file, with_schema
 
 __all__ = ["DATA_SUFFIXES", "expand_inputs", "open_inputs", "name_sources", "distinct_names", "source_name",
            "FileOrder"]
@@ -83,6 +83,7 @@ def expand_inputs(specs: Sequence) -> list[Path]:
             if not files:
                 raise SourceError(text, "directory holds no data files (.csv, .csv.gz, .parquet)")
         else:
+            check_regular_file(text)  # a named pipe or a device would block the read, maybe for ever
             files = [Path(text)]
         out += files
     if not out:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
 import json
 import os
 
@@ -96,12 +97,35 @@ class _Api(AuthRequestHandler):
         self.write(json.dumps(payload, default=str))
 
 
+def full_status_for(authenticated: bool, remote_ip: str | None) -> bool:
+    """Whether ``/api/status`` may show a caller the files' paths and the process id.
+
+    A logged-in caller and one on this machine may; anyone else who can reach
+    the port of a server without a login gets file names only.
+
+    >>> full_status_for(False, "127.0.0.1"), full_status_for(False, "::1"), full_status_for(True, "192.0.2.7")
+    (True, True, True)
+    >>> full_status_for(False, "192.0.2.7"), full_status_for(False, None)
+    (False, False)
+    """
+    if authenticated:
+        return True
+    try:
+        address = ipaddress.ip_address(remote_ip or "")
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a dual-stack socket
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 class StatusHandler(_Api):
     def get(self):
         from .app import _default_monitor, status_payload
 
         found = _monitors() or [_default_monitor()]
-        payloads = [status_payload(m) for m in found]
+        # prepare() has refused a request without a login whenever a login is required.
+        full = full_status_for(not isinstance(self.application.auth_provider, NullAuth), self.request.remote_ip)
+        payloads = [status_payload(m, full=full) for m in found]
         out = dict(payloads[0])
         out["monitors"] = payloads
         if self.get_argument("sessions", "") == "1":

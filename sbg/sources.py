@@ -34,7 +34,9 @@ import csv
 import gzip
 import io
 import itertools
+import os
 import re
+import stat
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -59,6 +61,7 @@ __all__ = [
     "QuarantinedRow",
     "infer_schema",
     "open_sources",
+    "check_regular_file",
     "DEFAULT_CLOCK_DATE",
     "MAX_LINE_BYTES",
 ]
@@ -272,6 +275,27 @@ def _looks_utf16(line: bytes) -> bool:
     return len(head) >= 4 and (head[0::2].count(0) == len(head[0::2]) or head[1::2].count(0) == len(head[1::2]))
 
 
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def check_regular_file(path) -> None:
+    """Refuse ``path`` if it is there but neither a regular file nor a directory.
+
+    Reading a named pipe, a socket or a device blocks until a writer comes,
+    or for ever (a pipe whose writer never closes, ``/dev/zero``): sbg refuses
+    it at once with a :class:`SourceError` naming the path and what it is
+    (exit 3). A missing path is left to the caller ("no such file").
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "a special file")
+        raise SourceError(path, f"not a regular file: {kind}")
+
+
 def _read_sample(path: Path, encoding: str, delimiter: str | None):
     """The header and the first data lines of a text file, decoded, and the file's line end.
 
@@ -284,6 +308,7 @@ def _read_sample(path: Path, encoding: str, delimiter: str | None):
         raise SourceError(path, "no such file")
     if path.is_dir():
         raise SourceError(path, "is a directory, not a file")
+    check_regular_file(path)
     try:
         with _open_binary(path) as fh:
             head = fh.read(1 << 16)
@@ -466,6 +491,7 @@ def _parquet_sample(path: Path):
 
     if not path.exists():
         raise SourceError(path, "no such file")
+    check_regular_file(path)
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for bad files
@@ -680,10 +706,12 @@ class _Validator:
         name = self.schema.time
         cidx = self._col_index[name]
         num = None
+        dated = None  # rows read as dates, in the nanosecond range or not
         if pd.api.types.is_datetime64_any_dtype(col):
             if getattr(col.dt, "tz", None) is not None:
                 col = col.dt.tz_convert("UTC").dt.tz_localize(None)
             ns, nat = _ns_or_nat(col)
+            dated = col.notna().to_numpy()
         elif kind in ("epoch_s", "epoch_ms", "seconds") or pd.api.types.is_numeric_dtype(col):
             num = pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64")
             scale = 1e6 if kind == "epoch_ms" else 1e9
@@ -705,11 +733,13 @@ class _Validator:
             fmt = self.schema.time_format or "ISO8601"
             parsed = pd.to_datetime(col, errors="coerce", format=fmt, utc=True)
             ns, nat = _ns_or_nat(parsed.dt.tz_localize(None))
+            dated = parsed.notna().to_numpy(copy=True)
             retry = nat & col.notna().to_numpy()
             if retry.any() and self.schema.time_format is None:
                 # Combined as ns: the two passes may parse to different units.
                 again = pd.to_datetime(col[retry], errors="coerce", format="mixed", utc=True)
                 ns[retry], nat[retry] = _ns_or_nat(again.dt.tz_localize(None))
+                dated[retry] |= again.notna().to_numpy()
         newly = nat & ~bad
         if newly.any():
             raw = col.astype("string").to_numpy(dtype=object, na_value="")
@@ -720,6 +750,9 @@ class _Validator:
                     text = repr(float(num[i]))
                 reasons[i] = (
                     f"column {cidx} {name!r}: missing timestamp" if text == ""
+                    # A real date (year 9999, 1677) that int64 nanoseconds cannot hold.
+                    else f"column {cidx} {name!r}: timestamp {_short(text)!r} outside the supported range "
+                         f"({_TIME_RANGE})" if dated is not None and dated[i]
                     else f"column {cidx} {name!r}: unparsable timestamp {_short(text)!r}"
                 )
             bad |= newly
@@ -909,16 +942,25 @@ def _order_kernel(codes, ts, last_ts, has_last, back, tie, max_before):
         has_last[e] = True
 
 
+#: The timestamps int64 nanoseconds hold (``pd.Timestamp.min`` to ``pd.Timestamp.max``), by day.
+_TIME_RANGE = "1677-09-21 to 2262-04-11"
+
+
 def _ns_or_nat(values: pd.Series):
     """Naive datetimes of any resolution as int64 ns, and their NaT mask.
 
     pandas may parse to ``datetime64[us]`` or coarser; a value outside the
-    nanosecond range (before 1678 or after 2261) becomes NaT, not an error.
+    nanosecond range (``pd.Timestamp.min`` to ``pd.Timestamp.max``, 1677-09-21
+    to 2262-04-11) becomes NaT, not an error.
     """
     arr = values.to_numpy()
     if arr.dtype != np.dtype("datetime64[ns]"):
-        years = arr.astype("datetime64[Y]").astype("int64") + 1970
-        arr = np.where((years < 1678) | (years > 2261), np.datetime64("NaT"), arr).astype("datetime64[ns]")
+        if arr.dtype.kind != "M" or np.datetime_data(arr.dtype)[0] not in ("s", "ms", "us"):
+            arr = arr.astype("datetime64[us]")  # objects, days: a unit that holds every year
+        unit, count = np.datetime_data(arr.dtype)
+        limit = (2**63 - 1) // ({"s": 10**9, "ms": 10**6, "us": 10**3}[unit] * count)  # ticks within ±max ns
+        ticks = arr.view("int64")
+        arr = np.where((ticks > limit) | (ticks < -limit), np.datetime64("NaT"), arr).astype("datetime64[ns]")
     return arr.view("int64").copy(), np.isnat(arr)
 
 

@@ -138,20 +138,24 @@ def _stop_group(proc, grace=15.0):
 
 
 @contextlib.contextmanager
-def served(log, *args, env=None, app=None, check_log=True):
+def served(log, *args, env=None, app=None, check_log=True, cwd=None):
     """``sbg serve ARGS`` on a free loopback port, in its own process group; yields the base URL.
 
     Its output goes to ``log``. ``app`` serves another app file with the same
-    options (see ``benchmarks/_latency_app.py``). On the way out the server
-    is stopped and, with ``check_log``, its log must hold no traceback
-    through sbg's own code.
+    options (see ``benchmarks/_latency_app.py``). ``cwd`` runs it from another
+    working directory (the repository's by default), as the ``sbg`` console
+    script would: without putting that directory on ``sys.path``. On the way
+    out the server is stopped and, with ``check_log``, its log must hold no
+    traceback through sbg's own code.
     """
     log = Path(log)
     port = free_port()
     cmd, app_env = _command([str(a) for a in args], port, app)
+    if cwd is not None and cmd[1] != "-P":
+        cmd.insert(1, "-P")  # only this launcher: what it starts finds its own sys.path
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=ROOT, env={**os.environ, **app_env, **(env or {})})
+                                start_new_session=True, cwd=cwd or ROOT, env={**os.environ, **app_env, **(env or {})})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

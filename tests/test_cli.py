@@ -590,3 +590,18 @@ def test_serve_options_after_files_are_sbgs_and_unknown_ones_go_to_panel():
     assert other.returncode == 2 and "unrecognized arguments: --keep-alive 500" in other.stderr
     for proc in both:
         no_traceback(proc)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shadow", ["empty folder", "package that raises"])
+def test_serve_runs_the_installed_sbg_from_a_directory_holding_a_folder_named_sbg(data, tmp_path, shadow):
+    from tests.served import get, served
+
+    folder = tmp_path / "sbg"
+    folder.mkdir()
+    if shadow == "package that raises":
+        (folder / "__init__.py").write_text("raise ImportError('the sbg folder of the working directory')\n")
+    with served(tmp_path / "serve.log", data["tele"], "--data-dir", data["root"], cwd=tmp_path) as base:
+        code, body = get(base + "/api/status", timeout=30)
+        assert code == 200 and json.loads(body)["files"] == [str(data["tele"])]
+        assert get(base + "/monitor", timeout=60)[0] == 200

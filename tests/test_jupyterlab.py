@@ -116,8 +116,8 @@ def test_quickstart_runs_live_and_clean_in_jupyterlab_offline(page, lab):
     # Both dashboards (the finished run and the live one) render inline: one plot per signal, the
     # fleet health grid, the activity per minute and the baseline view.
     expected = len(Source(DATA_DIR / "battery_fleet.csv.gz").schema.signals) + 3
-    dashboards = [d for d in page.evaluate(DOCUMENTS) if d["dashboard"]]
-    assert [d["figures"] for d in dashboards] == [expected, expected]
+    wait_for(page, lambda: [d["figures"] for d in page.evaluate(DOCUMENTS) if d["dashboard"]],
+             lambda figures: figures == [expected, expected], 120, f"two dashboards of {expected} plots each")
 
     # The live one ends paused (its cell pauses it). Resume in the page: rows rise again; Pause: they stop.
     live = 1
@@ -133,8 +133,17 @@ def test_quickstart_runs_live_and_clean_in_jupyterlab_offline(page, lab):
     state = wait_for(page, lambda: live_state(page, live), lambda s: s in ("paused", "finished"), 120,
                      "Pause to hold the replay")
     if state == "paused":
-        held = rows_in(page, live)
-        page.wait_for_timeout(1500)
+        # The page may still be drawing updates sent before the pause: once its count stops moving,
+        # it must stay put.
+        last = [None]
+
+        def steady(value):
+            same, last[0] = value == last[0], value
+            return same
+
+        held = wait_for(page, lambda: (page.wait_for_timeout(2000), rows_in(page, live))[1], steady, 120,
+                        "the paused count to settle")
+        page.wait_for_timeout(3000)
         assert rows_in(page, live) == held, "rows kept rising while paused"
     SHOTS.mkdir(parents=True, exist_ok=True)
     scroll_to(page.locator(".sbg-kpis").nth(live))

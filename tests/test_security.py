@@ -379,3 +379,159 @@ def test_the_data_dir_lists_and_opens_only_its_own_files(jail):
         view.close()
     finally:
         monitor.close()
+
+
+@pytest.fixture
+def upload_view(tmp_path):
+    """A dashboard in this process over a data directory holding the machine monitor, with its sidebar.
+
+    The shared monitors its source changes open are closed and forgotten afterwards.
+    """
+    from sbg import app
+    from sbg.app import Dashboard
+    from sbg.monitor import Monitor
+
+    shutil.copy(DATA_DIR / "machine_monitor.csv", tmp_path / "machine_monitor.csv")
+    before = set(app.monitors())
+    monitor = Monitor([tmp_path / "machine_monitor.csv"])
+    view = Dashboard(monitor=monitor, data_dir=str(tmp_path))
+    view._sidebar()  # the settings area a source change redraws
+    try:
+        yield view
+    finally:
+        view.close()
+        monitor.close()
+        for key in set(app.monitors()) - before:
+            app.monitors().pop(key).close()
+
+
+def test_a_failed_re_upload_keeps_the_earlier_file_and_shows_no_server_path(upload_view, tmp_path):
+    view = upload_view
+    good = "".join((DATA_DIR / "machine_monitor.csv").read_text().splitlines(keepends=True)[:300]).encode()
+    saved = tmp_path / "uploads" / "run.csv"
+    view.upload.filename = "run.csv"
+    view.upload.value = good
+    assert saved.read_bytes() == good
+    assert view.upload_status.object == "Uploaded uploads/run.csv."
+    # Someone else uploads content that does not load under the same name: the good file stays as it was.
+    for bad in (b"timestamp,unit\n", b"\x00\x01\x02 not a table\n", b"a,b\nx,1\ny,2\n"):
+        view.upload.value = bad
+        shown = view.upload_status.object
+        assert saved.read_bytes() == good
+        assert "run.csv" in shown and "was not saved" in shown, shown
+        assert str(tmp_path) not in shown and str(tmp_path.resolve()) not in shown, shown
+        assert sorted(p.name for p in saved.parent.iterdir()) == ["run.csv"]  # no temporary file left
+
+
+def test_an_upload_the_server_cannot_write_is_an_error_without_its_path(upload_view, tmp_path):
+    view = upload_view
+    (tmp_path / "uploads").write_text("a file where the uploads folder goes")
+    view.upload.filename = "run.csv"
+    view.upload.value = (DATA_DIR / "machine_monitor.csv").read_bytes()[:20_000]
+    shown = view.upload_status.object
+    assert "run.csv was not saved" in shown and str(tmp_path) not in shown, shown
+
+
+def test_bad_input_to_the_page_callbacks_is_shown_not_raised(upload_view):
+    from sbg.app import STATE_COLORS
+
+    view = upload_view
+    monitor = view.monitor
+    # The baseline, then the source selector: a value with a NUL byte (a browser can send any value).
+    for select in (view.baseline_select, view.source_select):
+        view.upload_status.object = ""
+        select.options = [*select.options, "machine_monitor.csv\x00.csv"]
+        select.value = "machine_monitor.csv\x00.csv"
+        assert view.monitor is monitor
+        assert "embedded null byte" in view.upload_status.object
+        assert STATE_COLORS["critical"] in view.upload_status.object
+    # The speed: a value that is not a speed leaves the replay's speed as it was.
+    speed = monitor.replay.speed
+    view.speed.options = [*view.speed.options, "fast\x00"]
+    view.speed.value = "fast\x00"
+    assert monitor.replay.speed == speed
+    assert "Speed not changed" in view.upload_status.object
+    # The scatter's axes: a value that is not a signal is refused, the plot keeps its axes.
+    xy = view._xy
+    view.x_select.options = [*view.x_select.options, "<no such signal>"]
+    view.x_select.value = "<no such signal>"
+    assert view._xy == xy
+    assert "is not a signal of this source" in view.upload_status.object
+    # Seek to a position that is not a number: an error in the event feed, the replay where it was.
+    view.seek.value = float("nan")
+    view._control("seek")
+    assert monitor.replay.state == "idle" and list(monitor.events)[-1]["message"].startswith("seek failed: ")
+
+
+def test_a_source_with_other_signals_can_be_chosen(upload_view, tmp_path):
+    view = upload_view
+    shutil.copy(DATA_DIR / "site_power_24h.csv.gz", tmp_path / "site_power_24h.csv.gz")
+    view.source_select.options = [*view.source_select.options, "site_power_24h.csv.gz"]
+    view.source_select.value = "site_power_24h.csv.gz"
+    assert [p.name for p in view.monitor.paths] == ["site_power_24h.csv.gz"]
+    assert set(view._xy) <= set(view.monitor.signals) and view.live.signals == view.monitor.signals
+    assert (view.x_select.value, view.y_select.value) == view._xy
+
+
+def _status_request(monkeypatch, remote_ip, user=None):
+    """``GET /api/status`` through sbg's handler in this process, from ``remote_ip``; the JSON it writes."""
+    import asyncio
+    from unittest import mock
+
+    from bokeh.server.auth_provider import NullAuth
+    from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
+    from tornado.web import Application
+
+    from sbg.server import StatusHandler
+
+    application = Application()
+    application.auth_provider = NullAuth() if user is None else mock.Mock(get_user_async=None,
+                                                                            get_user=lambda handler: user)
+    connection = mock.Mock()
+    connection.context.remote_ip = remote_ip
+    request = HTTPServerRequest(start_line=RequestStartLine("GET", "/api/status", "HTTP/1.1"),
+                                headers=HTTPHeaders({"Host": "sbg.example"}), connection=connection)
+    request.remote_ip = remote_ip
+    handler = StatusHandler(application, request)
+
+    async def answer():
+        await handler.prepare()
+        handler.get()
+
+    # In a thread of its own: Playwright's sync API keeps an event loop running in this one.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, answer()).result()
+    return json.loads(b"".join(handler._write_buffer))
+
+
+def test_status_names_files_without_paths_or_pid_for_remote_callers_without_a_login(monkeypatch, tmp_path):
+    from sbg import app
+    from sbg.app import status_payload
+    from sbg.monitor import Monitor
+
+    shutil.copy(DATA_DIR / "machine_monitor.csv", tmp_path / "machine_monitor.csv")
+    shutil.copy(DATA_DIR / "machine_baseline.csv", tmp_path / "machine_baseline.csv")
+    monitor = Monitor([tmp_path / "machine_monitor.csv"], baseline=tmp_path / "machine_baseline.csv")
+    try:
+        monitor.metrics.last_error = f"source: {tmp_path / 'machine_monitor.csv'}: could not be read"
+        names = status_payload(monitor, full=False)
+        assert names["files"] == ["machine_monitor.csv"] and names["baseline"] == "machine_baseline.csv"
+        assert "pid" not in names["process"] and names["process"]["rss_bytes"]
+        assert names["metrics"]["last_error"] == "source: machine_monitor.csv: could not be read"
+        assert str(tmp_path) not in json.dumps(names)
+        full = status_payload(monitor)
+        assert full["files"] == [str(tmp_path / "machine_monitor.csv")] and full["process"]["pid"] == os.getpid()
+
+        # The handler: names only to a remote caller of a server without a login; everything to a caller
+        # on this machine or one who has logged in.
+        monkeypatch.setitem(app.monitors(), ("test",), monitor)
+        for ip, user, shows in [("192.0.2.7", None, False), ("2001:db8::7", None, False),
+                                ("127.0.0.1", None, True), ("::1", None, True), ("192.0.2.7", "alice", True)]:
+            got = _status_request(monkeypatch, ip, user)
+            assert (got["files"] == [str(tmp_path / "machine_monitor.csv")]) is shows, (ip, user, got["files"])
+            assert ("pid" in got["process"]) is shows
+            assert (str(tmp_path) in json.dumps(got)) is shows
+    finally:
+        monitor.close()

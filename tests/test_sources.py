@@ -579,8 +579,8 @@ def test_out_of_range_times_are_quarantined_not_fatal(tmp_path, block_bytes):
                                    b"2024-01-01T00:00:03.123456789,3\n0001-01-01,4\n2024-01-01T00:00:04,5\n")
     frame, q, _ = read_all(p, block_bytes=block_bytes)
     assert [(line, reason) for line, _, reason in q] == [
-        (3, "column 1 'timestamp': unparsable timestamp '2600-01-01T00:00:00'"),
-        (5, "column 1 'timestamp': unparsable timestamp '0001-01-01'"),
+        (3, "column 1 'timestamp': timestamp '2600-01-01T00:00:00' outside the supported range (1677-09-21 to 2262-04-11)"),
+        (5, "column 1 'timestamp': timestamp '0001-01-01' outside the supported range (1677-09-21 to 2262-04-11)"),
     ]
     assert frame["v"].tolist() == [1, 3, 5]
     p2 = write(tmp_path, "oob2.csv", b"epoch,v\n1700000000,1\n1e300,2\n1700000002,3\n")
@@ -598,7 +598,7 @@ def test_out_of_range_parquet_time_is_quarantined(tmp_path):
     p = tmp_path / "oob.parquet"
     pq.write_table(table, p)
     frame, q, _ = read_all(p)
-    assert [line for line, _, _ in q] == [2] and "unparsable timestamp" in q[0][2]
+    assert [line for line, _, _ in q] == [2] and "outside the supported range (1677-09-21 to 2262-04-11)" in q[0][2]
     assert frame["v"].tolist() == [1.0, 3.0]
 
 
