@@ -77,10 +77,10 @@ _GRID_BUILDS = {"free_at": 0.0}
 BAD_INPUT = (SbgError, ValueError, OSError, TypeError)
 
 
-#: In a notebook, the live plots update at most every NOTEBOOK_PLOT_MS and send at most about
+#: In a notebook, the live plots and cards update at most every NOTEBOOK_PLOT_MS and send at most about
 #: NOTEBOOK_ROWS_PER_UPDATE rows per entity each time: Jupyter's server stops all of a kernel's output
 #: (``iopub_data_rate_limit``, 1 MB/s over 3 s by default) beyond that, cell output included.
-NOTEBOOK_PLOT_MS = 500
+NOTEBOOK_PLOT_MS = 1000
 NOTEBOOK_ROWS_PER_UPDATE = 240
 
 
@@ -1017,7 +1017,8 @@ class Dashboard(pn.viewable.Viewer):
         plot_ms = self.plot_ms if served else max(self.plot_ms, NOTEBOOK_PLOT_MS)
         plot_due = bool(self._pending) and now - self._last_plot >= 0.9 * stretch * plot_ms / 1000
         slow_due = now - self._last_slow >= stretch
-        fast_due = now - self._last_fast >= stretch * self.update_ms / 1000
+        update_ms = self.update_ms if served else max(self.update_ms, NOTEBOOK_PLOT_MS)
+        fast_due = now - self._last_fast >= stretch * update_ms / 1000
         if not (plot_due or slow_due or fast_due):
             return
         if served and self._browser_behind():
