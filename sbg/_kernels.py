@@ -1110,8 +1110,7 @@ class JointReference:
     be used: a model fitted on the first half of the reference scores the
     second half, and the smoothed distances there fix a scaled chi-square
     (Satterthwaite: matching mean and variance). So the wander of a healthy
-    process within the reference is part of "normal". So the
-    wander of a healthy process within the reference is part of "normal".
+    process within the reference is part of "normal".
 
     With ``follow_span``, the centre then follows the process slowly (see
     :func:`_joint_kernel`). With ``hold``, a condition that lasts ``hold``

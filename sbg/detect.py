@@ -21,7 +21,7 @@ speaks.
 >>> v = np.sin(np.arange(2000) / 20) + np.random.default_rng(0).normal(0, 0.01, 2000)
 >>> v[1800] += 5
 >>> df = pd.DataFrame({"timestamp": t, "entity": "a", "v": v})
->>> flags = Spike().score(df)["v"] >= 0.5
+>>> flags = is_flag(Spike().score(df)["v"])
 >>> np.flatnonzero(flags).tolist()  # the jump up and the jump back
 [1800, 1801]
 """
@@ -55,7 +55,25 @@ __all__ = [
     "battery_schema",
     "for_schema",
     "tail_score",
+    "FLAG_AT",
+    "UNDER_FLAG",
+    "is_flag",
 ]
+
+#: The one cut-off of sbg: a score (anomaly or data-quality) at or above it flags its row.
+#: Pipeline, alerts, plots, status grid and report all ask :func:`is_flag`.
+FLAG_AT = 0.5
+#: The highest score a detector gives a row it has decided not to flag (kept visible, under the cut-off).
+UNDER_FLAG = 0.49
+
+
+def is_flag(score):
+    """Whether scores flag their rows: ``score >= FLAG_AT``, elementwise for arrays.
+
+    >>> is_flag(np.array([0.2, 0.5, 0.9])).tolist()
+    [False, True, True]
+    """
+    return np.asarray(score) >= FLAG_AT if not np.isscalar(score) else bool(score >= FLAG_AT)
 
 #: Cell limits of the battery preset, by signal name (NMC/graphite cells).
 BATTERY_LIMITS = {
@@ -323,7 +341,7 @@ class Surprise(Detector):
         score = tail_score(p, self.decades)
         if self.isolated_only and p.shape[1] > 1:
             shared = (p < self.shared_tail).sum(axis=1) >= 2
-            score[shared] = np.minimum(score[shared], 0.49)
+            score[shared] = np.minimum(score[shared], UNDER_FLAG)
         return score
 
 
@@ -457,7 +475,7 @@ class _Windowed(Detector):
                                  features.rows_seen(chunk), self.warmup)
         if self.confirm > 0:
             p, _ = _CALIBRATION.tail(chunk, features)
-            np.minimum(scores, np.where(p > self.confirm, 0.49, 1.0), out=scores)
+            np.minimum(scores, np.where(p > self.confirm, UNDER_FLAG, 1.0), out=scores)
         return scores
 
 
@@ -550,7 +568,7 @@ class Flatline(Detector):
         # Count repeats, not rows: a single value is no run at all.
         score = ratio_score(run - 1.0, need - 1.0)
         quiet = (jitter < self.min_jitter) | (features.rows_seen(chunk) < self.warmup)[:, None]
-        return np.where(quiet, np.minimum(score, 0.49), score)
+        return np.where(quiet, np.minimum(score, UNDER_FLAG), score)
 
 
 class Gap(Detector):
