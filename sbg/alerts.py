@@ -22,8 +22,10 @@ continues (see ``docs/reliability.md``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -34,6 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import param
+
+from .errors import OutputError
+from .outputs import AtomicFile, make_parent, reason, write_text_atomic
 
 __all__ = ["Rule", "Alert", "AlertEngine", "AlertLog", "default_rules", "SEVERITIES"]
 
@@ -402,6 +407,33 @@ def alerts_frame(records) -> pd.DataFrame:
     return df.sort_values(["start", "id"], ascending=False, kind="stable").reset_index(drop=True)
 
 
+_CANNOT_OPEN = "cannot open the alert log"
+
+
+def _sidecars(path: Path) -> tuple[Path, Path]:
+    """The write-ahead log and shared-memory files SQLite keeps beside a log in WAL mode."""
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+def _open_failure(path: Path, exc: sqlite3.Error) -> str:
+    """Why SQLite could not open ``path``: the system's reason when SQLite only says "unable to open".
+
+    SQLite needs to write the log and the files beside it; the first the system refuses names the cause
+    (a directory, a read-only file system, no permission). Probe files this creates are removed.
+    """
+    if getattr(exc, "sqlite_errorname", "") not in ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_IOERR"):
+        return str(exc)
+    for p in (path, *_sidecars(path)):
+        existed = p.exists()
+        try:
+            os.close(os.open(p, os.O_RDWR | os.O_CREAT, 0o666))
+        except OSError as err:
+            return reason(err) if p == path else f"{reason(err)} ({p.name})"
+        if not existed:
+            p.unlink(missing_ok=True)
+    return str(exc)
+
+
 class AlertLog:
     """The alert log: a SQLite file in WAL mode, upserted on the alert id.
 
@@ -422,28 +454,45 @@ class AlertLog:
 
     def __init__(self, path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        #: The first failure to write the log (an :class:`~sbg.errors.OutputError`). A pipeline that
+        #: counts the error and runs on leaves it here, for the run's end to report.
+        self.failure: OutputError | None = None
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # A commit in WAL mode survives a killed process whatever this says; NORMAL only lets a power
-        # cut take back the last commits, and the checkpoint goes back with the alerts it covers.
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(
-            """CREATE TABLE IF NOT EXISTS alerts (
-                id TEXT PRIMARY KEY, rule TEXT NOT NULL, entity TEXT NOT NULL, signal TEXT,
-                detector TEXT, severity TEXT NOT NULL, start TEXT NOT NULL, end TEXT,
-                peak REAL, peak_score REAL, peak_time TEXT, message TEXT, state TEXT NOT NULL,
-                source TEXT, reopened INTEGER DEFAULT 0)"""
-        )
-        self._conn.execute(
-            """CREATE TABLE IF NOT EXISTS checkpoint (
-                source TEXT PRIMARY KEY, identity TEXT NOT NULL, position TEXT NOT NULL,
-                state TEXT NOT NULL, arrays BLOB NOT NULL, updated TEXT NOT NULL)"""
-        )
+        make_parent(self.path, _CANNOT_OPEN)
+        existed = self.path.exists()
+        try:
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # A commit in WAL mode survives a killed process whatever this says; NORMAL only lets a power
+            # cut take back the last commits, and the checkpoint goes back with the alerts it covers.
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(
+                """CREATE TABLE IF NOT EXISTS alerts (
+                    id TEXT PRIMARY KEY, rule TEXT NOT NULL, entity TEXT NOT NULL, signal TEXT,
+                    detector TEXT, severity TEXT NOT NULL, start TEXT NOT NULL, end TEXT,
+                    peak REAL, peak_score REAL, peak_time TEXT, message TEXT, state TEXT NOT NULL,
+                    source TEXT, reopened INTEGER DEFAULT 0)"""
+            )
+            self._conn.execute(
+                """CREATE TABLE IF NOT EXISTS checkpoint (
+                    source TEXT PRIMARY KEY, identity TEXT NOT NULL, position TEXT NOT NULL,
+                    state TEXT NOT NULL, arrays BLOB NOT NULL, updated TEXT NOT NULL)"""
+            )
+        except sqlite3.Error as exc:
+            if getattr(self, "_conn", None) is not None:
+                self._conn.close()
+            why = _open_failure(self.path, exc)
+            if not existed:  # leave nothing behind that was not there
+                for p in (self.path, *_sidecars(self.path)):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+            raise OutputError(self.path, why, _CANNOT_OPEN) from exc
 
     def write(self, alerts, checkpoint: dict | None = None):
         """Upsert alerts, and the run's checkpoint if given, in one transaction.
+
+        A write SQLite refuses (a full disk, a read-only file) raises an
+        :class:`~sbg.errors.OutputError` naming the log, and is kept in :attr:`failure`.
 
         ``checkpoint`` has the keys ``source``, ``identity``, ``position`` and
         ``state`` (JSON text) and ``arrays`` (bytes).
@@ -464,6 +513,11 @@ class AlertLog:
                         [checkpoint[k] for k in _CHECKPOINT_FIELDS],
                     )
                 self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):  # a failed write may have ended the transaction
+                    self._conn.execute("ROLLBACK")
+                self.failure = self.failure or OutputError(self.path, str(exc))
+                raise OutputError(self.path, str(exc)) from exc
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -499,10 +553,12 @@ class AlertLog:
         """The log as CSV, text cells a spreadsheet would run as formulas neutralised (:mod:`sbg.csvsafe`)."""
         from .csvsafe import neutralise_frame
 
-        neutralise_frame(self.read()).to_csv(path, index=False)
+        with AtomicFile(path, "w", encoding="utf-8", newline="") as fh:
+            neutralise_frame(self.read()).to_csv(fh, index=False)
 
     def to_json(self, path):
-        Path(path).write_text(json.dumps(_records(self.read()), indent=1))
+        """The log as a JSON array, written atomically."""
+        write_text_atomic(path, json.dumps(_records(self.read()), indent=1))
 
     def close(self):
         with self._lock:

@@ -8,13 +8,22 @@ files (globs, directories) are read one after the other, in the order
 produced, to a CSV file or to a Parquet dataset (a directory of
 ``part-*.parquet`` files), so memory stays bounded by one block whatever
 the input size. ``sbg.distributed`` writes the same dataset from Dask workers.
+
+Outputs are whole or absent (:mod:`sbg.outputs`): rows go to a temporary
+file beside the output (a dataset's parts to a scratch folder inside it),
+which takes the output's name only once the run has succeeded. A run that
+fails leaves every earlier output as it was, and an output that cannot be
+written is an :class:`~sbg.errors.OutputError` naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import queue
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -28,13 +37,15 @@ from . import __version__
 from .alerts import AlertEngine, AlertLog
 from .config import Settings, describe
 from .csvsafe import neutralise_cell, neutralise_table
-from .errors import SbgError
+from .errors import OutputError, SbgError
 from .inputs import FileOrder, expand_inputs, open_inputs, source_name
 from .metrics import Metrics
 from .monitor import load_reference
+from .outputs import AtomicFile, make_parent, output_errors, write_text_atomic
 from .pipeline import Pipeline
 
-__all__ = ["run_detect", "format_timestamps", "FlagsWriter", "is_dataset", "prepare_dataset", "read_dataset"]
+__all__ = ["run_detect", "format_timestamps", "TableWriter", "FlagsWriter", "is_dataset", "prepare_dataset", "dataset_output",
+           "read_dataset", "quarantine_file"]
 
 
 def format_timestamps(ns: np.ndarray) -> pa.Array:
@@ -112,19 +123,66 @@ def is_dataset(output) -> bool:
     return output.is_dir() or output.suffix.lower() in (".parquet", ".pq")
 
 
-def prepare_dataset(output: Path):
-    """Make ``output`` an empty dataset directory; only an earlier flags dataset may be replaced."""
+#: Folder inside a dataset where a run writes its parts until it has succeeded.
+SCRATCH = "_sbg_tmp"
+
+
+def prepare_dataset(output: Path) -> bool:
+    """Check that ``output`` may become a flags dataset and make the directory; return whether it was made.
+
+    Only a new directory or an earlier flags dataset may be written; the earlier parts stay until
+    :func:`dataset_output` replaces them.
+    """
     if output.exists() and not output.is_dir():
         raise SbgError(f"{output}: exists and is not a directory; a Parquet flags dataset is a directory")
     if output.is_dir():
         foreign = [p.name for p in output.iterdir() if not (p.name.startswith("part-") and p.suffix == ".parquet")
-                   and p.name != "_sbg_tmp"]
+                   and p.name != SCRATCH]
         if foreign:
             raise SbgError(f"{output}: not empty (holds {foreign[0]!r}); sbg writes a flags dataset only into a "
                            "new directory or over an earlier flags dataset")
-        for p in output.glob("part-*.parquet"):
-            p.unlink()
-    output.mkdir(parents=True, exist_ok=True)
+        return False
+    make_parent(output)
+    with output_errors(output):
+        output.mkdir()
+    return True
+
+
+@contextlib.contextmanager
+def dataset_output(output: Path):
+    """A scratch folder for the parts of the flags dataset ``output``; they replace its parts on success.
+
+    The run writes ``part-*.parquet`` files (and anything else it needs) into
+    the folder it is given. Leaving the block normally moves the parts into
+    ``output`` and removes the earlier run's other parts; leaving it by an
+    exception leaves ``output`` as it was (a directory made for this run is
+    removed). The scratch folder goes either way.
+    """
+    output = Path(output)
+    created = prepare_dataset(output)
+    scratch = output / SCRATCH
+    ok = False
+    try:
+        shutil.rmtree(scratch, ignore_errors=True)
+        with output_errors(output):
+            scratch.mkdir()
+        try:
+            yield scratch
+        except OutputError as exc:  # name the dataset the user asked for, not the scratch folder
+            if not Path(exc.path).resolve().is_relative_to(scratch.resolve()):
+                raise
+            raise OutputError(output, exc.reason) from exc
+        with output_errors(output):
+            parts = sorted(scratch.glob("part-*.parquet"))
+            for p in parts:
+                os.replace(p, output / p.name)
+            keep = {p.name for p in parts}
+            for p in output.glob("part-*.parquet"):
+                if p.name not in keep:
+                    p.unlink()
+        ok = True
+    finally:
+        shutil.rmtree(output if created and not ok else scratch, ignore_errors=True)
 
 
 def read_dataset(output) -> pa.Table:
@@ -133,43 +191,108 @@ def read_dataset(output) -> pa.Table:
     return pa.concat_tables([pq.read_table(p) for p in parts]) if parts else pa.table({})
 
 
-class FlagsWriter:
-    """Writes enriched chunks as output rows to a CSV file or one Parquet part file, as they come."""
+class TableWriter:
+    """Writes Arrow tables to one CSV or Parquet file, whole or not at all.
 
-    def __init__(self, path: Path, schema, parquet: bool = False):
-        self.path, self.schema, self.parquet = Path(path), schema, parquet
-        self._sink = open(self.path, "wb")
+    The bytes go to an :class:`~sbg.outputs.AtomicFile`: ``path`` gets
+    them only at :meth:`commit` (or :meth:`close`), and :meth:`discard`
+    drops them. A failed write is an :class:`~sbg.errors.OutputError`
+    naming ``path``.
+    """
+
+    def __init__(self, path: Path, parquet: bool = False):
+        self.path, self.parquet = Path(path), parquet
+        self._sink = AtomicFile(self.path)
         self._writer = None
+
+    def write_table(self, table: pa.Table):
+        if self._writer is None:
+            self._writer = (pq.ParquetWriter(self._sink, table.schema) if self.parquet
+                            else pacsv.CSVWriter(self._sink, table.schema))
+        self._writer.write_table(table)
+
+    def finish(self):
+        """Complete the file (a Parquet footer), not yet under its name."""
+        writer, self._writer = self._writer, False  # False: finished, nothing more to write
+        if writer:
+            try:
+                writer.close()
+            except BaseException:
+                _forget(writer)
+                raise
+
+    def commit(self):
+        """Put the finished file under its name."""
+        self._sink.commit()
+
+    def close(self):
+        """:meth:`finish` and :meth:`commit`; on failure nothing is left."""
+        try:
+            self.finish()
+            self.commit()
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self):
+        """Drop what was written; ``path`` keeps what it held."""
+        if self._writer:
+            with contextlib.suppress(Exception):  # its footer may fail to write again
+                self._writer.close()
+            _forget(self._writer)
+        self._writer = False
+        self._sink.discard()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        """:meth:`close` when the block succeeded, else :meth:`discard`."""
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+
+def _forget(writer):
+    """Mark a writer whose last write failed as closed: a Parquet writer's ``__del__`` would write its
+    footer once more, and print that failure too."""
+    if isinstance(writer, pq.ParquetWriter):
+        writer.is_open = False
+
+
+class FlagsWriter(TableWriter):
+    """Writes enriched chunks as output rows to a CSV file or one Parquet part file, as they come.
+
+    ``example`` (a pipeline's ``example``) gives the enriched frame whose
+    header (CSV) or schema (Parquet) a file gets when no row came.
+    """
+
+    def __init__(self, path: Path, schema, parquet: bool = False, example=None):
+        super().__init__(path, parquet)
+        self.schema, self.example = schema, example
         self.rows = 0
 
     def write(self, enriched):
         table = _output_table(self.schema, enriched, self.parquet)
         if not self.parquet:  # a CSV is opened in spreadsheets: no cell may run as a formula
             table = neutralise_table(table)
-        if self._writer is None:
-            self._writer = (pq.ParquetWriter(self._sink, table.schema) if self.parquet
-                            else pacsv.CSVWriter(self._sink, table.schema))
-        self._writer.write_table(table)
+        self.write_table(table)
         self.rows += len(enriched)
 
-    def close(self, example):
-        """Finish the file; with no rows written, a header (CSV) or schema (Parquet) from ``example``."""
-        try:
-            if self._writer is None:
-                self.write(example)
-            self._writer.close()
-        finally:
-            self._sink.close()
+    def finish(self):
+        if self._writer is None and self.example is not None:
+            self.write(self.example())
+        super().finish()
 
 
-def _write_tables(tables: queue.Queue, output: Path, schema, pipeline, parquet: bool = False):
+def _write_tables(tables: queue.Queue, writer: FlagsWriter):
+    """The writer thread: write each enriched chunk until ``None``; errors in ``current_thread().error``."""
     me = threading.current_thread()
-    me.error = None
     try:
-        writer = FlagsWriter(output / "part-00000.parquet" if parquet else output, schema, parquet)
         while (enriched := tables.get()) is not None:
             writer.write(enriched)
-        writer.close(pipeline.example())
+        writer.finish()
     except BaseException as exc:
         me.error = exc
         while tables.get() is not None:  # drain so the producer never blocks
@@ -189,6 +312,18 @@ def _read_in_order(sources, order: FileOrder | None):
             yield batch
 
 
+def quarantine_file(path, paths) -> tuple[AtomicFile, csv.writer]:
+    """The ``--quarantine`` CSV, as an :class:`~sbg.outputs.AtomicFile`, and a writer with its header written."""
+    qfile = AtomicFile(path, "w", encoding="utf-8", newline="")
+    try:
+        qwriter = csv.writer(qfile)
+        qwriter.writerow(quarantine_header(paths))
+    except BaseException:
+        qfile.discard()
+        raise
+    return qfile, qwriter
+
+
 def run_detect(path, output, baseline=None, settings: Settings | None = None, alerts_db=None,
                chunk_size: int = 65536, quarantine_path=None, summary_path=None,
                schema_options: dict | None = None) -> dict:
@@ -196,6 +331,11 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
 
     ``output`` is a CSV file, or a Parquet dataset directory (see
     :func:`is_dataset`). Returns the summary, the alerts and the time taken.
+    Every output is written whole or not at all: ``output`` and the
+    quarantine file get their new content only once the run has succeeded,
+    and until then keep what they held. An output that cannot be written (a
+    full disk, a read-only file system, an alert log that is not a
+    database) is an :class:`~sbg.errors.OutputError`.
     """
     t0 = time.perf_counter()
     settings = settings or Settings()
@@ -204,53 +344,58 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
     sources = open_inputs(paths, **schema_options)
     src = sources[0]
     reference = load_reference(baseline, **schema_options) if baseline else None
-    metrics = Metrics()
-    log = AlertLog(alerts_db) if alerts_db else None
-    engine = AlertEngine(settings.make_rules(), source=source_name(sources))
-    pipeline = Pipeline(stats=settings.make_stats(), detectors=settings.make_detectors(reference, src.schema.entity), engine=engine,
-                        metrics=metrics, log=log, signals=list(src.schema.signals), carried=list(src.schema.carried))
     output = Path(output)
     check_output(output, paths)
     parquet = is_dataset(output)
-    if parquet:
-        prepare_dataset(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    qfile = qwriter = None
-    if quarantine_path:
-        qfile = open(quarantine_path, "w", newline="", encoding="utf-8")
-        qwriter = csv.writer(qfile)
-        qwriter.writerow(quarantine_header(paths))
     flagged = 0
-    # Three stages overlap on their own threads: parsing (pyarrow), scoring
-    # (numba kernels and numpy release the GIL) and writing (pyarrow). Bounded
-    # queues keep at most a few blocks in memory.
-    batches = _background(_read_in_order(sources, FileOrder() if len(sources) > 1 else None), depth=2)
-    tables: queue.Queue = queue.Queue(maxsize=4)
-    writer_thread = threading.Thread(target=_write_tables, args=(tables, output, src.schema, pipeline, parquet),
-                                     name="sbg-detect-writer", daemon=True)
-    writer_thread.start()
-    try:
-        for batch in batches:
-            metrics.count_batch(batch.rows_in, batch.rows_ok, batch.rows_quarantined)
-            if batch.fault is not None:
-                pipeline.fault("source", batch.fault)
-            if qwriter is not None:
-                qwriter.writerows(quarantine_rows(batch, len(paths) > 1))
-            frame = batch.frame
-            for i in range(0, len(frame), chunk_size):
-                enriched = pipeline.process(frame.iloc[i:i + chunk_size], stats=False)
-                flagged += int(enriched["is_anomaly"].sum())
-                tables.put(enriched)
-    finally:
-        tables.put(None)
-        writer_thread.join()
-        if qfile is not None:
-            qfile.close()
-    if getattr(writer_thread, "error", None) is not None:
-        raise writer_thread.error
+    with contextlib.ExitStack() as outputs:
+        # Opened before any row is read, so an output that cannot be written fails at once.
+        log = AlertLog(alerts_db) if alerts_db else None
+        if log is not None:
+            outputs.callback(log.close)
+        target = outputs.enter_context(dataset_output(output)) / "part-00000.parquet" if parquet else output
+        metrics = Metrics()
+        engine = AlertEngine(settings.make_rules(), source=source_name(sources))
+        pipeline = Pipeline(stats=settings.make_stats(), detectors=settings.make_detectors(reference, src.schema.entity),
+                            engine=engine, metrics=metrics, log=log, signals=list(src.schema.signals),
+                            carried=list(src.schema.carried))
+        # Finished by the writer thread; committed when the run has succeeded.
+        writer = outputs.enter_context(FlagsWriter(target, src.schema, parquet, example=pipeline.example))
+        qwriter = None
+        if quarantine_path:
+            qfile, qwriter = quarantine_file(quarantine_path, paths)
+            outputs.enter_context(qfile)
+        # Three stages overlap on their own threads: parsing (pyarrow), scoring
+        # (numba kernels and numpy release the GIL) and writing (pyarrow). Bounded
+        # queues keep at most a few blocks in memory.
+        batches = _background(_read_in_order(sources, FileOrder() if len(sources) > 1 else None), depth=2)
+        tables: queue.Queue = queue.Queue(maxsize=4)
+        writer_thread = threading.Thread(target=_write_tables, args=(tables, writer),
+                                         name="sbg-detect-writer", daemon=True)
+        writer_thread.error = None
+        writer_thread.start()
+        try:
+            for batch in batches:
+                if writer_thread.error is not None:  # the output failed: reading on would be for nothing
+                    break
+                metrics.count_batch(batch.rows_in, batch.rows_ok, batch.rows_quarantined)
+                if batch.fault is not None:
+                    pipeline.fault("source", batch.fault)
+                if qwriter is not None:
+                    qwriter.writerows(quarantine_rows(batch, len(paths) > 1))
+                frame = batch.frame
+                for i in range(0, len(frame), chunk_size):
+                    enriched = pipeline.process(frame.iloc[i:i + chunk_size], stats=False)
+                    flagged += int(enriched["is_anomaly"].sum())
+                    tables.put(enriched)
+        finally:
+            tables.put(None)
+            writer_thread.join()
+        if writer_thread.error is not None:
+            raise writer_thread.error
+        if log is not None and log.failure is not None:  # the pipeline counted it and ran on
+            raise log.failure
     alerts = engine.table()
-    if log is not None:
-        log.close()
     summary = {
         "file": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths], "files": [str(p) for p in paths], "output": str(output),
         "sbg_version": __version__,
@@ -262,7 +407,7 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
         "settings": describe(settings),
     }
     if summary_path:
-        Path(summary_path).write_text(json.dumps(summary, indent=1, default=str))
+        write_text_atomic(summary_path, json.dumps(summary, indent=1, default=str))
     return {"summary": summary, "alerts": alerts, "seconds": time.perf_counter() - t0}
 
 

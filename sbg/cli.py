@@ -1,7 +1,9 @@
 """The ``sbg`` command line.
 
 Exit codes: 0 success; 1 alerts at or above ``--fail-on`` fired; 2 usage
-error; 3 unreadable input; 4 bad configuration; 130 interrupted.
+error; 3 unreadable input; 4 bad configuration; 5 an output that cannot be
+written (a full disk, a read-only file system, no permission, an alert log
+that is not a database); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ def _schema_args(p):
     g.add_argument("--time-format", metavar="FMT", help="strftime format of the timestamps")
     g.add_argument("--delimiter", metavar="CHAR", help="field delimiter (default: sniffed)")
     g.add_argument("--encoding", default="utf-8", help="text encoding (default utf-8; BOM accepted)")
+    g.add_argument("--max-signals", type=int, metavar="N",
+                   help="refuse a file with more signal columns than N (default 1000, or SBG_MAX_SIGNALS)")
 
 
 def _dask_args(p, partitions: str):
@@ -110,6 +114,8 @@ def _schema_options(args) -> dict:
         opts["delimiter"] = args.delimiter
     if args.encoding and args.encoding.lower() not in ("utf-8", "utf8"):
         opts["encoding"] = args.encoding
+    if args.max_signals is not None:
+        opts["max_signals"] = args.max_signals
     return opts
 
 
@@ -139,16 +145,6 @@ def default_output(specs, dataset: bool = False) -> Path:
     return Path(name + (".flags.parquet" if dataset else _FLAGS_SUFFIX))
 
 
-def _write_text(path, text: str):
-    """Write a small output file atomically, with the permissions the umask gives; errors name the file."""
-    from .report import write_text_atomic
-
-    try:
-        write_text_atomic(path, text)
-    except OSError as exc:
-        raise SbgError(f"{path}: cannot write: {exc.strerror or exc}") from None
-
-
 def _speed(text):
     from .replay import parse_speed
 
@@ -165,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Smart Battery Guardian: replay telemetry files as live streams, "
                     "flag anomalies and raise alerts.",
         epilog="Run 'sbg COMMAND --help' for a command's options. "
-               "Exit codes: 0 ok, 1 alerts at --fail-on, 2 usage, 3 bad input, 4 bad config.",
+               "Exit codes: 0 ok, 1 alerts at --fail-on, 2 usage, 3 bad input, 4 bad config, "
+               "5 an output cannot be written.",
     )
     parser.add_argument("--version", action="version", version=f"sbg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="the command to run")
@@ -421,6 +418,7 @@ def _replay(args, out: _Out, files, fan_out) -> int:
         out.line(f"  alert log         {args.alerts_db}")
     code = _fail_code(monitor.alerts, args.fail_on)
     monitor.close()
+    _raise_log_failure(monitor)
     return code
 
 
@@ -479,6 +477,7 @@ def cmd_detect(args) -> int:
     import tempfile
 
     from .batch import run_detect
+    from .outputs import AtomicFile, output_errors
 
     if args.chunk_size < 1:
         raise SbgError("--chunk-size must be at least 1")
@@ -495,26 +494,31 @@ def cmd_detect(args) -> int:
     options = dict(baseline=args.baseline, settings=_settings(args.config), alerts_db=args.alerts_db,
                    chunk_size=args.chunk_size, quarantine_path=args.quarantine,
                    schema_options=_schema_options(args))
-    if dask:
-        from .distributed import run_detect_dask
+    with contextlib.ExitStack() as stack:
+        # Opened now, so a summary that cannot be written fails before the run, not after it.
+        summary = (stack.enter_context(AtomicFile(args.summary_json, "w", encoding="utf-8"))
+                   if args.summary_json else None)
+        if dask:
+            from .distributed import run_detect_dask
 
-        result = run_detect_dask(args.files, output, partitions=args.partitions, scheduler=args.scheduler,
-                                 workers=args.workers, progress=sys.stdout.isatty(), **options)
-    elif to_stdout:
-        # The flags are written to a private file, then copied to stdout whole.
-        with tempfile.TemporaryDirectory(prefix="sbg-detect-") as tmp:
-            flags = Path(tmp) / "flags.csv"
-            result = run_detect(args.files, flags, **options)
-            sys.stdout.flush()
-            binary = getattr(sys.stdout, "buffer", None)
-            with open(flags, "rb") if binary else open(flags, encoding="utf-8", newline="") as fh:
-                shutil.copyfileobj(fh, binary or sys.stdout)
-            (binary or sys.stdout).flush()
-    else:
-        result = run_detect(args.files, output, **options)
-    s = {**result["summary"], "output": "-" if to_stdout else str(output)}
-    if args.summary_json:
-        _write_text(args.summary_json, json.dumps(s, indent=1, default=str))
+            result = run_detect_dask(args.files, output, partitions=args.partitions, scheduler=args.scheduler,
+                                     workers=args.workers, progress=sys.stdout.isatty(), **options)
+        elif to_stdout:
+            # The flags are written to a private file, then copied to stdout whole.
+            with tempfile.TemporaryDirectory(prefix="sbg-detect-") as tmp:
+                flags = Path(tmp) / "flags.csv"
+                result = run_detect(args.files, flags, **options)
+                with output_errors("stdout"):
+                    sys.stdout.flush()
+                    binary = getattr(sys.stdout, "buffer", None)
+                    with open(flags, "rb") if binary else open(flags, encoding="utf-8", newline="") as fh:
+                        shutil.copyfileobj(fh, binary or sys.stdout)
+                    (binary or sys.stdout).flush()
+        else:
+            result = run_detect(args.files, output, **options)
+        s = {**result["summary"], "output": "-" if to_stdout else str(output)}
+        if summary is not None:
+            summary.write(json.dumps(s, indent=1, default=str))
     where = "stdout" if to_stdout else str(output)
     print(f"{where}: {s['rows_ok']:,} rows scored, {s['rows_flagged']:,} flagged; "
           f"{s['rows_quarantined']:,} quarantined of {s['rows_in']:,}; {s['alerts']} alerts "
@@ -524,23 +528,32 @@ def cmd_detect(args) -> int:
 
 def cmd_report(args) -> int:
     from .monitor import Monitor
-    from .report import check_output
+    from .outputs import AtomicFile
+    from .report import build_report, check_output
 
     t0 = time.monotonic()
-    check_output(args.output)
+    path = check_output(args.output)
     files = _inputs(args.files)
-    with _fan_out(args, print) as fan_out:
+    # Opened before the replay, so a report that cannot be written fails at once; written whole or not at all.
+    with AtomicFile(path, "w", encoding="utf-8") as out, _fan_out(args, print) as fan_out:
         monitor = Monitor(files, baseline=args.baseline, settings=_settings(args.config),
                           alerts_db=args.alerts_db, speed="max", fan_out=fan_out, **_schema_options(args))
         try:
             monitor.run_to_end()
-            path = monitor.report(args.output, title=args.title)
+            _raise_log_failure(monitor)
+            out.write(build_report(monitor, title=args.title))
         finally:
             monitor.close()
     m = monitor.metrics
     print(f"{path}: {path.stat().st_size / 1e6:.1f} MB; {m.rows_in:,} rows in, {m.rows_quarantined:,} quarantined; "
           f"{m.alerts_total} alerts ({time.monotonic() - t0:.2f}s)")
     return 0
+
+
+def _raise_log_failure(monitor):
+    """Raise the alert log's write failure, if the run counted one and went on (see ``AlertLog.failure``)."""
+    if monitor.log is not None and monitor.log.failure is not None:
+        raise monitor.log.failure
 
 
 def _read_flags(path: Path, time_col=None, entity_col=None, entity_name=None, label_entity_col=None):
@@ -554,6 +567,7 @@ def _read_flags(path: Path, time_col=None, entity_col=None, entity_name=None, la
     import pandas as pd
 
     from .batch import is_dataset, read_dataset
+    from .csvsafe import restore_cell
 
     if not path.exists():
         raise SourceError(path, "no such file or directory")
@@ -561,6 +575,8 @@ def _read_flags(path: Path, time_col=None, entity_col=None, entity_name=None, la
         frame = read_dataset(path).to_pandas() if is_dataset(path) else pd.read_csv(path, low_memory=False)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise SourceError(path, f"cannot be read as sbg detect output: {_first_line(exc)}") from None
+    if not is_dataset(path):  # the CSV's text was neutralised for spreadsheets (sbg.csvsafe): undo it
+        frame.columns = [restore_cell(c) for c in frame.columns]
     if "is_anomaly" not in frame.columns:
         raise SourceError(path, "has no is_anomaly column: is it the output of sbg detect?")
     time_col = time_col or ("timestamp" if "timestamp" in frame.columns else frame.columns[0])
@@ -584,6 +600,9 @@ def _read_flags(path: Path, time_col=None, entity_col=None, entity_name=None, la
         candidates = ["entity", label_entity_col] + [c for c in frame.columns if str(c).endswith("_id")]
         entity_col = next((c for c in candidates if c and c in frame.columns), None)
     ent = frame[entity_col].astype(str) if entity_col else entity_name
+    if entity_col and not is_dataset(path):
+        ids = ent.unique()
+        ent = ent.map(dict(zip(ids, map(restore_cell, ids), strict=True)))
     return pd.DataFrame({"entity": ent, "timestamp": ts, "is_anomaly": flag.to_numpy(dtype=bool)})
 
 
@@ -687,7 +706,9 @@ def cmd_evaluate(args) -> int:
     for p, n in r["nab"].items():
         print(f"  {p:<16}  {n['score']:>10.1f}   (TP {n['tp']}, FP {n['fp']}, FN {n['fn']})")
     if args.json_path:
-        _write_text(args.json_path, json.dumps(_json_safe(r), indent=1) + "\n")
+        from .outputs import write_text_atomic
+
+        write_text_atomic(args.json_path, json.dumps(_json_safe(r), indent=1) + "\n")
     return 0
 
 
@@ -806,6 +827,10 @@ def cmd_serve(args) -> int:
     if args.print_command:
         print(" ".join(cmd))
         return 0
+    if args.alerts_db:  # an alert log that cannot be opened is refused here, not in the server's log
+        from .alerts import AlertLog
+
+        AlertLog(args.alerts_db).close()
     print(f"sbg {__version__}: dashboard on http://{args.address}:{args.port}/monitor "
           f"(status: /api/status, /api/alerts, /metrics)", flush=True)
     proc = subprocess.Popen(cmd, env={**os.environ, **env})

@@ -17,6 +17,8 @@ injection"):
 * column headers follow the same rule.
 
 Parquet and JSON outputs are not spreadsheets' input: they keep the exact text.
+A program reading a CSV sbg wrote (``sbg evaluate`` reads the flags) takes the
+quote off again with :func:`restore_cell`.
 
 >>> [neutralise_cell(v) for v in ["=1+1", "@SUM(1)", "-2+3", "-1.5", "+3", "\\tx", "a=b", -1.5, None]]
 ["'=1+1", "'@SUM(1)", "'-2+3", '-1.5', '+3', "'\\tx", 'a=b', -1.5, None]
@@ -30,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["DANGEROUS", "neutralise_cell", "neutralise_frame", "neutralise_table"]
+__all__ = ["DANGEROUS", "neutralise_cell", "restore_cell", "neutralise_frame", "neutralise_table"]
 
 #: First characters that make a spreadsheet read a cell as a formula.
 DANGEROUS = ("=", "+", "-", "@", "\t", "\r")
@@ -44,6 +46,20 @@ def neutralise_cell(value):
     """``value`` with a leading ``'`` if it is text a spreadsheet would take for a formula; else unchanged."""
     if isinstance(value, str) and value.startswith(DANGEROUS) and not _NUMBER.match(value):
         return "'" + value
+    return value
+
+
+def restore_cell(value):
+    """The text :func:`neutralise_cell` was given: ``value`` without the ``'`` it added; else unchanged.
+
+    Text that itself began with a quote and then one of :data:`DANGEROUS` reads back without
+    its quote: the one case the rule cannot tell apart.
+
+    >>> [restore_cell(neutralise_cell(v)) for v in ["-cell7", "=1+1", "'quoted", "-1.5", "@a", None]]
+    ['-cell7', '=1+1', "'quoted", '-1.5', '@a', None]
+    """
+    if isinstance(value, str) and value.startswith("'") and neutralise_cell(value[1:]) != value[1:]:
+        return value[1:]
     return value
 
 

@@ -59,17 +59,19 @@ from . import __version__
 from .alerts import Alert, AlertEngine, AlertLog, alerts_frame
 from .batch import (
     FlagsWriter,
+    TableWriter,
     check_output,
+    dataset_output,
     is_dataset,
-    prepare_dataset,
-    quarantine_header,
+    quarantine_file,
     quarantine_rows,
 )
 from .config import Settings, describe
-from .errors import SbgError
+from .errors import OutputError, SbgError
 from .inputs import FileOrder, expand_inputs, open_inputs, source_name
 from .metrics import Metrics
 from .monitor import load_reference
+from .outputs import AtomicFile, output_errors, write_text_atomic
 from .pipeline import Pipeline
 from .sources import Source
 
@@ -164,6 +166,8 @@ def _user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except OutputError as exc:
+            return {"error": str(exc), "exit_code": exc.exit_code, "output": [exc.path, exc.reason]}
         except SbgError as exc:
             return {"error": str(exc), "exit_code": exc.exit_code}
 
@@ -173,6 +177,8 @@ def _user_errors(fn):
 def _raise_user_errors(results):
     for r in results:
         if isinstance(r, dict) and "error" in r:
+            if "output" in r:
+                raise OutputError(*r["output"])
             err = SbgError(r["error"])
             err.exit_code = r["exit_code"]
             raise err
@@ -198,14 +204,15 @@ def _split_file(index: int, schema, scratch: str, partitions: int, with_file: bo
     """Validate one file and write its rows to ``scratch/p{partition}/f{index}.parquet``."""
     src = Source(schema.path, schema=schema)
     arrow = _arrow_schema(schema)
-    writers: dict[int, pq.ParquetWriter] = {}
+    writers: dict[int, TableWriter] = {}
     rows_in = rows_ok = rows_q = 0
     faults: list[str] = []
     qpath = Path(scratch) / f"quarantine-{index:06d}.csv"
-    qfile = qwriter = None
+    qwriter = None
     lo: dict = {}
     hi: dict = {}
-    try:
+    # Each scratch file is kept only when the whole file was split; a failure drops them all.
+    with contextlib.ExitStack() as files:
         for batch in src.batches():
             rows_in += batch.rows_in
             rows_ok += batch.rows_ok
@@ -214,8 +221,7 @@ def _split_file(index: int, schema, scratch: str, partitions: int, with_file: bo
                 faults.append(f"{type(batch.fault).__name__}: {batch.fault}")
             if batch.quarantined:
                 if qwriter is None:
-                    qfile = open(qpath, "w", newline="", encoding="utf-8")
-                    qwriter = csv.writer(qfile)
+                    qwriter = csv.writer(files.enter_context(AtomicFile(qpath, "w", encoding="utf-8", newline="")))
                 qwriter.writerows(quarantine_rows(batch, with_file))
             frame = batch.frame
             if not len(frame):
@@ -234,14 +240,10 @@ def _split_file(index: int, schema, scratch: str, partitions: int, with_file: bo
                 p = int(parts[rows[0]])
                 if p not in writers:
                     folder = Path(scratch) / f"p{p:05d}"
-                    folder.mkdir(exist_ok=True)
-                    writers[p] = pq.ParquetWriter(folder / f"f{index:06d}.parquet", arrow)
+                    with output_errors(folder):
+                        folder.mkdir(exist_ok=True)
+                    writers[p] = files.enter_context(TableWriter(folder / f"f{index:06d}.parquet", parquet=True))
                 writers[p].write_table(table.take(rows))
-    finally:
-        for w in writers.values():
-            w.close()
-        if qfile is not None:
-            qfile.close()
     entities = list(lo)
     return {"index": index, "rows_in": rows_in, "rows_ok": rows_ok, "rows_quarantined": rows_q, "faults": faults,
             "partitions": sorted(writers), "quarantine": str(qpath) if qwriter is not None else None,
@@ -261,16 +263,13 @@ def _score_partition(files: list[str], schema, settings_data: dict, reference, s
                      output: str) -> dict:
     """Score one partition's rows, file after file, into one part of the flags dataset."""
     pipeline = _make_pipeline(schema, settings_data, reference, source)
-    writer = FlagsWriter(Path(output), schema, parquet=True)
     flagged = 0
-    try:
+    with FlagsWriter(Path(output), schema, parquet=True, example=pipeline.example) as writer:
         for path in files:
             for rb in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
                 enriched = pipeline.process(_to_frame(rb), stats=False)
                 flagged += int(enriched["is_anomaly"].sum())
                 writer.write(enriched)
-    finally:
-        writer.close(pipeline.example())
     errors = [e["message"] for e in pipeline.events if e["kind"] == "error"]
     return {"rows": writer.rows, "flagged": flagged, "errors": pipeline.metrics.errors, "error_messages": errors,
             "alerts": [a.as_record() for a in pipeline.engine.alerts.values()],
@@ -317,75 +316,70 @@ def run_detect_dask(path, output, baseline=None, settings: Settings | None = Non
         raise SbgError(f"--partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}")
     reference = load_reference(baseline, **schema_options) if baseline else None
     with contextlib.ExitStack() as stack:
+        # Outputs first, so one that cannot be written fails before a cluster starts; each gets
+        # its new content only when the run has succeeded (see sbg.batch.run_detect).
+        log = AlertLog(alerts_db) if alerts_db else None
+        if log is not None:
+            stack.callback(log.close)
+        scratch = stack.enter_context(dataset_output(output))
+        if quarantine_path:
+            qfile = stack.enter_context(quarantine_file(quarantine_path, paths)[0])
         if client is None:
             client = stack.enter_context(dask_client(scheduler, workers, echo=echo))
         workers = n_workers(client)
         partitions = min(int(partitions or 4 * workers), MAX_PARTITIONS)
-        prepare_dataset(output)
-        scratch = output / "_sbg_tmp"
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir()
         run = uuid.uuid4().hex[:8]
         source = source_name(sources)
         with_file = len(paths) > 1
-        try:
-            echo(f"dask: splitting {len(paths)} file(s) into {partitions} partitions by entity")
-            futures = [client.submit(_split_file, i, src.schema, str(scratch.resolve()), partitions, with_file,
-                                     key=f"sbg-split-{run}-{i}", pure=False) for i, src in enumerate(sources)]
-            split = _wait(client, futures, progress)
-            del futures
-            order = FileOrder()
+        echo(f"dask: splitting {len(paths)} file(s) into {partitions} partitions by entity")
+        futures = [client.submit(_split_file, i, src.schema, str(scratch.resolve()), partitions, with_file,
+                                 key=f"sbg-split-{run}-{i}", pure=False) for i, src in enumerate(sources)]
+        split = _wait(client, futures, progress)
+        del futures
+        order = FileOrder()
+        for r in split:
+            order.start(paths[r["index"]])
+            ents = np.asarray(r["entities"] * 2, dtype=object)
+            order.update(ents, np.asarray(r["first"] + r["last"], dtype="int64"))
+        ref = client.scatter(reference, broadcast=True) if reference is not None else None
+        jobs = []
+        for p in range(partitions):
+            files = [str(scratch.resolve() / f"p{p:05d}" / f"f{r['index']:06d}.parquet") for r in split
+                     if p in r["partitions"]]
+            if files:
+                jobs.append(client.submit(_score_partition, files, schema, settings.data, ref, source, chunk_size,
+                                          str(scratch.resolve() / f"part-{p:05d}.parquet"),
+                                          key=f"sbg-score-{run}-{p}", pure=False))
+        echo(f"dask: scoring {len(jobs)} partitions on {workers} workers")
+        scored = _wait(client, jobs, progress)
+        del jobs
+        if not scored:  # no valid row anywhere: still a readable, empty dataset
+            FlagsWriter(scratch / "part-00000.parquet", schema, parquet=True,
+                        example=_make_pipeline(schema, settings.data, reference, source).example).close()
+        if quarantine_path:
             for r in split:
-                order.start(paths[r["index"]])
-                ents = np.asarray(r["entities"] * 2, dtype=object)
-                order.update(ents, np.asarray(r["first"] + r["last"], dtype="int64"))
-            ref = client.scatter(reference, broadcast=True) if reference is not None else None
-            jobs = []
-            for p in range(partitions):
-                files = [str(scratch.resolve() / f"p{p:05d}" / f"f{r['index']:06d}.parquet") for r in split
-                         if p in r["partitions"]]
-                if files:
-                    jobs.append(client.submit(_score_partition, files, schema, settings.data, ref, source, chunk_size,
-                                              str(output.resolve() / f"part-{p:05d}.parquet"),
-                                              key=f"sbg-score-{run}-{p}", pure=False))
-            echo(f"dask: scoring {len(jobs)} partitions on {workers} workers")
-            scored = _wait(client, jobs, progress)
-            del jobs
-            if not scored:  # no valid row anywhere: still a readable, empty dataset
-                FlagsWriter(output / "part-00000.parquet", schema, parquet=True).close(
-                    _make_pipeline(schema, settings.data, reference, source).example())
-            if quarantine_path:
-                with open(quarantine_path, "w", newline="", encoding="utf-8") as qfile:
-                    csv.writer(qfile).writerow(quarantine_header(paths))
-                    for r in split:
-                        if r["quarantine"]:
-                            with open(r["quarantine"], encoding="utf-8", newline="") as part:
-                                shutil.copyfileobj(part, qfile)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+                if r["quarantine"]:
+                    with open(r["quarantine"], encoding="utf-8", newline="") as part:
+                        shutil.copyfileobj(part, qfile)
         records = [rec for r in scored for rec in r["alerts"]]
         alerts = alerts_frame(records)
-        if alerts_db:
-            log = AlertLog(alerts_db)
-            try:
-                log.write(Alert.from_record(rec) for rec in records)
-            finally:
-                log.close()
-        faults = [f for r in split for f in r["faults"]]
-        summary = {
-            "file": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths], "files": [str(p) for p in paths], "output": str(output),
-            "sbg_version": __version__,
-            "rows_in": sum(r["rows_in"] for r in split), "rows_ok": sum(r["rows_ok"] for r in split),
-            "rows_quarantined": sum(r["rows_quarantined"] for r in split),
-            "rows_flagged": sum(r["flagged"] for r in scored), "alerts": len(alerts),
-            "alerts_by_severity": {s: int((alerts["severity"] == s).sum()) for s in ("info", "warning", "critical")},
-            "pipeline_errors": len(faults) + sum(r["errors"] for r in scored), "chunk_size": chunk_size,
-            "schema": schema.as_dict(), "baseline": str(baseline) if baseline else None,
-            "settings": describe(settings), "dask": {"workers": workers, "partitions": partitions},
-        }
-        if summary_path:
-            Path(summary_path).write_text(json.dumps(summary, indent=1, default=str))
-        return {"summary": summary, "alerts": alerts, "seconds": time.perf_counter() - t0}
+        if log is not None:
+            log.write(Alert.from_record(rec) for rec in records)
+    faults = [f for r in split for f in r["faults"]]
+    summary = {
+        "file": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths], "files": [str(p) for p in paths], "output": str(output),
+        "sbg_version": __version__,
+        "rows_in": sum(r["rows_in"] for r in split), "rows_ok": sum(r["rows_ok"] for r in split),
+        "rows_quarantined": sum(r["rows_quarantined"] for r in split),
+        "rows_flagged": sum(r["flagged"] for r in scored), "alerts": len(alerts),
+        "alerts_by_severity": {s: int((alerts["severity"] == s).sum()) for s in ("info", "warning", "critical")},
+        "pipeline_errors": len(faults) + sum(r["errors"] for r in scored), "chunk_size": chunk_size,
+        "schema": schema.as_dict(), "baseline": str(baseline) if baseline else None,
+        "settings": describe(settings), "dask": {"workers": workers, "partitions": partitions},
+    }
+    if summary_path:
+        write_text_atomic(summary_path, json.dumps(summary, indent=1, default=str))
+    return {"summary": summary, "alerts": alerts, "seconds": time.perf_counter() - t0}
 
 
 # --------------------------------------------------------------------------- live fan-out

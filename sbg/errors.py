@@ -1,15 +1,17 @@
 """Errors sbg reports to users.
 
-Every error a user can cause with their input or options is an ``SbgError``:
-the CLI prints its message on one line and exits with its ``exit_code``,
-never with a traceback.
+Every error a user can cause with their input, options or environment is an
+``SbgError``: the CLI prints its message on one line and exits with its
+``exit_code``, never with a traceback.
 """
 
-__all__ = ["SbgError", "SourceError", "ConfigError", "EXIT_USAGE", "EXIT_INPUT", "EXIT_CONFIG"]
+__all__ = ["SbgError", "SourceError", "ConfigError", "OutputError", "EXIT_USAGE", "EXIT_INPUT", "EXIT_CONFIG",
+           "EXIT_OUTPUT"]
 
 EXIT_USAGE = 2
 EXIT_INPUT = 3
 EXIT_CONFIG = 4
+EXIT_OUTPUT = 5
 
 
 class SbgError(Exception):
@@ -39,3 +41,18 @@ class ConfigError(SbgError):
     """An invalid configuration file or setting."""
 
     exit_code = EXIT_CONFIG
+
+
+class OutputError(SbgError):
+    """An output sbg cannot write: a full disk, a read-only file system, no permission, not a database.
+
+    >>> str(OutputError("out.csv", "No space left on device"))
+    'out.csv: cannot write: No space left on device'
+    """
+
+    exit_code = EXIT_OUTPUT
+
+    def __init__(self, path, reason, action="cannot write"):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {action}: {reason}")

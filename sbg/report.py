@@ -29,8 +29,6 @@ Contracts:
 
 from __future__ import annotations
 
-import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,8 +41,9 @@ from .alerts import SEVERITIES, alerts_frame
 from .config import settings_table
 from .downsample import minmax_indices, with_breaks
 from .errors import SbgError
+from .outputs import write_text_atomic
 
-__all__ = ["ReportOptions", "Snapshot", "build_report", "write_report", "write_text_atomic", "check_output", "render",
+__all__ = ["ReportOptions", "Snapshot", "build_report", "write_report", "check_output", "render",
            "SECTIONS"]
 
 #: Section anchors and titles, in page order.
@@ -171,42 +170,6 @@ def write_report(monitor, path, title: str | None = None, options: ReportOptions
     """Write the report to ``path`` (atomically) and return the path."""
     path = check_output(path)
     return write_text_atomic(path, build_report(monitor, title, options))
-
-
-def write_text_atomic(path, text: str, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically and return the path.
-
-    The text goes to a new file beside ``path`` that then replaces it, so a
-    reader sees the old file or the new one, never half of one. Unlike
-    :func:`tempfile.mkstemp` (mode 0600), the file is created with mode 0666
-    less the process umask, as ``open(path, "w")`` would create it, so
-    colleagues can read a report on a shared drive when the umask lets them.
-
-    >>> import pathlib, tempfile
-    >>> p = write_text_atomic(pathlib.Path(tempfile.mkdtemp()) / "a.txt", "hello")
-    >>> p.read_text(), [f.name for f in p.parent.iterdir()]
-    ('hello', ['a.txt'])
-    """
-    path = Path(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            # The kernel applies the umask to 0o666: no umask() call, which would race other threads.
-            fd = os.open(tmp, flags, 0o666)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
-    try:
-        with os.fdopen(fd, "w", encoding=encoding) as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def check_output(path) -> Path:

@@ -38,6 +38,7 @@ import os
 import re
 import stat
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
@@ -51,7 +52,7 @@ from numba import njit
 from streamz import Stream
 
 from ._kernels import EntityIndex
-from .errors import SbgError, SourceError
+from .errors import ConfigError, SbgError, SourceError
 
 __all__ = [
     "RowSource",
@@ -64,6 +65,8 @@ __all__ = [
     "check_regular_file",
     "DEFAULT_CLOCK_DATE",
     "MAX_LINE_BYTES",
+    "MAX_SIGNALS",
+    "signal_limit",
 ]
 
 #: Date given to ``HH:MM:SS``-only timestamps unless ``date=`` says otherwise.
@@ -72,6 +75,11 @@ DEFAULT_CLOCK_DATE = "1970-01-01"
 MAX_LINE_BYTES = 10 * 1024 * 1024
 #: Raw text kept per quarantined row.
 MAX_RAW_CHARS = 2000
+#: Most signal columns analysed in one file unless ``max_signals=`` (``--max-signals``) or the
+#: ``SBG_MAX_SIGNALS`` environment variable says otherwise: every signal carries statistics and
+#: detector state per entity, and a file past this is refused at its header rather than scored
+#: for minutes in gigabytes.
+MAX_SIGNALS = 1000
 
 _TIME_NAMES = (
     "timestamp", "datetime", "date_time", "time_stamp", "time", "ts", "date",
@@ -350,6 +358,28 @@ def _read_sample(path: Path, encoding: str, delimiter: str | None):
     return decoded[0], decoded[1:], newline, too_long
 
 
+def signal_limit(max_signals: int | None = None, environ=None) -> int:
+    """The most signal columns a file may have: ``max_signals``, else ``SBG_MAX_SIGNALS``, else :data:`MAX_SIGNALS`.
+
+    >>> signal_limit(), signal_limit(20), signal_limit(environ={"SBG_MAX_SIGNALS": "5000"})
+    (1000, 20, 5000)
+    >>> signal_limit(environ={"SBG_MAX_SIGNALS": "lots"})
+    Traceback (most recent call last):
+    ...
+    sbg.errors.ConfigError: SBG_MAX_SIGNALS must be a whole number of 1 or more, not 'lots'
+    """
+    if max_signals is None:
+        text = (os.environ if environ is None else environ).get("SBG_MAX_SIGNALS", "").strip()
+        if not text:
+            return MAX_SIGNALS
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigError(f"SBG_MAX_SIGNALS must be a whole number of 1 or more, not {text!r}")
+        return int(text)
+    if isinstance(max_signals, bool) or not isinstance(max_signals, int) or max_signals < 1:
+        raise SbgError(f"--max-signals must be a whole number of 1 or more, not {max_signals!r}")
+    return max_signals
+
+
 def infer_schema(
     path,
     *,
@@ -360,6 +390,7 @@ def infer_schema(
     delimiter: str | None = None,
     encoding: str = "utf-8",
     time_format: str | None = None,
+    max_signals: int | None = None,
 ) -> Schema:
     """Infer the schema of a file from its header and first rows.
 
@@ -372,9 +403,12 @@ def infer_schema(
     date : str, optional
         Date for ``HH:MM:SS``-only or relative-seconds timestamps
         (default :data:`DEFAULT_CLOCK_DATE`).
+    max_signals : int, optional
+        Refuse a file with more signal columns than this (default: :func:`signal_limit`).
     """
     path = Path(path)
     _check_options(encoding, delimiter, date, time_format)
+    limit = signal_limit(max_signals)
     newline, too_long = "\n", None
     if path.suffix.lower() in (".parquet", ".pq"):
         header, rows = _parquet_sample(path)
@@ -390,7 +424,7 @@ def infer_schema(
     header = [h.strip() for h in header]
     if not any(header):
         raise SourceError(path, "has an empty header line", line=1)
-    dupes = sorted({h for h in header if header.count(h) > 1})
+    dupes = sorted(h for h, n in Counter(header).items() if n > 1)
     if dupes:
         raise SourceError(path, f"duplicate column names in the header: {', '.join(map(repr, dupes))}", line=1)
     if not rows:
@@ -429,6 +463,10 @@ def infer_schema(
         sigs = tuple(h for h in rest if _numeric_share(sample[h]) >= 0.5)
     if not sigs:
         raise SourceError(path, "no numeric signal column found; columns are " + ", ".join(header))
+    if len(sigs) > limit:
+        raise SourceError(path, f"{len(sigs):,} signal columns (of {ncol:,} columns); sbg analyses at most "
+                          f"{limit:,} per file: choose some with --signals, or raise the limit with "
+                          "--max-signals or SBG_MAX_SIGNALS", line=1)
     carried = tuple(h for h in rest if h not in sigs)
     for reserved in ("timestamp", "entity"):
         role = {"timestamp": time_col, "entity": entity_col}[reserved]

@@ -27,7 +27,8 @@ from sbg.datasets import DATA_DIR
 from sbg.downsample import minmax_indices, with_breaks
 from sbg.errors import SbgError
 from sbg.monitor import Monitor
-from sbg.report import ReportOptions, Snapshot, _Run, build_report, render, write_text_atomic
+from sbg.outputs import write_text_atomic
+from sbg.report import ReportOptions, Snapshot, _Run, build_report, render
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
