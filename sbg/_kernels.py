@@ -54,6 +54,13 @@ class EntityIndex:
         self._cache_key, self._cache, self._cache_src = key, out, entities
         return out
 
+    def restore(self, labels):
+        """Make ``labels`` the known entities, coded in that order (a checkpoint's restore)."""
+        self.labels[:] = list(labels)
+        self.codes_of.clear()
+        self.codes_of.update({label: code for code, label in enumerate(self.labels)})
+        self._cache_key = self._cache = None
+
     def _code(self, label):
         code = self.codes_of.get(label)
         if code is None:

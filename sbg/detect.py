@@ -28,6 +28,7 @@ speaks.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -93,6 +94,12 @@ _BATTERY_MARKERS = (r"^(soc|state_of_charge)(_pct|_percent)?$", r"^cell_?(volt(a
 
 
 def battery_schema(signals, entity: str | None = None) -> bool:
+    """Whether a set of signal names is unambiguously battery telemetry (see :func:`_battery_schema`)."""
+    return _battery_schema(tuple(signals), None if entity is None else str(entity))
+
+
+@functools.lru_cache(maxsize=256)
+def _battery_schema(signals: tuple, entity: str | None) -> bool:
     """Whether a set of signal names is unambiguously battery telemetry.
 
     It is when the entity column names a battery (``battery_id``,
@@ -422,7 +429,7 @@ class Joint(Detector):
             k, rows, self.smooth_span, self.shrink, self.follow * rows, 10.0 ** -self.decades,
             int(round(self.hold * rows))),
             lambda st: st.update(chunk.codes, chunk.X))
-        state = features._state[key]
+        state = features.state(key)
         if unfit.any():  # reported as a data-quality finding on the row where the check failed
             self.mismatch = np.zeros((n, k), dtype=bool)
             self.mismatch[unfit, 0] = True
@@ -724,12 +731,13 @@ class Baseline(Detector):
         judged = (fit == 1) | (fit == 2)
         U[~judged] = np.nan
         key = ("baseline_u", self.window)
-        state = features._state.get(key)
+        state = features.state(key)
         if state is None:
             from ._kernels import RollingMoments
 
-            state = features._state[key] = (RollingMoments(features.k, self.window, self.window // 2),
-                                            RollingMoments(features.k, self.window, self.window // 2))
+            state = (RollingMoments(features.k, self.window, self.window // 2),
+                     RollingMoments(features.k, self.window, self.window // 2))
+            features.put_state(key, state)
         mean_u, _, _, _ = state[0].update(chunk.codes, chunk.ts, U)
         mean_w, _, _, _ = state[1].update(chunk.codes, chunk.ts, np.abs(2 * U - 1))
         shift = np.nan_to_num(np.abs(mean_u - 0.5))

@@ -27,8 +27,12 @@ from ._kernels import (
     EWM,
     EntityIndex,
     EWSpread,
+    JointReference,
     Lag,
+    Likelihood,
+    LimitArming,
     Positions,
+    ReferenceFit,
     RollingMoments,
     RollingQuantiles,
     RunLength,
@@ -61,6 +65,13 @@ class Chunk:
         return len(self.ts)
 
 
+#: The only classes carried state may name: the kernels that hold a pipeline's state between chunks.
+KERNELS = {cls.__name__: cls for cls in (
+    RollingMoments, RollingQuantiles, EWM, EWSpread, Lag, RunLength, Positions, UsualInterval,
+    Likelihood, JointReference, LimitArming, ReferenceFit)}
+_SCALARS = (bool, int, float, str, type(None))
+
+
 class Features:
     """Stateful rolling features over a fixed set of signals, computed once per chunk.
 
@@ -82,6 +93,110 @@ class Features:
         """Wrap a frame; each feature is then computed at most once for it."""
         self._chunk = Chunk(frame, self.signals, self.index)
         return self._chunk
+
+    # ------------------------------------------------------------------ carried state
+
+    def state(self, key):
+        """The kernel carrying state under ``key`` (a detector's own, e.g. its reference), or None."""
+        return self._state.get(key)
+
+    def put_state(self, key, kernel):
+        """Carry ``kernel`` under ``key`` from now on."""
+        self._state[key] = kernel
+
+    def nbytes(self) -> int:
+        """Bytes of carried state: every numeric array of every kernel (memory accounting)."""
+        total = 0
+        for value in self._state.values():
+            for obj in value if isinstance(value, tuple) else (value,):
+                total += sum(v.nbytes for v in vars(obj).values() if isinstance(v, np.ndarray))
+        return total
+
+    def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """Everything carried from chunk to chunk: ``(meta, arrays)``, JSON-safe metadata and numeric arrays.
+
+        Every attribute of every kernel is saved; one that is neither a
+        numeric array nor a plain scalar is refused, so no state can be left
+        out unnoticed. :meth:`load_state_dict` restores it.
+
+        >>> import json
+        >>> f = Features(["v"])
+        >>> c = f.chunk(pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=3, freq="s"),
+        ...                          "entity": ["a", "b", "a"], "v": [1.0, 2.0, 3.0]}))
+        >>> f.rows_seen(c).tolist()
+        [0, 0, 1]
+        >>> meta, arrays = f.state_dict()
+        >>> g = Features(["v"])
+        >>> g.load_state_dict(json.loads(json.dumps(meta)), arrays)
+        >>> g.rows_seen(g.chunk(pd.DataFrame({"timestamp": [pd.Timestamp("2024-01-02")], "entity": ["a"],
+        ...                                   "v": [4.0]}))).tolist()
+        [2]
+        """
+        kernels, arrays = [], {}
+        for i, (key, value) in enumerate(self._state.items()):
+            parts = []
+            for j, obj in enumerate(value if isinstance(value, tuple) else (value,)):
+                kind = type(obj).__name__
+                if KERNELS.get(kind) is not type(obj):
+                    raise TypeError(f"cannot save a {kind}")
+                scalars = {}
+                for attr, v in vars(obj).items():
+                    if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
+                        arrays[f"{i}.{j}.{attr}"] = v
+                    elif isinstance(v, _SCALARS):
+                        scalars[attr] = v
+                    else:
+                        raise TypeError(f"cannot save {kind}.{attr}, a {type(v).__name__}")
+                parts.append({"kind": kind, "scalars": scalars})
+            kernels.append({"key": list(key), "tuple": isinstance(value, tuple), "parts": parts})
+        return {"labels": list(self.index.labels), "kernels": kernels}, arrays
+
+    def load_state_dict(self, meta: dict, arrays: dict[str, np.ndarray]):
+        """Replace the carried state with what :meth:`state_dict` saved.
+
+        The input is treated as untrusted: only the kernel classes in
+        :data:`KERNELS` can be named, values are plain scalars or numeric
+        arrays (never pickles), and every array of a kernel must have one row
+        per entity slot (at most twice the entities). Raises ``ValueError``.
+        """
+        labels = meta["labels"]
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) \
+                or len(set(labels)) != len(labels):
+            raise ValueError("entity labels must be distinct text")
+        state = {}
+        for i, entry in enumerate(meta["kernels"]):
+            key = tuple(entry["key"])
+            if not all(isinstance(x, _SCALARS) for x in key):
+                raise ValueError(f"bad state key {key!r}")
+            objs = [self._load_kernel(key, part, f"{i}.{j}.", arrays, len(labels))
+                    for j, part in enumerate(entry["parts"])]
+            state[key] = tuple(objs) if entry["tuple"] else objs[0]
+        self.index.restore(labels)
+        self._state.clear()
+        self._state.update(state)
+
+    def _load_kernel(self, key, part, prefix, arrays, entities):
+        cls = KERNELS.get(part.get("kind"))
+        if cls is None:
+            raise ValueError(f"unknown kernel {part.get('kind')!r}")
+        obj = cls.__new__(cls)
+        values = dict(part["scalars"])
+        values.update({name[len(prefix):]: arr for name, arr in arrays.items() if name.startswith(prefix)})
+        rows = set()
+        for attr, v in values.items():
+            if not attr.isidentifier() or attr.startswith("__"):
+                raise ValueError(f"bad attribute name {attr!r}")
+            if isinstance(v, np.ndarray):
+                if v.dtype.kind not in "biuf" or v.ndim == 0:
+                    raise ValueError(f"{part['kind']}.{attr}: not a numeric array")
+                rows.add(v.shape[0])
+                v = np.require(v, requirements=["C", "W", "O"])
+            elif not isinstance(v, _SCALARS):
+                raise ValueError(f"{part['kind']}.{attr}: not a scalar")
+            vars(obj)[attr] = v
+        if len(rows) > 1 or (rows and rows.pop() > max(4, 2 * entities)) or vars(obj).get("k", self.k) != self.k:
+            raise ValueError(f"{part['kind']} {key}: arrays do not match the entities and signals")
+        return obj
 
     def _get(self, chunk, key, make, run):
         if key not in chunk._cache:

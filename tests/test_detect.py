@@ -34,7 +34,8 @@ def run(det, frame, bounds):
     return np.vstack(out) if out else np.zeros((0, len(SIGNALS)))
 
 
-ALL = sorted(detector_classes().items())
+# sbg's own detectors: test modules define subclasses of their own (an exploding one), also registered.
+ALL = sorted((k, c) for k, c in detector_classes().items() if c.__module__.startswith("sbg."))
 
 
 def test_every_detector_is_found():
