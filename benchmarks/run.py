@@ -120,7 +120,7 @@ def bench_row_at_a_time(rows, repeat):
     from river import stats, utils
 
     from sbg.pipeline import Pipeline
-    from sbg.sources import RowSource
+    from sbg.rows import RowSource
 
     rng = np.random.default_rng(1)
     values = np.round(rng.normal(3.7, 0.01, rows), 4).tolist()

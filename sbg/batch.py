@@ -40,9 +40,9 @@ from .csvsafe import neutralise_cell, neutralise_table
 from .errors import OutputError, SbgError
 from .inputs import FileOrder, expand_inputs, open_inputs, source_name
 from .metrics import Metrics
-from .monitor import load_reference
 from .outputs import AtomicFile, make_parent, output_errors, write_text_atomic
 from .pipeline import Pipeline
+from .sources import load_reference
 
 __all__ = ["run_detect", "format_timestamps", "TableWriter", "FlagsWriter", "is_dataset", "prepare_dataset", "dataset_output",
            "read_dataset", "quarantine_file"]

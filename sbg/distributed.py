@@ -70,10 +70,9 @@ from .config import Settings, describe
 from .errors import OutputError, SbgError
 from .inputs import FileOrder, expand_inputs, open_inputs, source_name
 from .metrics import Metrics
-from .monitor import load_reference
 from .outputs import AtomicFile, output_errors, write_text_atomic
 from .pipeline import Pipeline
-from .sources import Source
+from .sources import Source, load_reference
 
 __all__ = ["dask_client", "partition_of", "run_detect_dask", "FanOut", "FanOutPipeline", "fan_out_from_env"]
 
@@ -402,11 +401,7 @@ def _state_bytes(state: _WorkerPipeline) -> int:
     the chunk it scores, or the scheduler would ship the state to wherever
     the chunk was scattered, on every chunk.
     """
-    arrays = 0
-    for value in state.features._state.values():
-        for obj in value if isinstance(value, tuple) else (value,):
-            arrays += sum(v.nbytes for v in vars(obj).values() if isinstance(v, np.ndarray))
-    return max(arrays, 16 << 20)
+    return max(state.features.nbytes(), 16 << 20)
 
 
 with contextlib.suppress(ImportError):
