@@ -99,6 +99,47 @@ def pandas_same_work(df: pd.DataFrame):
     return score, int(starts.sum())
 
 
+def polars_same_work(df):
+    """The same arithmetic in polars (rolling windows over each entity with ``.over``): the stronger anchor."""
+    import polars as pl
+
+    w, span = 120, 3600
+    frame = pl.from_pandas(df)
+    x = [pl.col(s) for s in SIGNALS]
+    roll = [e.rolling_mean(w, min_samples=2).over("entity").alias(f"{n}_mean") for e, n in zip(x, SIGNALS)]
+    roll += [e.rolling_std(w, min_samples=2).over("entity").alias(f"{n}_std") for e, n in zip(x, SIGNALS)]
+    roll += [e.rolling_min(w, min_samples=2).over("entity").alias(f"{n}_min") for e, n in zip(x, SIGNALS)]
+    roll += [e.rolling_max(w, min_samples=2).over("entity").alias(f"{n}_max") for e, n in zip(x, SIGNALS)]
+    roll += [e.ewm_mean(alpha=0.05).over("entity").alias(f"{n}_ewm") for e, n in zip(x, SIGNALS)]
+    frame = frame.with_columns(roll)
+    scores = []
+    for e, n in zip(x, SIGNALS):
+        prior = e.shift(1)
+        pm = prior.rolling_mean(w, min_samples=30)
+        ps = prior.rolling_std(w, min_samples=30)
+        long = prior.ewm_std(span=span)
+        z = ((e - pm).abs() / pl.max_horizontal(ps, long))
+        zs = z / (z + 6)
+        zs = pl.when((e > prior.cum_max()) | (e < prior.cum_min())).then(zs).otherwise(pl.min_horizontal(zs, 0.49))
+        d = e.diff()
+        dz = d.abs() / d.shift(1).rolling_std(w, min_samples=30)
+        change = (e != e.shift(1)).cast(pl.Int64).cum_sum()
+        run = pl.int_range(pl.len()).over(["entity", change.over("entity")]) + 1
+        scores += [zs.over("entity").alias(f"{n}_z"), (dz / (dz + 8)).over("entity").alias(f"{n}_spike"),
+                   (run / (run + 120)).alias(f"{n}_flat")]
+    dt = pl.col("timestamp").diff().dt.total_seconds().over("entity")
+    med = pl.col("timestamp").diff().dt.total_seconds().shift(1).rolling_median(60, min_samples=10).over("entity")
+    frame = frame.with_columns(scores + [(dt / med).alias("gap")])
+    limits = ((pl.col("temperature_c") > 50) | (pl.col("temperature_c") < 5) | (pl.col("soc_pct") < 15)
+              | (pl.col("soc_pct") > 95)).cast(pl.Float64)
+    parts = [pl.col(f"{n}_{k}") for n in SIGNALS for k in ("z", "spike", "flat")]
+    frame = frame.with_columns(pl.max_horizontal(*parts, (pl.col("gap") / (pl.col("gap") + 10)).fill_null(0),
+                                                 limits).alias("score"))
+    flagged = frame.select((pl.col("score") >= 0.5).alias("f"), "entity")
+    starts = flagged.select((pl.col("f") & ~pl.col("f").shift(1, fill_value=False).over("entity")).sum())
+    return frame["score"], int(starts.item())
+
+
 def bench_pipeline(rows, repeat):
     from sbg.pipeline import Pipeline
 
@@ -112,8 +153,14 @@ def bench_pipeline(rows, repeat):
     Pipeline(signals=SIGNALS).process(df.iloc[:2000])  # compile/load kernels outside the timing
     t_ours = best(ours, repeat)
     t_pd = best(lambda: pandas_same_work(df), repeat)
-    return {"rows": len(df), "sbg_rows_s": len(df) / t_ours, "pandas_rows_s": len(df) / t_pd,
-            "ratio": t_pd / t_ours}
+    out = {"rows": len(df), "sbg_rows_s": len(df) / t_ours, "pandas_rows_s": len(df) / t_pd, "ratio": t_pd / t_ours}
+    try:
+        import polars  # noqa: F401
+    except ImportError:
+        return out
+    polars_same_work(df.iloc[:2000])
+    t_pl = best(lambda: polars_same_work(df), repeat)
+    return {**out, "polars_rows_s": len(df) / t_pl, "polars_ratio": t_pl / t_ours}
 
 
 def bench_row_at_a_time(rows, repeat):
@@ -192,7 +239,11 @@ def main(argv=None):
     if "pipeline" in todo:
         r = results["pipeline"] = bench_pipeline(args.pipeline_rows, args.repeat)
         print(f"pipeline vs pandas  {r['rows']:>9,} rows: sbg {r['sbg_rows_s']:>10,.0f} rows/s, "
-              f"pandas {r['pandas_rows_s']:>10,.0f} rows/s  -> {r['ratio']:.2f}x pandas (target >= 1x)")
+              f"pandas {r['pandas_rows_s']:>10,.0f} rows/s  -> {r['ratio']:.2f}x pandas (target >= 2x)")
+        if "polars_rows_s" in r:
+            print(f"pipeline vs polars  {r['rows']:>9,} rows: sbg {r['sbg_rows_s']:>10,.0f} rows/s, "
+                  f"polars {r['polars_rows_s']:>10,.0f} rows/s  -> {r['polars_ratio']:.2f}x polars "
+                  "(whole frame at once, multi-threaded; sbg runs 1,000-row chunks on one thread)")
     if "row" in todo:
         r = results["row"] = bench_row_at_a_time(args.row_rows, args.repeat)
         print(f"row at a time       {r['rows']:>9,} rows: sbg {r['sbg_rows_s']:>10,.0f} rows/s, "
@@ -200,7 +251,7 @@ def main(argv=None):
     if "detect" in todo:
         r = results["detect"] = bench_detect(args.rows, args.repeat)
         print(f"sbg detect          {r['rows']:>9,} rows ({r['file_mb']:.0f} MB): sbg {r['sbg_s']:.2f} s, "
-              f"I/O floor {r['floor_s']:.2f} s  -> {r['ratio']:.2f}x the floor (target <= 2x)")
+              f"I/O floor {r['floor_s']:.2f} s  -> {r['ratio']:.2f}x the floor (target <= 1.5x)")
     return results
 
 
