@@ -106,14 +106,14 @@ def polars_same_work(df):
     w, span = 120, 3600
     frame = pl.from_pandas(df)
     x = [pl.col(s) for s in SIGNALS]
-    roll = [e.rolling_mean(w, min_samples=2).over("entity").alias(f"{n}_mean") for e, n in zip(x, SIGNALS)]
-    roll += [e.rolling_std(w, min_samples=2).over("entity").alias(f"{n}_std") for e, n in zip(x, SIGNALS)]
-    roll += [e.rolling_min(w, min_samples=2).over("entity").alias(f"{n}_min") for e, n in zip(x, SIGNALS)]
-    roll += [e.rolling_max(w, min_samples=2).over("entity").alias(f"{n}_max") for e, n in zip(x, SIGNALS)]
-    roll += [e.ewm_mean(alpha=0.05).over("entity").alias(f"{n}_ewm") for e, n in zip(x, SIGNALS)]
+    roll = [e.rolling_mean(w, min_samples=2).over("entity").alias(f"{n}_mean") for e, n in zip(x, SIGNALS, strict=True)]
+    roll += [e.rolling_std(w, min_samples=2).over("entity").alias(f"{n}_std") for e, n in zip(x, SIGNALS, strict=True)]
+    roll += [e.rolling_min(w, min_samples=2).over("entity").alias(f"{n}_min") for e, n in zip(x, SIGNALS, strict=True)]
+    roll += [e.rolling_max(w, min_samples=2).over("entity").alias(f"{n}_max") for e, n in zip(x, SIGNALS, strict=True)]
+    roll += [e.ewm_mean(alpha=0.05).over("entity").alias(f"{n}_ewm") for e, n in zip(x, SIGNALS, strict=True)]
     frame = frame.with_columns(roll)
     scores = []
-    for e, n in zip(x, SIGNALS):
+    for e, n in zip(x, SIGNALS, strict=True):
         prior = e.shift(1)
         pm = prior.rolling_mean(w, min_samples=30)
         ps = prior.rolling_std(w, min_samples=30)
