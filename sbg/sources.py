@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from numba import njit
 
-from ._kernels import EntityIndex
+from .entities import EntityIndex
 from .errors import ConfigError, SbgError, SourceError
 
 __all__ = [

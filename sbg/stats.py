@@ -25,7 +25,6 @@ import param
 
 from ._kernels import (
     EWM,
-    EntityIndex,
     EWSpread,
     JointReference,
     Lag,
@@ -39,6 +38,7 @@ from ._kernels import (
     UsualInterval,
     parse_window,
 )
+from .entities import EntityIndex
 
 __all__ = ["Chunk", "Features", "Stats", "STAT_SUFFIXES"]
 
