@@ -81,6 +81,8 @@ BAD_INPUT = (SbgError, ValueError, OSError, TypeError)
 #: NOTEBOOK_ROWS_PER_UPDATE rows per entity each time: Jupyter's server stops all of a kernel's output
 #: (``iopub_data_rate_limit``, 1 MB/s over 3 s by default) beyond that, cell output included.
 NOTEBOOK_PLOT_MS = 1000
+#: Seconds after a Start, Pause, Resume... click when the cards show the replay's first rows.
+CARDS_AFTER_CONTROL_S = 0.3
 NOTEBOOK_ROWS_PER_UPDATE = 240
 
 
@@ -297,6 +299,75 @@ def _safe_name(text: str, limit: int = 120) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text))[:limit]
 
 
+def without_paths(message, data_dir, named=()) -> str:
+    """``message`` as a page may show it: the server's paths replaced by the names the user knows.
+
+    Each ``(path, label)`` of ``named`` becomes its label; any other path
+    inside ``data_dir`` becomes its name relative to it, and ``data_dir``
+    itself "the data directory". Served pages never show where the server
+    keeps its files.
+
+    >>> without_paths("/srv/data/uploads/a.csv: is empty", "/srv/data")
+    'uploads/a.csv: is empty'
+    >>> without_paths("No such file: '/srv/data/.9f.a.csv'", "/srv/data", [("/srv/data/.9f.a.csv", "a.csv")])
+    "No such file: 'a.csv'"
+    >>> without_paths("cannot write /srv/data", "/srv/data")
+    'cannot write the data directory'
+    """
+    text = str(message)
+    for path, label in named:
+        for form in _path_forms(path):
+            text = text.replace(form, label)
+    root = _path_forms(data_dir)
+    for form in root:
+        text = text.replace(form.rstrip(os.sep) + os.sep, "")
+    for form in root:
+        text = text.replace(form, "the data directory")
+    return text
+
+
+def _path_forms(path) -> list[str]:
+    """The ways a message may spell ``path``, longest first.
+
+    A bare relative name ("data") is left out: it could stand for a plain word.
+    """
+    path = Path(path)
+    forms = {str(path)} if os.sep in str(path) else set()
+    with contextlib.suppress(OSError, ValueError):  # a NUL byte, a loop of links
+        forms |= {str(path.resolve()), str(path.absolute())}
+    return sorted(forms, key=len, reverse=True)
+
+
+#: The alert table in the page's text size: in Tabulator's own (16 px, wide padding) the fixed columns
+#: clipped their headers ("seve…", "ent…") and values ("06-03 13:57…", "temperat…") at 1366 px.
+TABLE_CSS = """
+:host .tabulator { font-size: 13px; }
+:host .tabulator .tabulator-header .tabulator-col .tabulator-col-content { padding: 5px 6px; }
+:host .tabulator .tabulator-row .tabulator-cell { padding: 5px 6px; }
+"""  # ``:host`` outranks the theme's stylesheet, which Panel links after these
+
+
+def _handle_comm_message(client, handler, msg):
+    """``handler(msg)`` as pyviz_comms would call it: printed output and errors go to the cell."""
+    from pyviz_comms import StandardOutput
+
+    try:
+        with StandardOutput() as stdout:
+            handler(msg)
+        if stdout and client._on_stdout:
+            client._on_stdout(stdout)
+    except Exception as exc:
+        if client._on_error:
+            client._on_error(exc)
+        else:
+            logging.getLogger(__name__).exception("a message from the page failed")
+
+
+def _rows_label(rows: int | None) -> str:
+    """``'10,800 rows'``, or what is known when the rows cannot be counted."""
+    return "rows not counted" if rows is None else f"{_fmt_int(rows)} rows"
+
+
 def _error_html(message: str) -> str:
     """A message in the sidebar's error style (escaped)."""
     return f'<span style="color:{STATE_COLORS["critical"]}">{html.escape(message)}</span>'
@@ -378,6 +449,7 @@ class Dashboard(pn.viewable.Viewer):
         self._max_pending_rows = 200_000
         self._unsubscribe = None
         self._callback = None
+        self._home: tuple | None = None  # (event loop, thread) the page is updated from
         self._last_slow = 0.0
         self._last_plot = 0.0
         self._last_fast = 0.0
@@ -587,6 +659,11 @@ class Dashboard(pn.viewable.Viewer):
         self.x_select.param.watch(self._on_xy, "value")
         self.y_select.param.watch(self._on_xy, "value")
 
+    def _for_page(self, exc) -> str:
+        """An error's message without the server's paths: the monitor's files by name, others as listed."""
+        outside = [(p, p.name) for p in self.monitor.paths if Path(self._relative(p)).is_absolute()]
+        return without_paths(exc, self.data_dir, outside)
+
     def _relative(self, path) -> str:
         try:
             return str(Path(path).resolve().relative_to(Path(self.data_dir).resolve()))
@@ -679,8 +756,9 @@ class Dashboard(pn.viewable.Viewer):
                         "message": {"type": "textarea"}},  # wraps; escaped like plaintext
             # Every column in view at any width: the short ones fixed, the message takes the rest and wraps.
             layout="fit_columns",
-            widths={"start": 128, "end": 128, "severity": 96, "kind": 78, "entity": 86, "rule": 104,
-                    "signal": 104, "state": 86, "pass": 70},
+            widths={"start": 128, "end": 128, "severity": 100, "kind": 78, "entity": 86, "rule": 104,
+                    "signal": 116, "state": 86, "pass": 70},
+            stylesheets=[TABLE_CSS],
         )
         self.alerts_table.style.apply(self._severity_style, axis=1)
         self.feed = HTML("", sizing_mode="stretch_width", stylesheets=css)
@@ -777,9 +855,13 @@ class Dashboard(pn.viewable.Viewer):
                 r.seek(self.seek.value / 100)
                 self._seek_moved = False
                 self._reset_live()
-        except BAD_INPUT as exc:
-            self.monitor.pipeline.emit_event("error", f"{action} failed: {exc}", "critical")
+        except BAD_INPUT as exc:  # a seek reads the data file, which may have gone
+            self.monitor.pipeline.emit_event("error", f"{action} failed: {self._for_page(exc)}", "critical")
         self._update_fast(force=True)
+        # And the cards again once the replay has moved: in a notebook the next update would be a second
+        # away, and rows seemed not to rise after Resume.
+        stretch = PACER.stretch if self._served() else 1.0
+        self._last_fast = time.monotonic() - self._fast_period(stretch) + CARDS_AFTER_CONTROL_S
 
     def _on_seek_moved(self, event):
         if not self._seek_syncing:
@@ -837,7 +919,7 @@ class Dashboard(pn.viewable.Viewer):
                 self.baseline_select.value, self.data_dir)
             monitor = shared_monitor([path], baseline=base, speed=self.speed.value)
         except BAD_INPUT as exc:  # a NUL byte in a crafted name raises ValueError, an unreadable file OSError
-            self.upload_status.object = _error_html(str(exc))
+            self.upload_status.object = _error_html(self._for_page(exc))
             return
         self.monitor = monitor
         self._xy = (monitor.signals[0], monitor.signals[1] if len(monitor.signals) > 1 else monitor.signals[0])
@@ -880,13 +962,7 @@ class Dashboard(pn.viewable.Viewer):
             os.replace(temp, target)
         except BAD_INPUT as exc:
             # Named as the user named it: the page never shows the server's paths.
-            reason = str(exc)
-            data_dir = Path(self.data_dir)
-            for path, label in ((temp, name), (target, name), (folder, "uploads"), (data_dir, "data directory")):
-                # A bare relative name ("data") is left alone: it could stand for a plain word.
-                forms = {str(path.resolve()), str(path.absolute())} | ({str(path)} if os.sep in str(path) else set())
-                for form in sorted(forms, key=len, reverse=True):
-                    reason = reason.replace(form, label)
+            reason = without_paths(exc, self.data_dir, [(temp, name), (target, name)])
             self.upload_status.object = _error_html(f"{reason} ({name} was not saved)")
             return
         finally:
@@ -1005,6 +1081,8 @@ class Dashboard(pn.viewable.Viewer):
             return
         if self.live is None or self._disconnected():
             return
+        if not self._served():
+            self._keep_comms_home()  # the page's comms exist once it is drawn
         now = time.monotonic()
         # Served, every session's periods stretch while the server's loop runs late, so that many
         # sessions cannot starve it (sbg.pacing). Called twice per plot period: a due update waits at
@@ -1017,8 +1095,7 @@ class Dashboard(pn.viewable.Viewer):
         plot_ms = self.plot_ms if served else max(self.plot_ms, NOTEBOOK_PLOT_MS)
         plot_due = bool(self._pending) and now - self._last_plot >= 0.9 * stretch * plot_ms / 1000
         slow_due = now - self._last_slow >= stretch
-        update_ms = self.update_ms if served else max(self.update_ms, NOTEBOOK_PLOT_MS)
-        fast_due = now - self._last_fast >= stretch * update_ms / 1000
+        fast_due = now - self._last_fast >= self._fast_period(stretch)
         if not (plot_due or slow_due or fast_due):
             return
         if served and self._browser_behind():
@@ -1128,11 +1205,16 @@ class Dashboard(pn.viewable.Viewer):
         data = m.data_state()
         title = "replay state"
         if data["state"] == "stale" and state == "running":
-            css = css or "stale"
+            css = "error" if errors else "stale"  # an amber dot, not the pulsing green of rows arriving
             label += f" · no data for {_fmt_duration(data['silent_s'])}"
         elif data["state"] in ("stale", "partly stale"):
             label += f" · {data['stale_count']} of {data['entities']} stale"
             title = "no rows for 60 s of replay time: " + ", ".join(data["stale_entities"][:20])
+        elif data["state"] == "behind" and state == "running":
+            # The source has the rows; the monitor is still processing them (sbg.monitor.Monitor.data_state).
+            label += f" · {_fmt_duration(data['behind_s'])} behind"
+            title = (f"processing trails the replay clock by {_fmt_duration(data['behind_s'])} of data time; "
+                     "no data is missing")
         if self._served() and PACER.stretch >= 1.1:
             title += (f"; plots update every {PACER.stretch * self.plot_ms / 1000:.1f} s "
                       f"to keep the busy server responsive ({session_count()} sessions)")
@@ -1142,7 +1224,7 @@ class Dashboard(pn.viewable.Viewer):
         if r.rows_total is None and not getattr(r, "_sbg_scanning", False):
             # A replay started before anyone looked (--autostart) has not counted its rows: count them aside.
             r._sbg_scanning = True
-            threading.Thread(target=r.scan, name="sbg-scan", daemon=True).start()
+            threading.Thread(target=m.count_rows, name="sbg-scan", daemon=True).start()
         pct = r.percent
         self.progress.value = int(pct)
         if not self.read_only:
@@ -1177,8 +1259,9 @@ class Dashboard(pn.viewable.Viewer):
             for name, key, value, cls in cards) + "</div></div>"
         banner = ""
         if errors:
-            banner = (f'<div class="sbg-banner error"><b>Pipeline errors: {errors}.</b> Latest: '
-                      f"{html.escape(d.last_error[:300])}. The replay goes on; see the event feed.</div>")
+            going = "The replay goes on; see" if state == "running" else "See"
+            banner = (f'<div class="sbg-banner error"><b>Errors: {errors}.</b> Latest: '
+                      f"{html.escape(self._for_page(d.last_error[:300]))}. {going} the event feed.</div>")
         elif state == "paused":
             banner = '<div class="sbg-banner paused"><b>Paused.</b> The clock is held; press Resume to carry on.</div>'
         elif state == "finished":
@@ -1189,7 +1272,7 @@ class Dashboard(pn.viewable.Viewer):
         if state == "idle" and not d.rows_in:
             names = ", ".join(html.escape(p.name) for p in m.paths)
             empty = (f'<div class="sbg-empty">Ready to replay <b>{names}</b> '
-                     f"({_fmt_int(r.rows_total or m.replay.scan())} rows). "
+                     f"({_rows_label(m.count_rows())}). "
                      + ("An admin starts the replay; this page follows it." if self.read_only
                         else "Press <b>Start</b> in the sidebar.") + "</div>")
             if not isinstance(self.empty_state.object, str) or self.empty_state.object != empty:
@@ -1271,8 +1354,41 @@ class Dashboard(pn.viewable.Viewer):
                                 "<div class=\"ev\">No events yet: alert changes, quarantined rows and errors "
                                 "appear here.</div>") + "</div>")
 
+    def _keep_comms_home(self):
+        """Handle the page's comm messages on the loop this view updates the page from.
+
+        JupyterLab (4.4 on) sends comm messages to a kernel subshell
+        (``commsOverSubshells``, on by default), and ipykernel 7 runs each
+        subshell on a thread of its own. Panel then applied the page's events
+        to the Bokeh document on that thread while the periodic update changed
+        and sent the same document on the notebook's: the fragments of their
+        messages interleaved, the page's comm receiver failed on every later
+        update ('Expected binary fragment but received text fragment') and
+        the dashboard froze; a Resume clicked there ran the replay on that
+        thread, read mid-chunk by the updates. So each message is passed on,
+        in order, to this view's own loop.
+        """
+        if self._home is None:
+            return
+        loop, thread = self._home
+        for _, client in list(getattr(getattr(self, "_inline", None), "_comms", {}).values()):
+            handler = getattr(client, "_on_msg", None)
+            if handler is None or getattr(handler, "sbg_home", False):
+                continue
+
+            def on_msg(msg, handler=handler, client=client):
+                if threading.current_thread() is thread or loop.is_closed():
+                    handler(msg)
+                else:
+                    loop.call_soon_threadsafe(_handle_comm_message, client, handler, msg)
+
+            on_msg.sbg_home = True
+            client._on_msg = on_msg
+
     def start_updates(self):
         """Begin the per-session display callback (served sessions and notebooks)."""
+        with contextlib.suppress(RuntimeError):  # no loop: driven by hand (tests, scripts)
+            self._home = (asyncio.get_running_loop(), threading.current_thread())
         if self._callback is None:
             # In the background (no busy events: each one set Panel's global busy flag, a fifth of the
             # server's time with 20 sessions ticking 20 times a second) and without a log line per tick.
@@ -1285,6 +1401,10 @@ class Dashboard(pn.viewable.Viewer):
                 PACER.start()
         self._update_fast(force=True)
         self._update_slow()
+
+    def _fast_period(self, stretch: float) -> float:
+        """Seconds between updates of the cards and state (a notebook's are spaced out: see NOTEBOOK_PLOT_MS)."""
+        return stretch * (self.update_ms if self._served() else max(self.update_ms, NOTEBOOK_PLOT_MS)) / 1000
 
     def _tick_ms(self, stretch: float) -> int:
         """Milliseconds between ticks: half the shortest (stretched) update period."""
@@ -1313,7 +1433,10 @@ class Dashboard(pn.viewable.Viewer):
         top = pn.Column(self.kpis, self.banner, self.empty_state, sizing_mode="stretch_width")
         right = pn.Column(HTML('<div class="sbg-plot-title">Fleet health</div>', stylesheets=[CSS],
                                        margin=(0, 10)), self.legend,
-                          self.health_empty, self.health_box, self.activity_pane, sizing_mode="stretch_width")
+                          self.health_empty, self.health_box,
+                          HTML('<div class="sbg-plot-title">Activity per minute</div>', stylesheets=[CSS],
+                               margin=(10, 10, 0, 10)),
+                          self.activity_pane, sizing_mode="stretch_width")
         plots = pn.Row(pn.Column(self.entity_legend, self.signals_empty, self.signals_area,
                                  sizing_mode="stretch_width"), right,
                        sizing_mode="stretch_width")
@@ -1360,6 +1483,11 @@ class Dashboard(pn.viewable.Viewer):
     def __panel__(self):
         """Inline layout (notebooks): sidebar beside the main area."""
         if not hasattr(self, "_inline"):
+            # Beside its sidebar, a notebook's dashboard has about 620 px for the alert table: the message
+            # keeps a readable width when kind, rule, end and a loop's pass step aside (the message names the
+            # rule; the CSV and JSON exports keep every column).
+            self.alerts_table.hidden_columns = ["kind", "rule", "end", "pass"]
+            self.alerts_table.widths = {"start": 124, "severity": 100, "entity": 84, "signal": 116, "state": 80}
             self._inline = pn.Row(
                 pn.Column(pn.Row(pn.pane.Markdown("## sbg", margin=(0, 10)), self.live_indicator),
                           self._sidebar(), width=320),

@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import threading
 import time
 import zipfile
 from collections import deque
@@ -34,7 +36,7 @@ import param
 from . import __version__, _kernels
 from .alerts import Alert, AlertEngine, AlertLog
 from .config import Settings
-from .errors import ConfigError, SbgError
+from .errors import ConfigError, SbgError, SourceError
 from .inputs import name_sources
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -42,6 +44,8 @@ from .replay import Replay, parse_speed
 from .sources import Batch, Source
 
 __all__ = ["Monitor", "load_reference", "warm_up"]
+
+_log = logging.getLogger(__name__)
 
 
 def load_reference(path, **schema_options) -> pd.DataFrame:
@@ -123,9 +127,13 @@ class Monitor:
         self.replay = Replay(self.sources, speed=speed, loop=loop, **replay_opts)
         self.replay.on_batch(self._on_batch)
         self.replay.on_restart(self._on_restart)
-        self.replay.on_fault(lambda exc: self.pipeline.fault("replay", exc))
+        self.replay.on_fault(self._on_replay_fault)
+        self._count_failed = False
+        self._count_lock = threading.Lock()
         self._chunk_subscribers: list[Callable[[pd.DataFrame], None]] = []
         self._latest: pd.DataFrame | None = None
+        #: Time of the newest row of the last chunk fully processed this pass (see :meth:`data_state`).
+        self._processed_until: pd.Timestamp | None = None
         #: wall-clock minute -> [rows ingested, alerts raised]
         self.activity: dict[int, list[int]] = {}
         self.started_at = pd.Timestamp.now(tz="UTC")
@@ -231,6 +239,8 @@ class Monitor:
                 cb(enriched)
             except Exception as exc:
                 self.pipeline.fault("view", exc)
+        if len(enriched):
+            self._processed_until = enriched["timestamp"].max()
         if self.log is not None and (self._committed_at is None
                                      or time.monotonic() - self._committed_at >= self.checkpoint_every):
             self.commit()
@@ -245,7 +255,7 @@ class Monitor:
         if self._latest is None or self._latest.empty:
             return pd.DataFrame(columns=["entity", "signal", "state", "score", "last_seen"])
         latest = self._latest
-        stale = (self._clock() - latest["timestamp"]) > pd.Timedelta(stale_after)
+        stale = (self._silence_reference()[0] - latest["timestamp"]) > pd.Timedelta(stale_after)
         critical = {(a.entity, a.signal) for a in self.engine.alerts.values()
                     if a.state == "firing" and a.severity == "critical"}
         rows = []
@@ -275,7 +285,56 @@ class Monitor:
         keep += ["interval_s", "anomaly_score", "is_anomaly", "reason", "quality"]
         return [c for c in keep if c in frame.columns]
 
+    def _on_replay_fault(self, exc: BaseException):
+        # A data file gone, or unreadable, is the user's to fix and is said in one line; anything else
+        # is a bug, logged with its traceback.
+        if isinstance(exc, (OSError, SbgError)):
+            self.source_failed(exc)
+        else:
+            self.pipeline.fault("replay", exc)
+
+    def source_failed(self, exc: BaseException, doing: str = "the replay has stopped") -> str:
+        """Report a data file that cannot be read (deleted, moved, unreadable) and return the message.
+
+        The message names the files, never their folders: it is shown in
+        served pages. It counts as an error (``metrics.errors``, the
+        dashboard's banner), goes into the event feed, and is one line in
+        the log, with the full path for the operator and no traceback.
+        """
+        if isinstance(exc, OSError) and exc.filename:
+            name, reason = Path(exc.filename).name, exc.strerror or type(exc).__name__
+        else:
+            name = Path(exc.path).name if isinstance(exc, SourceError) else ", ".join(p.name for p in self.paths)
+            reason = str(exc)
+            for p in self.paths:
+                for form in sorted({str(p.absolute()), str(p.resolve()), str(p)}, key=len, reverse=True):
+                    reason = reason.replace(form, p.name)
+            reason = reason.removeprefix(f"{name}: ")
+        error = SourceError(name, f"{reason}; {doing}")
+        self.metrics.record_error("source", error)
+        message = f"cannot read the data: {error}"
+        self.pipeline.emit_event("error", message, "critical")
+        _log.error("%s (%s)", message, exc)
+        return message
+
+    def count_rows(self) -> int | None:
+        """Rows in the data files (counted once), or ``None`` while they cannot be counted.
+
+        A file that cannot be read is reported once (:meth:`source_failed`),
+        not at every look, until the replay starts over.
+        """
+        with self._count_lock:  # a page may count aside, in a thread, while another looks
+            if self.replay.rows_total is None and not self._count_failed:
+                try:
+                    self.replay.scan()
+                except (OSError, SbgError) as exc:
+                    self._count_failed = True
+                    self.source_failed(exc, "its rows cannot be counted")
+        return self.replay.rows_total
+
     def _on_restart(self, reason: str):
+        self._count_failed = False
+        self._processed_until = None
         if reason == "loop":
             self._archive_alerts()
         else:
@@ -334,23 +393,49 @@ class Monitor:
             return self._latest["timestamp"].max()
         return pd.Timestamp(self.replay.sim_time)
 
-    def data_state(self, stale_after: str = "60s") -> dict:
-        """Whether data is arriving: ``no data``, ``live``, ``partly stale`` or ``stale``.
+    def _silence_reference(self) -> tuple[pd.Timestamp, float]:
+        """The time silence is measured at, and how many seconds of data time the processing trails the replay.
 
-        Judged on the replay's clock: an entity whose newest row is older than
-        ``stale_after`` is stale, and a source with no rows yet has no data.
-        Silence is reported as silence, never as a quiet "normal".
+        Rows the replay has handed out that the pipeline has not finished
+        (the replay's ``emitted_until`` is past the last processed chunk) are
+        not silence: the monitor is behind, not the source. Silence is then
+        measured at the newest processed row; otherwise at the replay's clock.
+        """
+        clock = self._clock()
+        emitted, done = self.replay.emitted_until, self._processed_until
+        if emitted is None or (done is not None and done >= emitted):
+            return clock, 0.0
+        frontier = done if done is not None else self._latest["timestamp"].max()
+        behind = (clock - frontier).total_seconds()
+        return (frontier, behind) if behind > 0 else (clock, 0.0)
+
+    def data_state(self, stale_after: str = "60s") -> dict:
+        """Whether data is arriving: ``no data``, ``live``, ``behind``, ``partly stale`` or ``stale``.
+
+        Judged in data time. An entity whose newest row is more than
+        ``stale_after`` older than the replay's clock is stale: the source
+        has had nothing from it. ``stale`` means no entity has sent rows for
+        that long, and a source with no rows yet has no data. Silence is
+        reported as silence, never as a quiet "normal".
+
+        A monitor whose processing trails the replay (rows handed out and not
+        yet processed, as at high speed or with a Dask fan-out) is
+        ``behind`` by ``behind_s`` seconds of data time, not stale: silence
+        is then measured at the newest processed row, so an entity silent in
+        the data still shows as stale beside it.
         """
         latest = self._latest
         if latest is None or latest.empty:
-            return {"state": "no data", "entities": 0, "stale_entities": [], "stale_count": 0, "silent_s": None}
+            return {"state": "no data", "entities": 0, "stale_entities": [], "stale_count": 0, "silent_s": None,
+                    "behind_s": 0.0}
         newest = latest["timestamp"].max()
-        now = self._clock()
+        now, behind = self._silence_reference()
         age = now - latest["timestamp"]
         stale = sorted(str(e) for e in age.index[age > pd.Timedelta(stale_after)])
-        state = "live" if not stale else "stale" if len(stale) == len(latest) else "partly stale"
+        state = ("behind" if behind else "live") if not stale else "stale" if len(stale) == len(latest) \
+            else "partly stale"
         return {"state": state, "entities": int(len(latest)), "stale_entities": stale[:100],
-                "stale_count": len(stale), "silent_s": max(0.0, (now - newest).total_seconds())}
+                "stale_count": len(stale), "silent_s": max(0.0, (now - newest).total_seconds()), "behind_s": behind}
 
     def close(self):
         self.replay.stop()

@@ -405,25 +405,26 @@ def signal_view(buffers: LiveBuffers, signal: str, height: int = 210, bands: int
     The dashboard draws one shared entity legend instead of one per plot.
     """
     hv = _hv()
-    # Five time ticks at most: a plot half a notebook wide has room for no more labels.
+    # Five time ticks at most, and labels that would overlap left out (spaced_labels): a plot half a
+    # notebook wide has room for three.
     common = dict(responsive=True, height=height, show_legend=False, xlabel="", ylabel=signal, show_grid=True,
                   toolbar="right", backend_opts=CANVAS, xticks=5)
     layers = []
     lower, upper = f"{signal}__lower", f"{signal}__upper"
     for i, buf in enumerate(buffers.slots):
         color = ENTITY_COLORS[i % len(ENTITY_COLORS)]
-        vdims, hooks = [signal], [sync_hook]
+        vdims, hooks = [signal], [sync_hook, spaced_labels]
         if i < bands:
-            vdims, hooks = [signal, lower, upper], [sync_hook, band_hook(lower, upper, color)]
+            vdims, hooks = [signal, lower, upper], [sync_hook, spaced_labels, band_hook(lower, upper, color)]
         curve = hv.DynamicMap(_element("Curve", "timestamp", vdims), streams=[buf])
         layers.append(curve.opts(color=color, line_width=1.5, tools=["hover"], hooks=hooks, **common))
     if layers:
         quality = hv.DynamicMap(_element("Scatter", "timestamp", signal), streams=[buffers.quality[signal]])
         layers.append(quality.opts(color=STATE_COLORS["data quality"], size=FLAG_SIZE, marker="square",
-                                   line_color="white", line_width=1.5, hooks=[sync_hook], **common))
+                                   line_color="white", line_width=1.5, hooks=[sync_hook, spaced_labels], **common))
         flags = hv.DynamicMap(_element("Scatter", "timestamp", signal), streams=[buffers.flags[signal]])
         layers.append(flags.opts(color=STATE_COLORS["critical"], size=FLAG_SIZE, marker="circle", line_color="white",
-                                 line_width=1.5, hooks=[sync_hook], **common))
+                                 line_width=1.5, hooks=[sync_hook, spaced_labels], **common))
     if not layers:
         return hv.Curve([], "timestamp", signal).opts(**common)
     # Collated, the overlay keeps each layer tied to its own Buffer.
@@ -437,8 +438,21 @@ def _activity_labels(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(label=pd.Series(labels, index=frame.index, dtype=object))
 
 
+def spaced_labels(plot, element):
+    """A hook leaving out the x-axis labels that would overlap (Bokeh's ``NoOverlap``), as a narrow plot needs."""
+    from bokeh.models import NoOverlap
+
+    for axis in plot.state.xaxis:
+        if not isinstance(axis.major_label_policy, NoOverlap):  # once: hooks run on every update
+            axis.major_label_policy = NoOverlap()
+
+
 def activity_element(frame: pd.DataFrame, height: int = 190):
-    """Rows ingested (bars) and alerts raised (red line, right axis) per minute."""
+    """Rows ingested (bars) and alerts raised (red line, right axis) per minute.
+
+    Untitled: the dashboard titles it in the page, where a narrow column wraps
+    the title instead of clipping it.
+    """
     hv = _hv()
     frame = _activity_labels(frame)
     rows = hv.Bars(frame, "label", "rows").opts(color="#2563eb", alpha=0.8, tools=["hover"], ylabel="rows / min")
@@ -446,8 +460,8 @@ def activity_element(frame: pd.DataFrame, height: int = 190):
                                                    ylabel="alerts / min")
     points = hv.Scatter(frame, "label", "alerts").opts(color=STATE_COLORS["critical"], size=6)
     return (rows * alerts * points).opts(multi_y=True, responsive=True, height=height, show_legend=False,
-                                         title="Activity per minute", xlabel="minutes ago", framewise=True,
-                                         backend_opts=CANVAS, hooks=[_short_counts])
+                                         xlabel="minutes ago", framewise=True,
+                                         backend_opts=CANVAS, hooks=[_short_counts, spaced_labels])
 
 
 def _count_ranges(fig, frame: pd.DataFrame) -> None:

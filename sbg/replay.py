@@ -158,12 +158,16 @@ class Replay(param.Parameterized):
         self._fault_callbacks: list[Callable[[BaseException], None]] = []
         self._cursors = [_Cursor(s, self._on_batch) for s in self.sources]
         self._task = None
+        self._loop = None  # the event loop the replay task runs on (its home)
         self._clock = None
         self._wall = None
         self._skip_until = None
         self.rows_skipped = 0
         self.first_ts = None
         self.last_ts = None
+        #: Time of the newest row handed to :attr:`stream` this pass (``None`` before any): whoever
+        #: processes the rows can tell how far behind the replay it is.
+        self.emitted_until: pd.Timestamp | None = None
 
     def on_batch(self, callback: Callable[[Batch], None]):
         """``callback(batch)`` when a source batch is read (for quarantine and counts)."""
@@ -264,6 +268,7 @@ class Replay(param.Parameterized):
         self.rows_read = 0
         self.rows_quarantined = 0
         self.rows_emitted = 0
+        self.emitted_until = None
         self._clock = None
 
     def _next_chunk(self, until_ns: int | None):
@@ -291,7 +296,8 @@ class Replay(param.Parameterized):
     def _exhausted(self):
         return all(c.done and c.remaining == 0 for c in self._cursors)
 
-    def _emit(self, chunk: pd.DataFrame):
+    def _emit(self, chunk: pd.DataFrame) -> bool:
+        """Hand ``chunk`` (less the rows a seek skips) to :attr:`stream`; ``False`` if no row was left."""
         if self._skip_until is not None:
             ts = chunk["timestamp"].to_numpy(dtype="datetime64[ns]").view("int64")
             keep = ts >= self._skip_until
@@ -300,10 +306,13 @@ class Replay(param.Parameterized):
             if keep.any():
                 self._skip_until = None
         if len(chunk) == 0:
-            return
+            return False
         self.rows_emitted += len(chunk)
+        # Before the clock moves: anyone looking from here on sees these rows handed out.
+        self.emitted_until = pd.Timestamp(chunk["timestamp"].max())
         self.sim_time = pd.Timestamp(chunk["timestamp"].iat[-1])
         self.stream.emit(chunk)
+        return True
 
     def step(self, now: float | None = None) -> bool:
         """Advance the clock to wall time ``now`` and emit what is due; ``False`` once finished."""
@@ -330,11 +339,13 @@ class Replay(param.Parameterized):
                 while (nxt := self._next_chunk(self._clock)) is not None and len(nxt):
                     more.append(nxt)
                 chunk = pd.concat(more, ignore_index=True) if len(more) > 1 else chunk
+        emitted = chunk is not None and len(chunk) > 0 and self._emit(chunk)
+        if not emitted and speed != float("inf"):
+            # Nothing was due: the clock moves on alone. (With rows, ``_emit`` moved it to the newest,
+            # so the clock is never seen ahead of rows it has not handed out.)
             self.sim_time = pd.Timestamp(self._clock)
         if chunk is None:
             return self._finish_or_loop()
-        if len(chunk):
-            self._emit(chunk)
         return True
 
     def _finish_or_loop(self) -> bool:
@@ -390,7 +401,19 @@ class Replay(param.Parameterized):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return  # no event loop: driven synchronously by run_to_end() or step()
+            loop = None
+        home = self._loop
+        if home is not None and home is not loop and home.is_running():
+            # Called from another thread's loop (in JupyterLab, a widget callback on a kernel subshell):
+            # the replay keeps to the loop it was started on, where its views read it between chunks.
+            home.call_soon_threadsafe(self._create_task, home)
+        elif loop is not None:  # else driven synchronously, by run_to_end() or step()
+            self._loop = loop
+            self._create_task(loop)
+
+    def _create_task(self, loop):
+        if self.state != "running" or (self._task is not None and not self._task.done()):
+            return  # paused again, or already running, before this got its turn
         # A fresh context: started from a browser session, the task must not keep
         # that session's document (it belongs to the whole server).
         self._task = loop.create_task(self._run(), context=contextvars.Context())
@@ -449,6 +472,14 @@ class Replay(param.Parameterized):
         return self.first_ts, self.last_ts
 
     def _cancel(self):
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._task = None
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        try:
+            same = asyncio.get_running_loop() is task.get_loop()
+        except RuntimeError:
+            same = False
+        if same:
+            task.cancel()
+        elif not task.get_loop().is_closed():
+            task.get_loop().call_soon_threadsafe(task.cancel)  # a task is cancelled on its own loop

@@ -160,3 +160,56 @@ def test_tabs_share_state_and_a_late_tab_shows_history(server, browser):
     assert first.errors == [] and late.errors == []
     first.close()
     late.close()
+
+
+#: The page's HTML with that of every shadow root in it (where Panel draws its panes).
+EVERY_HTML = """() => {
+  const parts = [document.documentElement.outerHTML];
+  const walk = root => {
+    for (const e of root.querySelectorAll("*"))
+      if (e.shadowRoot) { parts.push(e.shadowRoot.innerHTML); walk(e.shadowRoot); }
+  };
+  walk(document);
+  return parts.join(" ");
+}"""
+
+
+def test_a_data_file_deleted_while_served_is_shown_and_logged_once(browser, tmp_path):
+    """The served file goes while the page runs: the page says which file and that the replay stopped,
+    without the server's paths, and the server's log has one line for it, not a traceback."""
+    import shutil
+
+    from sbg.datasets import DATA_DIR
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = folder / "machine_monitor.csv"
+    shutil.copy(DATA_DIR / "machine_monitor.csv", path)
+    log = tmp_path / "serve.log"
+    # On the way out the server's log must hold no traceback through sbg (tests/served.py).
+    with sbg_served(log, "--speed", "1000x", "--data-dir", str(folder), str(path)) as base:
+        tab = Tab(browser, base)
+        tab.click("Start")
+        tab.wait_for(lambda: tab.kpi("rows_in") > 0, what="rows to arrive")
+        path.unlink()
+        tab.click("Reset")
+        tab.wait_for(lambda: tab.state() == "idle", what="idle after reset")
+        tab.click("Start")
+        tab.wait_for(lambda: tab.state() == "stopped", timeout=120, what="the replay to stop on the missing file")
+        said = "machine_monitor.csv: No such file or directory; the replay has stopped"
+        banner, feed = tab.page.locator(".sbg-banner").first, tab.page.locator(".sbg-feed").first
+        tab.wait_for(lambda: said in banner.inner_text(), timeout=60, what="the error banner")
+        assert "goes on" not in banner.inner_text()
+        tab.wait_for(lambda: f"cannot read the data: {said}" in feed.inner_text(), timeout=60, what="the event")
+        late = Tab(browser, base)  # a tab opened afterwards tells the same
+        late.wait_for(lambda: "machine_monitor.csv: No such file" in late.page.locator(".sbg-banner").first.inner_text(),
+                      timeout=60, what="the error in a tab opened later")
+        for page in (tab.page, late.page):
+            shown = page.evaluate(EVERY_HTML)
+            assert "machine_monitor.csv: No such file" in shown and str(tmp_path) not in shown
+        tab.shot("deleted_file")
+        assert tab.errors == [] and late.errors == []
+        tab.close()
+        late.close()
+    lines = [ln for ln in log.read_text().splitlines() if "machine_monitor.csv" in ln]
+    assert len(lines) == 1 and "cannot read the data" in lines[0], lines

@@ -5,6 +5,8 @@ A replay of a fleet whose entities come online one after another at ``1000x``, w
 periodic callback run after every chunk, as a served session would.
 """
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -281,3 +283,256 @@ def test_a_looped_replay_keeps_the_alerts_of_earlier_passes():
     assert set(alerts["pass"]) >= {1, 2}
     assert alerts["id"].is_unique  # each pass's alerts have ids of their own (the alert log keeps both)
     assert (alerts.loc[alerts["pass"] == 1, "state"] == "resolved").all()
+
+
+@pytest.fixture
+def fleet_with_a_silent_cell(tmp_path):
+    """Three cells at 1 Hz for 20 minutes; ``c3`` stops after 5 minutes."""
+    t = pd.date_range("2024-06-03 08:00", periods=1200, freq="1s")
+    parts = [pd.DataFrame({"timestamp": t if e != "c3" else t[:300], "entity": e}) for e in ("c1", "c2", "c3")]
+    frame = pd.concat(parts).sort_values(["timestamp", "entity"], kind="stable").reset_index(drop=True)
+    frame["voltage_v"] = 3.7 + 0.001 * (frame.index % 7)
+    path = tmp_path / "fleet.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_rows_handed_out_but_not_yet_processed_are_behind_not_stale(fleet_with_a_silent_cell):
+    """At 1000x a tick of 0.125 s hands out 125 s of rows at once, more than the 60 s of silence that is
+    "stale". Looked at while they are being processed (as a Dask fan-out or another thread would), the
+    monitor is behind the replay clock; the source is not silent. The wall clock here is a fake one
+    (steps of 1/8 s, exact in binary)."""
+    monitor = Monitor([fleet_with_a_silent_cell], speed="1000x")
+    view = Dashboard(monitor=monitor)
+    seen = []
+
+    def look(event):  # the replay's clock has just moved to rows it hands out now
+        view._update_fast(force=True)
+        seen.append((monitor.data_state(), view.live_indicator.object))
+
+    monitor.replay.param.watch(look, "sim_time")
+    try:
+        replay = monitor.replay
+        replay.scan()
+        replay.state = "running"
+        for i in range(3):  # to 08:04:10, before c3 stops
+            replay.step(now=i * 0.125)
+            # Between ticks every row handed out is processed: nothing is behind, and nothing silent yet.
+            assert monitor.data_state()["state"] == "live" and monitor.data_state()["behind_s"] == 0
+        assert seen[0][0]["state"] == "no data"  # the first rows, not yet processed
+        during = seen[1:]
+        assert [s["state"] for s, _ in during] == ["behind"] * 2
+        assert all(s["behind_s"] == 125 and not s["stale_entities"] for s, _ in during)
+        for _, label in during:
+            assert re.sub(r"<[^>]+>", "", label) == "Live · 2:05 behind"
+            assert 'class="sbg-live running"' in label and 'data-data="behind"' in label
+        # A cell silent in the data is stale, behind or not: silence is measured at the newest processed row.
+        del seen[:]
+        for i in range(3, 10):  # to 08:18:45
+            replay.step(now=i * 0.125)
+            assert monitor.data_state()["stale_entities"] == ["c3"]
+            assert monitor.data_state()["state"] == "partly stale"
+        assert [s["state"] for s, _ in seen] == ["behind"] + ["partly stale"] * 6
+        assert [s["behind_s"] for s, _ in seen] == [125] * 7 and seen[-1][0]["stale_entities"] == ["c3"]
+        health = monitor.health()
+        assert set(health.loc[health["state"] == 3, "entity"]) == {"c3"}
+    finally:
+        monitor.close()
+
+
+def test_a_source_with_nothing_due_is_stale_at_any_speed(tmp_path):
+    """The other side of the rule: when the file has no rows for a while, every row handed out is
+    processed and the clock runs on alone, and that is silence."""
+    t = pd.date_range("2024-06-03 08:00", periods=120, freq="1s")
+    frame = pd.DataFrame({"timestamp": t.append(t + pd.Timedelta(minutes=10)), "entity": "c1",
+                          "voltage_v": [3.7 + 0.001 * (i % 5) for i in range(240)]})
+    path = tmp_path / "gap.csv"
+    frame.to_csv(path, index=False)
+    monitor = Monitor([path], speed="1000x")
+    view = Dashboard(monitor=monitor)
+    try:
+        replay = monitor.replay
+        replay.scan()
+        replay.state = "running"
+        replay.step(now=0.0)
+        replay.step(now=0.125)  # the two minutes of rows before the gap
+        replay.step(now=0.375)  # 375 s on: nothing is due
+        state = monitor.data_state()
+        assert state["state"] == "stale" and state["behind_s"] == 0 and state["silent_s"] == 256
+        view._update_fast(force=True)
+        label = view.live_indicator.object
+        assert re.sub(r"<[^>]+>", "", label) == "Live · no data for 4:16"
+        assert 'class="sbg-live stale"' in label and 'data-data="stale"' in label
+    finally:
+        monitor.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A data directory the page may choose from: a good file, and files that do not load."""
+    import shutil
+
+    folder = tmp_path / "data"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(DATA_DIR / "machine_monitor.csv", folder / "machine_monitor.csv")
+    (folder / "empty.csv").write_bytes(b"")
+    (folder / "sub" / "no_time.csv").write_text("a,b\nx,1\ny,2\n")
+    return folder
+
+
+def _no_server_path(text, folder):
+    return all(form not in text for form in (str(folder), str(folder.resolve()), str(folder.parent)))
+
+
+def test_a_chosen_source_that_does_not_load_is_named_without_the_server_path(data_dir):
+    from sbg import app
+
+    monitor = Monitor([data_dir / "machine_monitor.csv"])
+    view = Dashboard(monitor=monitor, data_dir=str(data_dir))
+    view._sidebar()  # the settings area a change of source redraws
+    before = set(app.monitors())
+    try:
+        view.source_select.value = "empty.csv"
+        shown = view.upload_status.object
+        assert "empty.csv: is empty" in shown and _no_server_path(shown, data_dir), shown
+        view.source_select.value = "sub/no_time.csv"
+        shown = view.upload_status.object
+        assert "sub/no_time.csv: no usable timestamp column" in shown and _no_server_path(shown, data_dir), shown
+        view.source_select.value = "machine_monitor.csv"
+        view.baseline_select.value = "sub/no_time.csv"
+        shown = view.upload_status.object
+        assert "sub/no_time.csv: no usable timestamp column" in shown and _no_server_path(shown, data_dir), shown
+    finally:
+        view.close()
+        monitor.close()
+        for key in set(app.monitors()) - before:
+            app.monitors().pop(key).close()
+
+
+def test_a_data_file_deleted_under_a_running_page_is_one_clear_error(data_dir, caplog):
+    """The file goes before its rows were counted, then Start is pressed: the page's callbacks and the
+    replay task say so in the page, naming the file, and in the log in one line each, without a traceback."""
+    import asyncio
+    import logging
+
+    path = data_dir / "machine_monitor.csv"
+    monitor = Monitor([path], speed="1000x")
+    view = Dashboard(monitor=monitor, data_dir=str(data_dir))
+    path.unlink()
+    caplog.set_level(logging.INFO, logger="sbg")
+
+    def shown():
+        return view.banner.object + view.empty_state.object + view.live_indicator.object + view.feed.object
+
+    async def press_start_and_wait():
+        view._control("start")
+        for _ in range(2000):  # the replay task fails at its first read; this bound only ends a hang
+            if monitor.replay.state != "running":
+                break
+            await asyncio.sleep(0.005)
+
+    try:
+        for _ in range(3):  # the page's periodic callback, as served: idle, it counts the rows to show
+            view._tick()
+            view._update_fast(force=True)
+        assert monitor.metrics.errors == 1  # said once, not at every tick
+        assert "machine_monitor.csv</b> (rows not counted)" in view.empty_state.object
+        asyncio.run(press_start_and_wait())
+        assert monitor.replay.state == "stopped" and monitor.metrics.errors == 2
+        view._update_fast(force=True)
+        view._update_slow()
+        text = shown()
+        assert "cannot read the data: machine_monitor.csv: No such file or directory; the replay has stopped" in text
+        assert "The replay goes on" not in text and "Stopped · 2 errors" in text
+        assert _no_server_path(text, data_dir), text
+        logged = [r for r in caplog.records if r.name.startswith("sbg")]
+        assert len(logged) == 2 and not any(r.exc_info for r in logged), [r.getMessage() for r in logged]
+        assert all("machine_monitor.csv" in r.getMessage() and "\n" not in r.getMessage() for r in logged)
+    finally:
+        view.close()
+        monitor.close()
+
+
+def _page_event(*events):
+    """A Bokeh PATCH-DOC message as the page's comm sends it to the kernel."""
+    return {"header": {"msgid": "1", "msgtype": "PATCH-DOC"}, "metadata": {}, "content": {"events": list(events)},
+            "_buffers": {}}
+
+
+def _click(button, ref):
+    """The event the page sends when ``button`` (a Panel Button drawn under root ``ref``) is clicked."""
+    model = button._models[ref][0]
+    data = {"type": "event", "name": "button_click", "values": {"type": "map", "entries": [["model", {"id": model.id}]]}}
+    return _page_event({"kind": "MessageSent", "msg_type": "bokeh_event", "msg_data": data})
+
+
+def test_page_events_handled_on_a_subshell_thread_act_on_the_notebooks_own_loop(staggered):
+    """JupyterLab sends comm messages to a kernel subshell, which ipykernel 7 runs on a thread and loop of
+    its own. The page's clicks must still change the page, and run the replay, on the notebook's loop, where
+    the periodic update reads the monitor between chunks and sends the page its messages: from two threads,
+    one document's message fragments interleaved and the page froze."""
+    import asyncio
+    import threading
+
+    import panel as pn
+
+    pn.extension()
+    monitor = Monitor([staggered], speed="1000x")
+    view = Dashboard(monitor=monitor)
+    home = threading.current_thread()
+    steps, changes = [], []
+    step = monitor.replay.step
+    monitor.replay.step = lambda *a, **k: (steps.append(threading.current_thread()), step(*a, **k))[1]
+    view.live_indicator.param.watch(lambda e: changes.append(threading.current_thread()), "object")
+
+    def from_a_subshell(client, message):
+        thread = threading.Thread(target=asyncio.run, args=(_handle(client, message),), name="subshell")
+        thread.start()
+        thread.join()
+
+    async def _resume():
+        monitor.replay.resume()
+
+    async def _handle(client, message):
+        client._handle_msg(message)  # as pyviz_comms does with a message from the page
+
+    async def until(test, what):
+        for _ in range(4000):  # the bound only ends a wait that would never end
+            if test():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def notebook():
+        layout = view.__panel__()  # displayed in the notebook: its updates start on this loop
+        layout._repr_mimebundle_()
+        (ref, (_, client)), = layout._comms.items()
+        monitor.replay.start()
+        await until(lambda: monitor.metrics.rows_in > 0 and view.pause_btn.visible, "rows")
+        from_a_subshell(client, _click(view.pause_btn, ref))
+        await until(lambda: monitor.replay.state == "paused", "the pause")
+        paused_at = monitor.metrics.rows_in
+        del steps[:], changes[:]
+        from_a_subshell(client, _click(view.resume_btn, ref))
+        await until(lambda: monitor.metrics.rows_in > paused_at and len(steps) > 3, "rows after Resume")
+        speed = view.speed._models[ref][0]
+        from_a_subshell(client, _page_event({"kind": "ModelChanged", "model": {"id": speed.id}, "attr": "active",
+                                             "new": list(view.speed.options).index("100x")}))
+        await until(lambda: monitor.replay.speed == "100x", "the new speed")
+        # The replay itself resumed on another thread (a user's own code there) keeps to its loop too.
+        monitor.replay.pause()
+        resumed_at, before = monitor.metrics.rows_in, len(steps)
+        thread = threading.Thread(target=asyncio.run, args=(_resume(),), name="subshell")
+        thread.start()
+        thread.join()
+        await until(lambda: monitor.metrics.rows_in > resumed_at and len(steps) > before + 3, "rows again")
+        view.stop_updates()
+        monitor.replay.pause()
+
+    try:
+        asyncio.run(notebook())
+        assert steps and set(steps) == {home}, {t.name for t in steps}
+        assert changes and set(changes) == {home}, {t.name for t in changes}
+    finally:
+        view.close()
+        monitor.close()
