@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import param
 
-from . import __version__, _kernels
+from . import __version__
 from .alerts import Alert, AlertEngine, AlertLog
 from .config import Settings
 from .errors import ConfigError, SbgError, SourceError
@@ -478,7 +478,7 @@ class Monitor:
                                      sort_keys=True, default=str))
 
     def _checkpoint(self) -> dict:
-        features, arrays = _pack_features(self.pipeline.features)
+        features, arrays = self.pipeline.features.state_dict()
         m = self.metrics
         state = {
             "engine": self.engine.state(), "features": features,
@@ -511,7 +511,7 @@ class Monitor:
                            "run without --resume to start over") from None
         self._check_identity(saved)
         try:
-            _unpack_features(self.pipeline.features, state["features"], arrays)
+            self.pipeline.features.load_state_dict(state["features"], arrays)
             self.engine.restore(state["engine"])
             metrics = state["metrics"]
             with param.parameterized.batch_call_watchers(self.metrics):
@@ -547,11 +547,6 @@ PAST_ALERTS = 5000
 #: Metrics counters a checkpoint carries over.
 _COUNTERS = ("rows_in", "rows_ok", "rows_quarantined", "rows_skipped", "analyses", "errors", "entities",
              "alerts_total", "alerts_firing")
-#: The only classes a checkpoint may name: the kernels that hold a pipeline's carried state.
-_KERNELS = {name: getattr(_kernels, name) for name in (
-    "RollingMoments", "RollingQuantiles", "EWM", "EWSpread", "Lag", "RunLength", "Positions", "UsualInterval",
-    "Likelihood", "JointReference", "LimitArming", "ReferenceFit")}
-_SCALARS = (bool, int, float, str, type(None))
 _HEAD_BYTES = 1 << 20
 
 
@@ -562,92 +557,6 @@ def _file_identity(path) -> dict:
     with open(path, "rb") as fh:
         head = hashlib.sha256(fh.read(_HEAD_BYTES)).hexdigest()
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "head_sha256": head}
-
-
-def _pack_features(features) -> tuple[dict, dict[str, np.ndarray]]:
-    """The carried state of a :class:`~sbg.stats.Features` as JSON-ready metadata and numeric arrays.
-
-    Every attribute of every kernel is saved; one that is neither a numeric
-    array nor a plain scalar is refused, so no state can be left out unnoticed.
-
-    >>> from sbg.stats import Features
-    >>> f = Features(["v"])
-    >>> c = f.chunk(pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=3, freq="s"),
-    ...                          "entity": ["a", "b", "a"], "v": [1.0, 2.0, 3.0]}))
-    >>> f.rows_seen(c).tolist()
-    [0, 0, 1]
-    >>> meta, arrays = _pack_features(f)
-    >>> g = Features(["v"])
-    >>> _unpack_features(g, json.loads(json.dumps(meta)), arrays)
-    >>> g.rows_seen(g.chunk(pd.DataFrame({"timestamp": [pd.Timestamp("2024-01-02")], "entity": ["a"],
-    ...                                   "v": [4.0]}))).tolist()
-    [2]
-    """
-    kernels, arrays = [], {}
-    for i, (key, value) in enumerate(features._state.items()):
-        parts = []
-        for j, obj in enumerate(value if isinstance(value, tuple) else (value,)):
-            kind = type(obj).__name__
-            if _KERNELS.get(kind) is not type(obj):
-                raise TypeError(f"cannot checkpoint a {kind}")
-            scalars = {}
-            for attr, v in vars(obj).items():
-                if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
-                    arrays[f"{i}.{j}.{attr}"] = v
-                elif isinstance(v, _SCALARS):
-                    scalars[attr] = v
-                else:
-                    raise TypeError(f"cannot checkpoint {kind}.{attr}, a {type(v).__name__}")
-            parts.append({"kind": kind, "scalars": scalars})
-        kernels.append({"key": list(key), "tuple": isinstance(value, tuple), "parts": parts})
-    return {"labels": list(features.index.labels), "kernels": kernels}, arrays
-
-
-def _unpack_features(features, meta: dict, arrays: dict[str, np.ndarray]):
-    """Replace the carried state of ``features`` with what :func:`_pack_features` saved.
-
-    The input is treated as untrusted: only the kernel classes above can be
-    named, values are plain scalars or numeric arrays (never pickles), and
-    every array of a kernel must have one row per entity slot (at most twice the entities).
-    """
-    labels = meta["labels"]
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or len(set(labels)) != len(labels):
-        raise ValueError("entity labels must be distinct text")
-    state = {}
-    for i, entry in enumerate(meta["kernels"]):
-        key = tuple(entry["key"])
-        if not all(isinstance(x, _SCALARS) for x in key):
-            raise ValueError(f"bad state key {key!r}")
-        objs = []
-        for j, part in enumerate(entry["parts"]):
-            cls = _KERNELS[part["kind"]]
-            obj = cls.__new__(cls)
-            values = dict(part["scalars"])
-            prefix = f"{i}.{j}."
-            values.update({name[len(prefix):]: arr for name, arr in arrays.items() if name.startswith(prefix)})
-            rows = set()
-            for attr, v in values.items():
-                if not attr.isidentifier() or attr.startswith("__"):
-                    raise ValueError(f"bad attribute name {attr!r}")
-                if isinstance(v, np.ndarray):
-                    if v.dtype.kind not in "biuf" or v.ndim == 0:
-                        raise ValueError(f"{part['kind']}.{attr}: not a numeric array")
-                    rows.add(v.shape[0])
-                    v = np.require(v, requirements=["C", "W", "O"])
-                elif not isinstance(v, _SCALARS):
-                    raise ValueError(f"{part['kind']}.{attr}: not a scalar")
-                vars(obj)[attr] = v
-            if len(rows) > 1 or (rows and rows.pop() > max(4, 2 * len(labels))) or vars(obj).get("k", features.k) != features.k:
-                raise ValueError(f"{part['kind']} {key}: arrays do not match the entities and signals")
-            objs.append(obj)
-        state[key] = tuple(objs) if entry["tuple"] else objs[0]
-    index = features.index
-    index.labels[:] = labels
-    index.codes_of.clear()
-    index.codes_of.update({label: code for code, label in enumerate(labels)})
-    index._cache_key = index._cache = None
-    features._state.clear()
-    features._state.update(state)
 
 
 def warm_up() -> float:
