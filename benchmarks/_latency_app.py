@@ -12,7 +12,8 @@ import time
 
 import panel as pn
 
-from sbg.app import Dashboard, _default_monitor
+from sbg.app import Dashboard
+from sbg.registry import default_monitor as _default_monitor
 
 pn.extension("tabulator", notifications=True)
 

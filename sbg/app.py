@@ -5,7 +5,7 @@
 live; served, :meth:`Dashboard.servable` puts it in a template page.
 
 One monitor runs per data source per server process
-(:func:`shared_monitor`), shared by every session: the replay is one
+(:func:`sbg.registry.shared_monitor`), shared by every session: the replay is one
 server-wide asyncio task, controls act on the shared monitor, and a tab
 opened late first shows the retained history. Each session only subscribes:
 new chunks queue up and a per-session callback drains them into bounded
@@ -19,14 +19,12 @@ import asyncio
 import contextlib
 import html
 import io
-import json
 import logging
 import os
 import re
 import secrets
 import threading
 import time
-import weakref
 from collections import deque
 from pathlib import Path
 
@@ -53,21 +51,27 @@ from .plots import (
     update_activity,
     update_health,
 )
+from .registry import (
+    DATA_SUFFIXES,
+    SESSION_KINDS,
+    ServeConfig,
+    data_files,
+    default_monitor,
+    forget_session,
+    mark_behind,
+    monitor_for,
+    register_session,
+    resolve_data_file,
+    session_count,
+)
 from .replay import SPEEDS, parse_speed
 from .report import Snapshot, render
 
-__all__ = ["Dashboard", "shared_monitor", "monitors", "resolve_data_file", "data_files", "session_count"]
+__all__ = ["Dashboard"]
 
 #: Display windows offered in the sidebar (a time span, not a point count).
 WINDOWS = {"1 min": 60, "5 min": 300, "10 min": 600, "30 min": 1800, "1 h": 3600, "6 h": 21600, "24 h": 86400}
-DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".tsv")
 
-_MONITORS: dict[tuple, Monitor] = {}
-_LOCK = threading.Lock()
-#: The dashboards subscribed to a monitor, by session id (weakly: the registry keeps none alive).
-_SESSIONS: weakref.WeakValueDictionary[int, Dashboard] = weakref.WeakValueDictionary()
-#: Sessions whose browser has not yet taken the last update (see ``Dashboard._browser_behind``).
-_BEHIND: set[int] = set()
 #: When the next served session may draw a new health grid (``time.monotonic()``).
 _GRID_BUILDS = {"free_at": 0.0}
 
@@ -84,112 +88,6 @@ NOTEBOOK_PLOT_MS = 1000
 #: Seconds after a Start, Pause, Resume... click when the cards show the replay's first rows.
 CARDS_AFTER_CONTROL_S = 0.3
 NOTEBOOK_ROWS_PER_UPDATE = 240
-
-
-def monitors() -> dict[tuple, Monitor]:
-    """The shared monitors of this server process, by source key."""
-    return _MONITORS
-
-
-def session_count() -> int:
-    """Dashboard sessions alive in this process (each has subscribed to a monitor)."""
-    return len(_SESSIONS)
-
-
-def session_rows_sent() -> list[int]:
-    """Rows each live dashboard has sent to its plots so far (``/api/status?sessions=1``).
-
-    Served, a session sends nothing while its browser has not taken the
-    previous update (``Dashboard._browser_behind``), so a count that grows
-    says that session's browser keeps receiving.
-    """
-    return [view.rows_sent for view in list(_SESSIONS.values())]
-
-
-def sessions_behind() -> int:
-    """Served sessions whose updates wait for their browser to take the previous one."""
-    return len(_BEHIND)
-
-
-def resolve_data_file(name, data_dir) -> Path:
-    """Resolve a file name chosen in the UI or the API inside ``data_dir``, or refuse it.
-
-    Absolute paths, ``..``, symlinks leading out and sibling directories that
-    merely share the prefix are all refused.
-
-    >>> import tempfile, pathlib
-    >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (d / "a.csv").write_text("t,v\\n")
-    >>> resolve_data_file("a.csv", d).name
-    'a.csv'
-    >>> resolve_data_file("../etc/passwd", d)
-    Traceback (most recent call last):
-    ...
-    sbg.errors.SbgError: '../etc/passwd' is not a file inside the data directory
-    """
-    root = Path(data_dir).resolve()
-    candidate = Path(str(name))
-    if candidate.is_absolute() or not str(name).strip():
-        raise SbgError(f"{str(name)!r} is not a file inside the data directory")
-    target = (root / candidate).resolve()
-    if target != root and root not in target.parents or not target.is_file():
-        raise SbgError(f"{str(name)!r} is not a file inside the data directory")
-    return target
-
-
-def data_files(data_dir) -> list[str]:
-    """Data files under ``data_dir`` (labels files left out), as paths relative to it."""
-    root = Path(data_dir).resolve()
-    out = []
-    for p in sorted(root.rglob("*")):
-        name = p.name.lower()
-        if p.is_file() and name.endswith(DATA_SUFFIXES) and "_labels" not in name:
-            try:
-                resolve_data_file(p.relative_to(root), root)
-            except SbgError:
-                continue
-            out.append(str(p.relative_to(root)))
-    return out
-
-
-def shared_monitor(files, baseline=None, config=None, speed="100x", loop=False, alerts_db=None) -> Monitor:
-    """The process-wide monitor for this source, created on first use."""
-    key = (tuple(str(Path(f).resolve()) for f in files), str(baseline or ""), str(config or ""))
-    with _LOCK:
-        monitor = _MONITORS.get(key)
-        if monitor is None:
-            from .distributed import fan_out_from_env  # imports Dask only if sbg serve was given it
-
-            monitor = Monitor(list(files), baseline=baseline, settings=config, alerts_db=alerts_db, speed=speed,
-                              loop=loop, fan_out=fan_out_from_env())
-            monitor.key = key
-            _MONITORS[key] = monitor
-        return monitor
-
-
-def _default_monitor() -> Monitor:
-    """The monitor the served app starts with, from ``sbg serve``'s environment."""
-    data_dir = Path(os.environ.get("SBG_DATA_DIR") or _bundled_data_dir())
-    files = [f for f in os.environ.get("SBG_FILES", "").split(os.pathsep) if f]
-    if not files:  # the bundled fleet, or else the first data file of the directory
-        found = data_files(data_dir)
-        if not found:
-            raise SbgError(f"{data_dir}: no data files (.csv, .csv.gz, .parquet) to serve")
-        files = ["battery_fleet.csv.gz" if "battery_fleet.csv.gz" in found else found[0]]
-    paths = [resolve_data_file(f, data_dir) if not Path(f).is_absolute() else Path(f) for f in files]
-    baseline = os.environ.get("SBG_BASELINE") or None
-    monitor = shared_monitor(paths, baseline=baseline, config=os.environ.get("SBG_CONFIG") or None,
-                             speed=os.environ.get("SBG_SPEED", "100x"), loop=os.environ.get("SBG_LOOP") == "1",
-                             alerts_db=os.environ.get("SBG_ALERTS_DB") or None)
-    if os.environ.get("SBG_AUTOSTART") == "1" and monitor.replay.state == "idle" and not monitor.metrics.rows_in:
-        monitor.replay.start()
-    return monitor
-
-
-def _bundled_data_dir():
-    from .datasets import DATA_DIR
-
-    return DATA_DIR
 
 
 _STATE_VARS = "".join(f"--sbg-{state}: {color}; " for state, color in STATE_COLORS.items())
@@ -411,7 +309,7 @@ class Dashboard(pn.viewable.Viewer):
 
     Served, the defaults come from the environment ``sbg serve`` sets:
     ``SBG_DATA_DIR``, ``SBG_FILES``, ``SBG_SPEED`` and the others read by
-    :func:`shared_monitor`'s caller, and ``SBG_MAX_UPLOAD_MB`` for
+    :func:`sbg.registry.shared_monitor`'s caller, and ``SBG_MAX_UPLOAD_MB`` for
     ``max_upload_mb`` (``SBG_MAX_UPLOAD_MB=200 sbg serve``).
 
     The upload travels in one websocket message, base64-encoded (4/3 of the
@@ -442,9 +340,9 @@ class Dashboard(pn.viewable.Viewer):
             params["max_upload_mb"] = limit
         super().__init__(**params)
         if self.monitor is None:
-            self.monitor = _default_monitor()
+            self.monitor = default_monitor()
         if not self.data_dir:
-            self.data_dir = str(Path(os.environ.get("SBG_DATA_DIR") or _bundled_data_dir()))
+            self.data_dir = str(ServeConfig.from_env().data_root())
         self._pending: deque = deque()
         self._max_pending_rows = 200_000
         self._unsubscribe = None
@@ -494,15 +392,14 @@ class Dashboard(pn.viewable.Viewer):
 
         self._pending_state = state
         self._unsubscribe = monitor.subscribe(on_chunk)
-        _SESSIONS[self._session_id] = self
+        register_session(self._session_id, self)
         self._reset_live()
 
     def _detach(self):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        _SESSIONS.pop(self._session_id, None)
-        _BEHIND.discard(self._session_id)
+        forget_session(self._session_id)
 
     def _reset_live(self):
         """New buffers and plots for the current entity selection, primed with retained history."""
@@ -917,7 +814,7 @@ class Dashboard(pn.viewable.Viewer):
             path = resolve_data_file(self.source_select.value, self.data_dir)
             base = None if self.baseline_select.value == "(none)" else resolve_data_file(
                 self.baseline_select.value, self.data_dir)
-            monitor = shared_monitor([path], baseline=base, speed=self.speed.value)
+            monitor = monitor_for([path], baseline=base, speed=self.speed.value)
         except BAD_INPUT as exc:  # a NUL byte in a crafted name raises ValueError, an unreadable file OSError
             self.upload_status.object = _error_html(self._for_page(exc))
             return
@@ -1100,9 +997,9 @@ class Dashboard(pn.viewable.Viewer):
             return
         if served and self._browser_behind():
             # Rows wait in the bounded queue and go in one larger update once the browser catches up.
-            _BEHIND.add(self._session_id)
+            mark_behind(self._session_id, True)
             return
-        _BEHIND.discard(self._session_id)
+        mark_behind(self._session_id, False)
         try:
             # One message per document for the whole update. No ``doc.models.freeze()``: an update
             # here adds or replaces no model (rows stream, counts and colours change in place), so
@@ -1554,83 +1451,4 @@ def _quiet_closed_sockets():
     loop._sbg_quiet_sockets = True
 
 
-def _rss_bytes() -> int | None:
-    """This process's resident memory (Linux), for operators watching the server's footprint."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def live_objects(top: int = 15) -> dict:
-    """Objects alive in this process after a full collection: per-session kinds, and the most common types.
-
-    For finding leaks: served with ``SBG_DEBUG_OBJECTS=1``,
-    ``/api/status?objects=1`` adds it as ``objects``. Once every tab is
-    closed no :class:`Dashboard` or Bokeh ``Document`` may be left. Walking
-    every object takes up to a second in a busy server, hence debug only.
-    """
-    import gc
-    from collections import Counter
-
-    import holoviews as hv
-    from bokeh.document import Document
-    from bokeh.model import Model
-
-    gc.unfreeze()  # objects the pacer froze away from the collector may be garbage (sbg.pacing)
-    gc.collect()
-    kinds = {"dashboards": Dashboard, "documents": Document, "buffers": hv.streams.Buffer,
-             "panel_objects": pn.viewable.Viewable, "bokeh_models": Model}
-    counts = dict.fromkeys(kinds, 0)
-    types: Counter = Counter()
-    for obj in gc.get_objects():
-        types[type(obj).__qualname__] += 1
-        for name, cls in kinds.items():
-            if isinstance(obj, cls):
-                counts[name] += 1
-    try:  # tasks waiting in this thread's loop, by coroutine: e.g. writes queued for a slow browser
-        tasks = Counter(getattr(t.get_coro(), "__qualname__", "?") for t in asyncio.all_tasks())
-    except RuntimeError:  # no running loop
-        tasks = Counter()
-    return {**counts, "top_types": dict(types.most_common(top)), "tasks": dict(tasks.most_common(top))}
-
-
-def status_payload(monitor: Monitor, full: bool = True) -> dict:
-    """What ``/api/status`` answers: metrics, replay state and progress, source and start time.
-
-    With ``full=False`` (a remote caller without a login) files are named,
-    not located: no directory in any value, and no process id.
-    """
-    status = monitor.status()
-    status["started_at"] = monitor.started_at.isoformat()
-    status["sessions"] = session_count()
-    status["subscribers"] = monitor.subscriber_count
-    status["process"] = {"pid": os.getpid(), "rss_bytes": _rss_bytes()}
-    # How far the sessions' update periods are stretched to keep the server's loop on time (sbg.pacing).
-    status["display"] = {**PACER.summary(), "sessions_behind": sessions_behind()}
-    status = json.loads(json.dumps(status, default=str))
-    if full:
-        return status
-    del status["process"]["pid"]
-    # Every form of each file's path (an error message may quote one), longest first: the file's name.
-    names = {}
-    for path in [*monitor.paths, *([monitor.baseline_path] if monitor.baseline_path else [])]:
-        path = Path(path)
-        for form in (path.absolute(), path.resolve()):
-            names[str(form)] = path.name
-            if form.parent != form.parent.parent:  # not the root
-                names[str(form.parent) + os.sep] = ""
-
-    def strip(value):
-        if isinstance(value, str):
-            for form in sorted(names, key=len, reverse=True):
-                value = value.replace(form, names[form])
-            return value
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items()}
-        return value
-
-    return strip(status)
+SESSION_KINDS["dashboards"] = Dashboard

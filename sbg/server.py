@@ -30,7 +30,7 @@ __all__ = ["ROUTES", "prometheus_text"]
 
 
 def _monitors():
-    from .app import monitors
+    from .registry import monitors
 
     return list(monitors().values())
 
@@ -120,20 +120,20 @@ def full_status_for(authenticated: bool, remote_ip: str | None) -> bool:
 
 class StatusHandler(_Api):
     def get(self):
-        from .app import _default_monitor, status_payload
+        from .registry import default_monitor, status_payload
 
-        found = _monitors() or [_default_monitor()]
+        found = _monitors() or [default_monitor()]
         # prepare() has refused a request without a login whenever a login is required.
         full = full_status_for(not isinstance(self.application.auth_provider, NullAuth), self.request.remote_ip)
         payloads = [status_payload(m, full=full) for m in found]
         out = dict(payloads[0])
         out["monitors"] = payloads
         if self.get_argument("sessions", "") == "1":
-            from .app import session_rows_sent
+            from .registry import session_rows_sent
 
             out["session_rows_sent"] = session_rows_sent()
         if os.environ.get("SBG_DEBUG_OBJECTS") == "1" and self.get_argument("objects", "") == "1":
-            from .app import live_objects
+            from .registry import live_objects
 
             out["objects"] = live_objects()
         self.write_json(out)
@@ -194,9 +194,9 @@ def prometheus_text(monitors) -> str:
             d["sessions"] = m.subscriber_count
             state = m.replay.state
             lines.append(f'{full}{{source="{_escape_label(m.source_key)}",state="{state}"}} {float(d[name]):.6g}')
-    from .app import _rss_bytes, sessions_behind
+    from .registry import rss_bytes, sessions_behind
 
-    rss = _rss_bytes()
+    rss = rss_bytes()
     if rss is not None:
         lines += _gauge("process_resident_memory_bytes", "Resident memory size in bytes.", rss)
     pace = PACER.summary()

@@ -19,10 +19,11 @@ import pytest
 
 from sbg import detect, history, stats
 from sbg.alerts import AlertEngine
-from sbg.app import Dashboard, status_payload
+from sbg.app import Dashboard
 from sbg.datasets import DATA_DIR
 from sbg.monitor import Monitor
 from sbg.plots import LiveBuffers
+from sbg.registry import status_payload
 from sbg.replay import Replay
 from sbg.report import Snapshot
 from sbg.sources import Source

@@ -385,12 +385,12 @@ def _no_server_path(text, folder):
 
 
 def test_a_chosen_source_that_does_not_load_is_named_without_the_server_path(data_dir):
-    from sbg import app
+    from sbg import registry
 
     monitor = Monitor([data_dir / "machine_monitor.csv"])
     view = Dashboard(monitor=monitor, data_dir=str(data_dir))
     view._sidebar()  # the settings area a change of source redraws
-    before = set(app.monitors())
+    before = set(registry.monitors())
     try:
         view.source_select.value = "empty.csv"
         shown = view.upload_status.object
@@ -405,8 +405,8 @@ def test_a_chosen_source_that_does_not_load_is_named_without_the_server_path(dat
     finally:
         view.close()
         monitor.close()
-        for key in set(app.monitors()) - before:
-            app.monitors().pop(key).close()
+        for key in set(registry.monitors()) - before:
+            registry.monitors().pop(key).close()
 
 
 def test_a_data_file_deleted_under_a_running_page_is_one_clear_error(data_dir, caplog):

@@ -63,10 +63,11 @@ def test_probes_measure_a_blocked_loop():
 
 def test_a_paced_session_says_so_on_its_live_indicator(monkeypatch):
     from sbg import app
+    from sbg.datasets import DATA_DIR
     from sbg.monitor import Monitor
     from sbg.pacing import PACER
 
-    view = app.Dashboard(Monitor([app._bundled_data_dir() / "battery_fleet.csv.gz"]))
+    view = app.Dashboard(Monitor([DATA_DIR / "battery_fleet.csv.gz"]))
     try:
         view._update_fast()
         assert "plots update every" not in view.live_indicator.object

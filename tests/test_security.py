@@ -353,8 +353,8 @@ def jail(tmp_path):
     "dir_out/secret.csv", "/etc/passwd", "", " ", "sub", "missing.csv", "..", ".",
 ])
 def test_a_file_named_in_the_ui_or_api_stays_inside_the_data_dir(jail, name):
-    from sbg.app import resolve_data_file
     from sbg.errors import SbgError
+    from sbg.registry import resolve_data_file
 
     with pytest.raises(SbgError, match="not a file inside the data directory"):
         resolve_data_file(name, jail)
@@ -363,8 +363,9 @@ def test_a_file_named_in_the_ui_or_api_stays_inside_the_data_dir(jail, name):
 
 
 def test_the_data_dir_lists_and_opens_only_its_own_files(jail):
-    from sbg.app import Dashboard, data_files, resolve_data_file
+    from sbg.app import Dashboard
     from sbg.monitor import Monitor
+    from sbg.registry import data_files, resolve_data_file
 
     assert data_files(jail) == ["ok.csv", "sub/nested.csv"]
     assert resolve_data_file("sub/nested.csv", jail) == (jail / "sub" / "nested.csv").resolve()
@@ -387,12 +388,12 @@ def upload_view(tmp_path):
 
     The shared monitors its source changes open are closed and forgotten afterwards.
     """
-    from sbg import app
+    from sbg import registry
     from sbg.app import Dashboard
     from sbg.monitor import Monitor
 
     shutil.copy(DATA_DIR / "machine_monitor.csv", tmp_path / "machine_monitor.csv")
-    before = set(app.monitors())
+    before = set(registry.monitors())
     monitor = Monitor([tmp_path / "machine_monitor.csv"])
     view = Dashboard(monitor=monitor, data_dir=str(tmp_path))
     view._sidebar()  # the settings area a source change redraws
@@ -401,8 +402,8 @@ def upload_view(tmp_path):
     finally:
         view.close()
         monitor.close()
-        for key in set(app.monitors()) - before:
-            app.monitors().pop(key).close()
+        for key in set(registry.monitors()) - before:
+            registry.monitors().pop(key).close()
 
 
 def test_a_failed_re_upload_keeps_the_earlier_file_and_shows_no_server_path(upload_view, tmp_path):
@@ -507,9 +508,9 @@ def _status_request(monkeypatch, remote_ip, user=None):
 
 
 def test_status_names_files_without_paths_or_pid_for_remote_callers_without_a_login(monkeypatch, tmp_path):
-    from sbg import app
-    from sbg.app import status_payload
+    from sbg import registry
     from sbg.monitor import Monitor
+    from sbg.registry import status_payload
 
     shutil.copy(DATA_DIR / "machine_monitor.csv", tmp_path / "machine_monitor.csv")
     shutil.copy(DATA_DIR / "machine_baseline.csv", tmp_path / "machine_baseline.csv")
@@ -526,7 +527,7 @@ def test_status_names_files_without_paths_or_pid_for_remote_callers_without_a_lo
 
         # The handler: names only to a remote caller of a server without a login; everything to a caller
         # on this machine or one who has logged in.
-        monkeypatch.setitem(app.monitors(), ("test",), monitor)
+        monkeypatch.setitem(registry.monitors(), ("test",), monitor)
         for ip, user, shows in [("192.0.2.7", None, False), ("2001:db8::7", None, False),
                                 ("127.0.0.1", None, True), ("::1", None, True), ("192.0.2.7", "alice", True)]:
             got = _status_request(monkeypatch, ip, user)

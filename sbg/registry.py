@@ -1,0 +1,276 @@
+"""The served process's shared state: its configuration, its monitors and the sessions watching them.
+
+One monitor per source serves every viewer (DESIGN.md: one monitor for many
+viewers). ``sbg serve`` hands its options to the ``panel serve`` child in
+the environment; :class:`ServeConfig` reads them once, and every monitor the
+process creates, the first one or one picked later in the source selector,
+gets the same settings, alert log, loop and speed. The HTTP API and the
+dashboard both read the registry; it never imports either of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import weakref
+from pathlib import Path
+
+import param
+
+from .errors import SbgError
+from .monitor import Monitor
+from .pacing import PACER
+
+__all__ = ["ServeConfig", "DATA_SUFFIXES", "monitors", "shared_monitor", "default_monitor", "monitor_for",
+           "register_session", "forget_session", "session_count", "session_rows_sent", "sessions_behind", "mark_behind",
+           "resolve_data_file", "data_files", "status_payload", "live_objects", "rss_bytes", "SESSION_KINDS"]
+
+DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".tsv")
+
+_MONITORS: dict[tuple, Monitor] = {}
+_LOCK = threading.Lock()
+#: The dashboards subscribed to a monitor, by session id (weakly: the registry keeps none alive).
+_SESSIONS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+#: Sessions whose browser has not yet taken the last update.
+_BEHIND: set[int] = set()
+#: Classes whose live instances ``live_objects`` counts, by name (the UI registers its dashboard).
+SESSION_KINDS: dict[str, type] = {}
+
+
+class ServeConfig(param.Parameterized):
+    """What ``sbg serve`` was asked for, as the served process sees it (``SBG_*`` environment variables)."""
+
+    data_dir = param.String(default=None, allow_None=True, doc="Directory the source selector and API may read.")
+    files = param.List(default=[], item_type=str, doc="Files of the first source (in data_dir unless absolute).")
+    baseline = param.String(default=None, allow_None=True, doc="Known-good reference file.")
+    config = param.String(default=None, allow_None=True, doc="sbg.yaml settings for every monitor.")
+    speed = param.String(default="100x", doc="Replay speed.")
+    loop = param.Boolean(default=False, doc="Start over at the end of the source.")
+    alerts_db = param.String(default=None, allow_None=True, doc="SQLite alert log every monitor writes.")
+    autostart = param.Boolean(default=False, doc="Start the replay when the server starts.")
+
+    @classmethod
+    def from_env(cls, environ=None) -> ServeConfig:
+        env = os.environ if environ is None else environ
+        return cls(data_dir=env.get("SBG_DATA_DIR") or None,
+                   files=[f for f in env.get("SBG_FILES", "").split(os.pathsep) if f],
+                   baseline=env.get("SBG_BASELINE") or None, config=env.get("SBG_CONFIG") or None,
+                   speed=env.get("SBG_SPEED", "100x"), loop=env.get("SBG_LOOP") == "1",
+                   alerts_db=env.get("SBG_ALERTS_DB") or None, autostart=env.get("SBG_AUTOSTART") == "1")
+
+    def data_root(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir)
+        from .datasets import DATA_DIR
+
+        return DATA_DIR
+
+
+def monitors() -> dict[tuple, Monitor]:
+    """The shared monitors of this server process, by source key."""
+    return _MONITORS
+
+
+def shared_monitor(files, baseline=None, config=None, speed="100x", loop=False, alerts_db=None) -> Monitor:
+    """The process-wide monitor for this source, created on first use."""
+    key = (tuple(str(Path(f).resolve()) for f in files), str(baseline or ""), str(config or ""))
+    with _LOCK:
+        monitor = _MONITORS.get(key)
+        if monitor is None:
+            from .distributed import fan_out_from_env  # imports Dask only if sbg serve was given it
+
+            monitor = Monitor(list(files), baseline=baseline, settings=config, alerts_db=alerts_db, speed=speed,
+                              loop=loop, fan_out=fan_out_from_env())
+            monitor.key = key
+            _MONITORS[key] = monitor
+        return monitor
+
+
+def monitor_for(files, baseline=None, speed=None, serve: ServeConfig | None = None) -> Monitor:
+    """The shared monitor of a source picked in the served app, with everything ``sbg serve`` was given.
+
+    The settings file, the alert log, the loop and the speed are the
+    process's, not the page's: switching the source keeps them.
+    """
+    serve = serve or ServeConfig.from_env()
+    return shared_monitor(files, baseline=baseline, config=serve.config, speed=speed or serve.speed,
+                          loop=serve.loop, alerts_db=serve.alerts_db)
+
+
+def default_monitor(serve: ServeConfig | None = None) -> Monitor:
+    """The monitor the served app starts with."""
+    serve = serve or ServeConfig.from_env()
+    data_dir = serve.data_root()
+    files = list(serve.files)
+    if not files:  # the bundled fleet, or else the first data file of the directory
+        found = data_files(data_dir)
+        if not found:
+            raise SbgError(f"{data_dir}: no data files (.csv, .csv.gz, .parquet) to serve")
+        files = ["battery_fleet.csv.gz" if "battery_fleet.csv.gz" in found else found[0]]
+    paths = [resolve_data_file(f, data_dir) if not Path(f).is_absolute() else Path(f) for f in files]
+    monitor = monitor_for(paths, baseline=serve.baseline, serve=serve)
+    if serve.autostart and monitor.replay.state == "idle" and not monitor.metrics.rows_in:
+        monitor.replay.start()
+    return monitor
+
+
+def register_session(session_id: int, view) -> None:
+    """Count a live dashboard (held weakly) for ``/api/status`` and the update pacing."""
+    _SESSIONS[session_id] = view
+
+
+def forget_session(session_id: int) -> None:
+    """A dashboard that closed or switched away."""
+    _SESSIONS.pop(session_id, None)
+    _BEHIND.discard(session_id)
+
+
+def mark_behind(session_id: int, behind: bool) -> None:
+    """Whether a served session's browser has yet to take its last update."""
+    (_BEHIND.add if behind else _BEHIND.discard)(session_id)
+
+
+def session_count() -> int:
+    """Dashboard sessions alive in this process (each has subscribed to a monitor)."""
+    return len(_SESSIONS)
+
+
+def session_rows_sent() -> list[int]:
+    """Rows each live dashboard has sent to its plots so far (``/api/status?sessions=1``).
+
+    Served, a session sends nothing while its browser has not taken the
+    previous update, so a count that grows says that session's browser keeps
+    receiving.
+    """
+    return [view.rows_sent for view in list(_SESSIONS.values())]
+
+
+def sessions_behind() -> int:
+    """Served sessions whose updates wait for their browser to take the previous one."""
+    return len(_BEHIND)
+
+
+def resolve_data_file(name, data_dir) -> Path:
+    """Resolve a file name chosen in the UI or the API inside ``data_dir``, or refuse it.
+
+    Absolute paths, ``..``, symlinks leading out and sibling directories that
+    merely share the prefix are all refused.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "a.csv").write_text("t,v\\n")
+    >>> resolve_data_file("a.csv", d).name
+    'a.csv'
+    >>> resolve_data_file("../etc/passwd", d)
+    Traceback (most recent call last):
+    ...
+    sbg.errors.SbgError: '../etc/passwd' is not a file inside the data directory
+    """
+    root = Path(data_dir).resolve()
+    candidate = Path(str(name))
+    if candidate.is_absolute() or not str(name).strip():
+        raise SbgError(f"{str(name)!r} is not a file inside the data directory")
+    target = (root / candidate).resolve()
+    if target != root and root not in target.parents or not target.is_file():
+        raise SbgError(f"{str(name)!r} is not a file inside the data directory")
+    return target
+
+
+def data_files(data_dir) -> list[str]:
+    """Data files under ``data_dir`` (labels files left out), as paths relative to it."""
+    root = Path(data_dir).resolve()
+    out = []
+    for p in sorted(root.rglob("*")):
+        name = p.name.lower()
+        if p.is_file() and name.endswith(DATA_SUFFIXES) and "_labels" not in name:
+            try:
+                resolve_data_file(p.relative_to(root), root)
+            except SbgError:
+                continue
+            out.append(str(p.relative_to(root)))
+    return out
+
+
+def rss_bytes() -> int | None:
+    """This process's resident memory (Linux), for operators watching the server's footprint."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def live_objects(top: int = 15) -> dict:
+    """Objects alive in this process after a full collection: per-session kinds, and the most common types.
+
+    For finding leaks: served with ``SBG_DEBUG_OBJECTS=1``,
+    ``/api/status?objects=1`` adds it as ``objects``. Once every tab is
+    closed no :class:`Dashboard` or Bokeh ``Document`` may be left. Walking
+    every object takes up to a second in a busy server, hence debug only.
+    """
+    import gc
+    from collections import Counter
+
+    import holoviews as hv
+    import panel as pn
+    from bokeh.document import Document
+    from bokeh.model import Model
+
+    gc.unfreeze()  # objects the pacer froze away from the collector may be garbage (sbg.pacing)
+    gc.collect()
+    kinds = {**SESSION_KINDS, "documents": Document, "buffers": hv.streams.Buffer,
+             "panel_objects": pn.viewable.Viewable, "bokeh_models": Model}
+    counts = dict.fromkeys(kinds, 0)
+    types: Counter = Counter()
+    for obj in gc.get_objects():
+        types[type(obj).__qualname__] += 1
+        for name, cls in kinds.items():
+            if isinstance(obj, cls):
+                counts[name] += 1
+    try:  # tasks waiting in this thread's loop, by coroutine: e.g. writes queued for a slow browser
+        tasks = Counter(getattr(t.get_coro(), "__qualname__", "?") for t in asyncio.all_tasks())
+    except RuntimeError:  # no running loop
+        tasks = Counter()
+    return {**counts, "top_types": dict(types.most_common(top)), "tasks": dict(tasks.most_common(top))}
+
+
+def status_payload(monitor: Monitor, full: bool = True) -> dict:
+    """What ``/api/status`` answers: metrics, replay state and progress, source and start time.
+
+    With ``full=False`` (a remote caller without a login) files are named,
+    not located: no directory in any value, and no process id.
+    """
+    status = monitor.status()
+    status["started_at"] = monitor.started_at.isoformat()
+    status["sessions"] = session_count()
+    status["subscribers"] = monitor.subscriber_count
+    status["process"] = {"pid": os.getpid(), "rss_bytes": rss_bytes()}
+    # How far the sessions' update periods are stretched to keep the server's loop on time (sbg.pacing).
+    status["display"] = {**PACER.summary(), "sessions_behind": sessions_behind()}
+    status = json.loads(json.dumps(status, default=str))
+    if full:
+        return status
+    del status["process"]["pid"]
+    # Every form of each file's path (an error message may quote one), longest first: the file's name.
+    names = {}
+    for path in [*monitor.paths, *([monitor.baseline_path] if monitor.baseline_path else [])]:
+        path = Path(path)
+        for form in (path.absolute(), path.resolve()):
+            names[str(form)] = path.name
+            if form.parent != form.parent.parent:  # not the root
+                names[str(form.parent) + os.sep] = ""
+
+    def strip(value):
+        if isinstance(value, str):
+            for form in sorted(names, key=len, reverse=True):
+                value = value.replace(form, names[form])
+            return value
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()}
+        return value
+
+    return strip(status)
