@@ -34,12 +34,11 @@ import panel as pn
 import param
 
 from .alerts import alerts_json
+from .detect import STALE_AFTER
 from .errors import SbgError
 from .monitor import Monitor
 from .pacing import PACER
 from .plots import (
-    ENTITY_COLORS,
-    STATE_COLORS,
     BufferBridge,
     LiveBuffers,
     activity_view,
@@ -66,6 +65,7 @@ from .registry import (
 )
 from .replay import SPEEDS, parse_speed
 from .report import Snapshot, render
+from .style import ENTITY_COLORS, STATE_COLORS, fmt_bytes
 
 __all__ = ["Dashboard"]
 
@@ -186,10 +186,6 @@ def _fmt_duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _fmt_size(n_bytes: int) -> str:
-    return f"{n_bytes / 2**20:,.1f} MB" if n_bytes >= 2**20 / 10 else f"{n_bytes / 1024:,.0f} KB"
 
 
 def _safe_name(text: str, limit: int = 120) -> str:
@@ -331,7 +327,7 @@ class Dashboard(pn.viewable.Viewer):
     read_only = param.Boolean(default=False, doc="Hide the controls that change shared state.")
     max_entities = param.Integer(default=4, bounds=(1, 24), doc="Entities drawn at first.")
     max_upload_mb = param.Number(default=14, bounds=(0, None), inclusive_bounds=(False, True),
-                                 doc="Largest file the sidebar upload accepts, in MB (2**20 bytes).")
+                                 doc="Largest file the sidebar upload accepts, in MB (1,000,000 bytes).")
 
     def __init__(self, monitor: Monitor | None = None, **params):
         if monitor is not None:
@@ -841,9 +837,9 @@ class Dashboard(pn.viewable.Viewer):
         if not name.lower().endswith(DATA_SUFFIXES):
             self.upload_status.object = _error_html(f"{name}: only .csv, .csv.gz and .parquet files can be uploaded.")
             return
-        if len(event.new) > self.max_upload_mb * 2**20:
+        if len(event.new) > self.max_upload_mb * 1e6:
             self.upload_status.object = _error_html(
-                f"{name} is {_fmt_size(len(event.new))}, over the upload limit of {self.max_upload_mb:g} MB; "
+                f"{name} is {fmt_bytes(len(event.new))}, over the upload limit of {self.max_upload_mb:g} MB; "
                 "it was not saved.")
             return
         folder = Path(self.data_dir) / "uploads"
@@ -934,7 +930,7 @@ class Dashboard(pn.viewable.Viewer):
         self.report_button.filename = filename
         run = "the finished run" if snap.progress.get("state") == "finished" else \
             f"the run so far ({snap.progress.get('percent') or 0:.0f}%)"
-        self.report_status.object = html.escape(f"Report of {run}, {_fmt_size(len(data))}: {filename}")
+        self.report_status.object = html.escape(f"Report of {run}, {fmt_bytes(len(data))}: {filename}")
         return io.BytesIO(data)
 
     def _alerts_csv(self):
@@ -1106,7 +1102,7 @@ class Dashboard(pn.viewable.Viewer):
             label += f" · no data for {_fmt_duration(data['silent_s'])}"
         elif data["state"] in ("stale", "partly stale"):
             label += f" · {data['stale_count']} of {data['entities']} stale"
-            title = "no rows for 60 s of replay time: " + ", ".join(data["stale_entities"][:20])
+            title = f"no rows for {pd.Timedelta(STALE_AFTER).total_seconds():g} s of replay time: " + ", ".join(data["stale_entities"][:20])
         elif data["state"] == "behind" and state == "running":
             # The source has the rows; the monitor is still processing them (sbg.monitor.Monitor.data_state).
             label += f" · {_fmt_duration(data['behind_s'])} behind"

@@ -59,11 +59,15 @@ __all__ = [
     "FLAG_AT",
     "UNDER_FLAG",
     "is_flag",
+    "STALE_AFTER",
 ]
 
 #: The one cut-off of sbg: a score (anomaly or data-quality) at or above it flags its row.
 #: Pipeline, alerts, plots, status grid and report all ask :func:`is_flag`.
 FLAG_AT = 0.5
+#: An entity is stale when its newest row is this much older (in data time) than the newest row seen:
+#: the one owner of that rule (health grid, live status, report).
+STALE_AFTER = "60s"
 #: The highest score a detector gives a row it has decided not to flag (kept visible, under the cut-off).
 UNDER_FLAG = 0.49
 

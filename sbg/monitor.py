@@ -36,6 +36,7 @@ import param
 from . import __version__
 from .alerts import Alert, AlertEngine, AlertLog
 from .config import Settings
+from .detect import STALE_AFTER
 from .errors import ConfigError, SbgError, SourceError
 from .inputs import name_sources
 from .metrics import Metrics
@@ -245,7 +246,7 @@ class Monitor:
                                      or time.monotonic() - self._committed_at >= self.checkpoint_every):
             self.commit()
 
-    def health(self, stale_after: str = "60s") -> pd.DataFrame:
+    def health(self, stale_after: str = STALE_AFTER) -> pd.DataFrame:
         """State per entity and signal: 0 normal, 1 flagged, 2 critical alert firing, 3 no recent data,
         4 a data-quality finding (a gap, a stuck sensor) and no anomaly.
 
@@ -409,7 +410,7 @@ class Monitor:
         behind = (clock - frontier).total_seconds()
         return (frontier, behind) if behind > 0 else (clock, 0.0)
 
-    def data_state(self, stale_after: str = "60s") -> dict:
+    def data_state(self, stale_after: str = STALE_AFTER) -> dict:
         """Whether data is arriving: ``no data``, ``live``, ``behind``, ``partly stale`` or ``stale``.
 
         Judged in data time. An entity whose newest row is more than

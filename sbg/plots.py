@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .style import ENTITY_COLORS, FLAG_SIZE, LIVE_COLOR, STATE_COLORS
+
 __all__ = [
-    "STATE_COLORS",
-    "ENTITY_COLORS",
     "BufferBridge",
     "LiveBuffers",
     "sync_hook",
@@ -39,22 +39,6 @@ __all__ = [
     "static_signal_view",
 ]
 
-STATE_COLORS = {
-    "normal": "#16a34a",
-    "info": "#0284c7",
-    "warning": "#d97706",
-    "critical": "#dc2626",
-    "stale": "#9ca3af",
-    "data quality": "#7c3aed",
-}
-#: Entity colours: blues, teals and greys, so no entity looks like a warning, a flag (red) or a
-#: data-quality finding (violet).
-ENTITY_COLORS = ["#2563eb", "#0d9488", "#0369a1", "#475569", "#0891b2", "#4f46e5", "#15803d", "#64748b",
-                 "#1e40af", "#0f766e", "#155e75", "#334155"]
-#: Live points of the baseline view: neutral, since red means flagged.
-LIVE_COLOR = "#334155"
-#: Marker size of flagged points and data-quality findings on the live curves: large enough to see.
-FLAG_SIZE = 10
 STATE_LABELS = {0: "normal", 1: "warning", 2: "critical", 3: "stale", 4: "data quality"}
 #: Live plots draw on a 2D canvas: WebGL (HoloViews' default) falls back to a slow
 #: software renderer on machines without a GPU, and a few thousand points need no GPU.

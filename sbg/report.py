@@ -39,9 +39,11 @@ import param
 from . import __version__
 from .alerts import SEVERITIES, alerts_frame
 from .config import settings_table
+from .detect import STALE_AFTER
 from .downsample import minmax_indices, with_breaks
 from .errors import SbgError
 from .outputs import write_text_atomic
+from .style import fmt_bytes
 
 __all__ = ["ReportOptions", "Snapshot", "build_report", "write_report", "check_output", "render",
            "SECTIONS"]
@@ -69,7 +71,7 @@ class ReportOptions(param.Parameterized):
                                      doc="Flagged rows closer than this (in rows of the entity) form one episode.")
     examples_per_reason = param.Integer(default=3, bounds=(0, None), doc="Quarantined rows shown per reason.")
     max_gaps = param.Integer(default=20, bounds=(0, None), doc="Longest gaps listed.")
-    stale_after = param.String(default="60s",
+    stale_after = param.String(default=STALE_AFTER,
                                doc="An entity whose last row is this much older than the newest row is stale.")
 
     @classmethod
@@ -191,7 +193,7 @@ def render(snap: Snapshot, options: ReportOptions | None = None) -> str:
     from bokeh.resources import Resources
     from markupsafe import Markup
 
-    from .plots import ENTITY_COLORS, STATE_COLORS
+    from .style import ENTITY_COLORS, STATE_COLORS
 
     opts = options or ReportOptions()
     run = _Run(snap, opts)
@@ -238,7 +240,7 @@ def _environment():
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(basename=lambda p: Path(p).name, num=_fmt_num, int=_fmt_int, dur=_fmt_duration, bytes=_fmt_bytes, pct=_fmt_pct)
+    env.filters.update(basename=lambda p: Path(p).name, num=_fmt_num, int=_fmt_int, dur=_fmt_duration, bytes=fmt_bytes, pct=_fmt_pct)
     return env
 
 
@@ -278,16 +280,6 @@ def _fmt_duration(seconds) -> str:
     if h:
         return f"{h} h {m:02d} min"
     return f"{m} min {s:02d} s" if m else f"{s} s"
-
-
-def _fmt_bytes(n) -> str:
-    if n is None:
-        return "–"
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 class _Run:

@@ -434,7 +434,7 @@ def test_an_upload_the_server_cannot_write_is_an_error_without_its_path(upload_v
 
 
 def test_bad_input_to_the_page_callbacks_is_shown_not_raised(upload_view):
-    from sbg.app import STATE_COLORS
+    from sbg.style import STATE_COLORS
 
     view = upload_view
     monitor = view.monitor
