@@ -7,7 +7,7 @@ server's event loop, while other sessions wait: import the dashboard's stack
 
 import logging
 
-import sbg.app  # noqa: F401  (the import is the work)
-from sbg.monitor import warm_up
+import sbg.ui.dashboard  # noqa: F401  (the import is the work)
+from sbg.stream.monitor import warm_up
 
 logging.getLogger("sbg").info("kernels loaded in %.2f s", warm_up())

@@ -12,8 +12,8 @@ import time
 
 import panel as pn
 
-from sbg.app import Dashboard
-from sbg.registry import default_monitor as _default_monitor
+from sbg.serve.registry import default_monitor as _default_monitor
+from sbg.ui.dashboard import Dashboard
 
 pn.extension("tabulator", notifications=True)
 

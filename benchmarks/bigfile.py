@@ -87,7 +87,7 @@ SBG = [sys.executable, "-m", "sbg.cli"]
 
 _TIMED_SBG = """
 import contextlib, io, json, sys, time
-import sbg.batch, sbg.cli, sbg.sources  # imports are not reading
+import sbg.stream.batch, sbg.cli, sbg.io.sources  # imports are not reading
 t = time.perf_counter()
 with contextlib.redirect_stdout(io.StringIO()) as out:
     code = sbg.cli.main(["validate", sys.argv[1], "--json", "--show", "0"])

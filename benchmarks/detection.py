@@ -53,9 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sbg.config import Settings  # noqa: E402
-from sbg.datasets import DATA_DIR  # noqa: E402
 from sbg.evaluate import evaluate, flagged_runs, load_labels, nab_score, pointwise  # noqa: E402
-from sbg.monitor import Monitor  # noqa: E402
+from sbg.io.datasets import DATA_DIR  # noqa: E402
+from sbg.stream.monitor import Monitor  # noqa: E402
 
 SKAB = Path(os.environ.get("SBG_SKAB", ROOT.parent / "shared" / "data" / "skab"))
 ADTK_ENV = Path.home() / ".cache" / "sbg-bench" / "adtk-env"

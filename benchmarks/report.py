@@ -36,15 +36,15 @@ SHOT_NAMES = {"site_power_24h": "site_power", "battery_fleet": "fleet"}
 
 
 def build(name: str, repeat: int, out_dir: Path) -> dict:
-    from sbg.datasets import DATA_DIR
-    from sbg.monitor import Monitor
+    from sbg.io.datasets import DATA_DIR
+    from sbg.stream.monitor import Monitor
 
     t0 = time.perf_counter()
     monitor = Monitor([DATA_DIR / DATASETS[name]], speed="max")
     monitor.run_to_end()
     pipeline_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    from sbg.report import build_report
+    from sbg.report.build import build_report
 
     html = build_report(monitor)
     cold = time.perf_counter() - t0

@@ -141,7 +141,7 @@ def polars_same_work(df):
 
 
 def bench_pipeline(rows, repeat):
-    from sbg.pipeline import Pipeline
+    from sbg.stream.pipeline import Pipeline
 
     df = fleet_frame(rows)
 
@@ -166,8 +166,8 @@ def bench_pipeline(rows, repeat):
 def bench_row_at_a_time(rows, repeat):
     from river import stats, utils
 
-    from sbg.pipeline import Pipeline
-    from sbg.rows import RowSource
+    from sbg.stream.pipeline import Pipeline
+    from sbg.stream.rows import RowSource
 
     rng = np.random.default_rng(1)
     values = np.round(rng.normal(3.7, 0.01, rows), 4).tolist()
@@ -200,7 +200,7 @@ def bench_row_at_a_time(rows, repeat):
 
 
 def bench_detect(rows, repeat):
-    from sbg.batch import run_detect
+    from sbg.stream.batch import run_detect
 
     DATA.mkdir(parents=True, exist_ok=True)
     path = DATA / f"fleet_{rows}.csv"

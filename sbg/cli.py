@@ -80,18 +80,18 @@ def _dask_args(p, partitions: str):
 
 @contextlib.contextmanager
 def _fan_out(args, echo):
-    """A :class:`sbg.distributed.FanOut` when ``--scheduler`` or ``--workers`` is given, else ``None``."""
+    """A :class:`sbg.scale.cluster.FanOut` when ``--scheduler`` or ``--workers`` is given, else ``None``."""
     if not (args.scheduler or args.workers is not None):
         yield None
         return
-    from .distributed import FanOut, dask_client
+    from .scale.cluster import FanOut, dask_client
 
     with dask_client(args.scheduler, args.workers, echo=echo) as client:
         yield FanOut(client, args.partitions)
 
 
 def _inputs(files):
-    from .inputs import expand_inputs
+    from .io.inputs import expand_inputs
 
     return expand_inputs(files)
 
@@ -146,7 +146,7 @@ def default_output(specs, dataset: bool = False) -> Path:
 
 
 def _speed(text):
-    from .replay import parse_speed
+    from .stream.replay import parse_speed
 
     try:
         parse_speed(text)
@@ -378,7 +378,7 @@ def cmd_replay(args) -> int:
 
 
 def _replay(args, out: _Out, files, fan_out) -> int:
-    from .monitor import Monitor
+    from .stream.monitor import Monitor
 
     monitor = Monitor(files, baseline=args.baseline, settings=_settings(args.config),
                       alerts_db=args.alerts_db, speed=args.speed, loop=args.loop, resume=args.resume,
@@ -476,8 +476,8 @@ def cmd_detect(args) -> int:
     import shutil
     import tempfile
 
-    from .batch import run_detect
-    from .outputs import AtomicFile, output_errors
+    from .io.outputs import AtomicFile, output_errors
+    from .stream.batch import run_detect
 
     if args.chunk_size < 1:
         raise SbgError("--chunk-size must be at least 1")
@@ -499,7 +499,7 @@ def cmd_detect(args) -> int:
         summary = (stack.enter_context(AtomicFile(args.summary_json, "w", encoding="utf-8"))
                    if args.summary_json else None)
         if dask:
-            from .distributed import run_detect_dask
+            from .scale.cluster import run_detect_dask
 
             result = run_detect_dask(args.files, output, partitions=args.partitions, scheduler=args.scheduler,
                                      workers=args.workers, progress=sys.stdout.isatty(), **options)
@@ -527,9 +527,9 @@ def cmd_detect(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .monitor import Monitor
-    from .outputs import AtomicFile
-    from .report import build_report, check_output
+    from .io.outputs import AtomicFile
+    from .report.build import build_report, check_output
+    from .stream.monitor import Monitor
 
     t0 = time.monotonic()
     path = check_output(args.output)
@@ -566,8 +566,8 @@ def _read_flags(path: Path, time_col=None, entity_col=None, entity_name=None, la
     """
     import pandas as pd
 
-    from .batch import is_dataset, read_dataset
-    from .csvsafe import restore_cell
+    from .io.csvsafe import restore_cell
+    from .stream.batch import is_dataset, read_dataset
 
     if not path.exists():
         raise SourceError(path, "no such file or directory")
@@ -575,7 +575,7 @@ def _read_flags(path: Path, time_col=None, entity_col=None, entity_name=None, la
         frame = read_dataset(path).to_pandas() if is_dataset(path) else pd.read_csv(path, low_memory=False)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise SourceError(path, f"cannot be read as sbg detect output: {_first_line(exc)}") from None
-    if not is_dataset(path):  # the CSV's text was neutralised for spreadsheets (sbg.csvsafe): undo it
+    if not is_dataset(path):  # the CSV's text was neutralised for spreadsheets (sbg.io.csvsafe): undo it
         frame.columns = [restore_cell(c) for c in frame.columns]
     if "is_anomaly" not in frame.columns:
         raise SourceError(path, "has no is_anomaly column: is it the output of sbg detect?")
@@ -640,7 +640,7 @@ def cmd_evaluate(args) -> int:
     import pandas as pd
 
     from .evaluate import PROFILES, load_labels, score_flags
-    from .sources import DEFAULT_CLOCK_DATE
+    from .io.sources import DEFAULT_CLOCK_DATE
 
     if args.skip_rows < 0:
         raise SbgError("--skip-rows must be 0 or more")
@@ -706,14 +706,14 @@ def cmd_evaluate(args) -> int:
     for p, n in r["nab"].items():
         print(f"  {p:<16}  {n['score']:>10.1f}   (TP {n['tp']}, FP {n['fp']}, FN {n['fn']})")
     if args.json_path:
-        from .outputs import write_text_atomic
+        from .io.outputs import write_text_atomic
 
         write_text_atomic(args.json_path, json.dumps(_json_safe(r), indent=1) + "\n")
     return 0
 
 
 def cmd_validate(args) -> int:
-    from .sources import Source
+    from .io.sources import Source
 
     src = Source(args.file, **_schema_options(args))
     if args.schema_only:
@@ -761,7 +761,7 @@ def cmd_validate(args) -> int:
 
 def _served_files(specs) -> list[Path]:
     """The files ``sbg serve`` replays: its arguments with globs and directories expanded, each one there."""
-    from .inputs import expand_inputs
+    from .io.inputs import expand_inputs
 
     paths = expand_inputs(specs) if specs else []
     for p in paths:
@@ -772,7 +772,7 @@ def _served_files(specs) -> list[Path]:
 
 def serve_command(args) -> tuple[list[str], dict]:
     """The ``panel serve`` command line and environment for ``sbg serve``'s options."""
-    from .datasets import DATA_DIR
+    from .io.datasets import DATA_DIR
 
     app = Path(__file__).resolve().parent.parent / "apps" / "monitor.py"
     if not app.exists():
@@ -796,7 +796,7 @@ def serve_command(args) -> tuple[list[str], dict]:
     # The setup script loads the compiled kernels and the dashboard's imports before the first request.
     # -P: `python -m` puts the working directory first on sys.path, where a folder named sbg (or panel)
     # shadowed the installed package ("cannot import name '__version__' from 'sbg' (unknown location)").
-    cmd = [sys.executable, "-P", "-m", "panel", "serve", str(app), "--plugins", "sbg.server", "--port", str(args.port),
+    cmd = [sys.executable, "-P", "-m", "panel", "serve", str(app), "--plugins", "sbg.serve.api", "--port", str(args.port),
            "--setup", str(app.parent / "setup.py"),
            "--address", args.address, "--num-procs", "1", "--check-unused-sessions", "2000",
            "--unused-session-lifetime", "60000"]
@@ -828,7 +828,7 @@ def cmd_serve(args) -> int:
         print(" ".join(cmd))
         return 0
     if args.alerts_db:  # an alert log that cannot be opened is refused here, not in the server's log
-        from .alerts import AlertLog
+        from .alerts.rules import AlertLog
 
         AlertLog(args.alerts_db).close()
     print(f"sbg {__version__}: dashboard on http://{args.address}:{args.port}/monitor "
@@ -843,7 +843,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from . import datasets
+    from .io import datasets
 
     if args.data_command == "generate":
         out_dir = args.out or datasets.DATA_DIR

@@ -27,11 +27,11 @@ from pathlib import Path
 import param
 import yaml
 
-from .alerts import Rule, default_rules
-from .detect import Baseline, default_detectors, detector_classes, for_schema
+from .alerts.rules import Rule, default_rules
+from .detect.detectors import Baseline, default_detectors, detector_classes, for_schema
+from .detect.features import Stats
 from .errors import ConfigError
-from .history import History
-from .stats import Stats
+from .stream.history import History
 
 __all__ = ["Settings", "settings_table"]
 
@@ -94,7 +94,7 @@ class Settings:
         return stats
 
     def make_detectors(self, reference=None, entity_column: str | None = None):
-        """Fresh detectors with these settings; ``entity_column`` is the input's (see :func:`~sbg.detect.for_schema`)."""
+        """Fresh detectors with these settings; ``entity_column`` is the input's (see :func:`~sbg.detect.detectors.for_schema`)."""
         conf = self.data.get("detectors") or {}
         dets = []
         for det in default_detectors(reference):

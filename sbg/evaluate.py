@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .sources import DEFAULT_CLOCK_DATE
+from .io.sources import DEFAULT_CLOCK_DATE
 
 __all__ = ["load_labels", "evaluate", "compare", "nab_score", "pointwise", "flagged_runs", "score_flags", "PROFILES"]
 
@@ -80,7 +80,7 @@ def compare(paths, labels: pd.DataFrame, variants: dict, baseline=None, toleranc
     data-quality finding, the point-wise F1 and false-alarm rate, and the
     NAB window score (standard profile).
 
-    >>> from sbg.datasets import DATA_DIR
+    >>> from sbg.io.datasets import DATA_DIR
     >>> labels = load_labels(DATA_DIR / "machine_monitor_labels.csv", entity="machine_monitor")
     >>> table = compare([DATA_DIR / "machine_monitor.csv"], labels, {"defaults": {}},
     ...                 baseline=DATA_DIR / "machine_baseline.csv")
@@ -88,7 +88,7 @@ def compare(paths, labels: pd.DataFrame, variants: dict, baseline=None, toleranc
     1.0
     """
     from .config import Settings
-    from .monitor import Monitor
+    from .stream.monitor import Monitor
 
     rows = {}
     for name, settings in variants.items():

@@ -8,7 +8,7 @@ to the local server is blocked, as on an air-gapped plant machine.
 
 The notebooks run from a copy in a temporary folder, so the session's
 autosaves never touch the committed ones; they find their data through
-``sbg.datasets.DATA_DIR``.
+``sbg.io.datasets.DATA_DIR``.
 """
 
 from __future__ import annotations

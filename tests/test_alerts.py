@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sbg.alerts import AlertEngine, AlertLog, Rule
+from sbg.alerts.rules import AlertEngine, AlertLog, Rule
 
 from .conftest import chunkings
 

@@ -96,7 +96,7 @@ def test_status_endpoints_agree(server):
     assert code == 200
     line = next(ln for ln in text.splitlines() if ln.startswith("sbg_rows_in_total{"))
     assert float(line.rsplit(" ", 1)[1]) >= m["rows_in"]
-    # How far the sessions' updates are slowed to keep the loop on time, in both (sbg.pacing).
+    # How far the sessions' updates are slowed to keep the loop on time, in both (sbg.serve.pacing).
     pace = st["display"]
     assert 1.0 <= pace["stretch"] <= 10 and pace["lag_p50_ms"] <= pace["lag_p95_ms"] <= pace["lag_max_ms"]
     assert 0 <= pace["update_share"] and pace["updates_deferred"] >= 0
@@ -179,7 +179,7 @@ def test_a_data_file_deleted_while_served_is_shown_and_logged_once(browser, tmp_
     without the server's paths, and the server's log has one line for it, not a traceback."""
     import shutil
 
-    from sbg.datasets import DATA_DIR
+    from sbg.io.datasets import DATA_DIR
 
     folder = tmp_path / "data"
     folder.mkdir()

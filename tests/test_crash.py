@@ -23,10 +23,10 @@ from contextlib import closing
 import pandas as pd
 import pytest
 
-from sbg.alerts import AlertLog
+from sbg.alerts.rules import AlertLog
 from sbg.config import Settings
-from sbg.datasets import DATA_DIR
-from sbg.monitor import Monitor
+from sbg.io.datasets import DATA_DIR
+from sbg.stream.monitor import Monitor
 
 from .test_alerts import _fault_file
 

@@ -18,10 +18,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from sbg.alerts import AlertLog
-from sbg.batch import read_dataset
+from sbg.alerts.rules import AlertLog
 from sbg.cli import main
-from sbg.csvsafe import DANGEROUS, neutralise_cell, neutralise_frame, neutralise_table
+from sbg.io.csvsafe import DANGEROUS, neutralise_cell, neutralise_frame, neutralise_table
+from sbg.stream.batch import read_dataset
 
 #: Entity ids are read with their blanks stripped, so the tab-led text is in the carried column only.
 ENTITIES = ['=HYPERLINK("http://x","click")', "+cmd|' /C calc'!A0", "@SUM(1)", "-2+3", "plain"]
@@ -94,7 +94,7 @@ def test_detect_csv_and_quarantine_neutralise_formulas(hostile, tmp_path):
 
 
 def test_alert_log_csv_and_dashboard_export_neutralise_formulas(hostile, tmp_path):
-    from sbg.app import Dashboard
+    from sbg.ui.dashboard import Dashboard
 
     db = tmp_path / "alerts.sqlite"
     detect(hostile, tmp_path / "flags.csv", "--alerts-db", db)

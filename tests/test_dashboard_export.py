@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sbg import app
-from sbg.app import Dashboard
-from sbg.datasets import DATA_DIR
 from sbg.errors import SbgError
-from sbg.monitor import Monitor
+from sbg.io.datasets import DATA_DIR
+from sbg.stream.monitor import Monitor
+from sbg.ui import dashboard as app
+from sbg.ui.dashboard import Dashboard
 from tests.conftest import ARTIFACTS, ROOT, Tab, sbg_served, status
 from tests.test_report import Opened
 

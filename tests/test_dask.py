@@ -17,8 +17,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from sbg.batch import read_dataset, run_detect
-from sbg.monitor import Monitor
+from sbg.stream.batch import read_dataset, run_detect
+from sbg.stream.monitor import Monitor
 from tests.served import Tab, get, status
 from tests.served import served as sbg_served
 from tests.test_cli import no_traceback, one_error_line, run
@@ -153,7 +153,7 @@ def test_backfill_of_a_parquet_directory_with_local_workers(tmp_path):
 
 def test_live_fan_out_shows_the_same_numbers(tmp_path, cluster):
     """A monitor whose entities are scored on two workers has the metrics, history, health and alerts of one."""
-    from sbg.distributed import FanOut
+    from sbg.scale.cluster import FanOut
 
     _, client = cluster
     _csv_archive(tmp_path / "archive")

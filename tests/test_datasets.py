@@ -1,4 +1,4 @@
-"""Tests for the labelled sample-data generator, ``sbg.datasets``."""
+"""Tests for the labelled sample-data generator, ``sbg.io.datasets``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sbg import datasets
+from sbg.io import datasets
 
 FILES = [
     "battery_fleet.csv.gz",
@@ -116,12 +116,12 @@ def test_gzip_header_has_no_time_or_name(out_dir):
 def test_shipped_data_is_current(out_dir):
     for name in FILES:
         shipped = datasets.DATA_DIR / name
-        assert shipped.exists(), f"run sbg.datasets.generate() to create {shipped}"
+        assert shipped.exists(), f"run sbg.io.datasets.generate() to create {shipped}"
         fresh = (out_dir / name).read_bytes()
         old = shipped.read_bytes()
         if name.endswith(".gz"):
             fresh, old = gzip.decompress(fresh), gzip.decompress(old)
-        assert fresh == old, f"{shipped} is stale; rerun sbg.datasets.generate()"
+        assert fresh == old, f"{shipped} is stale; rerun sbg.io.datasets.generate()"
 
 
 def test_total_size_under_6_mb(out_dir):

@@ -7,8 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sbg.detect import Baseline, Detector, Flatline, Gap, Limits, Spike, ZScore, detector_classes
-from sbg.stats import Features
+from sbg.detect.detectors import (
+    Baseline,
+    Detector,
+    Flatline,
+    Gap,
+    Limits,
+    Spike,
+    ZScore,
+    detector_classes,
+)
+from sbg.detect.features import Features
 
 from .conftest import chunkings, make_frame
 

@@ -1,7 +1,7 @@
 """``sbg evaluate`` reads back what ``sbg detect`` wrote, spreadsheet-safe quotes and all.
 
 The flags CSV neutralises text a spreadsheet would run (``-cell7`` is
-written ``'-cell7``, see :mod:`sbg.csvsafe`); the labels file, written by
+written ``'-cell7``, see :mod:`sbg.io.csvsafe`); the labels file, written by
 people, says ``-cell7``. Scoring the CSV must give what scoring the Parquet
 dataset (exact text) gives: every window found, none "not in the run".
 """

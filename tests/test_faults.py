@@ -17,16 +17,18 @@ import json
 import pandas as pd
 import pytest
 
-from sbg import detect, history, stats
-from sbg.alerts import AlertEngine
-from sbg.app import Dashboard
-from sbg.datasets import DATA_DIR
-from sbg.monitor import Monitor
-from sbg.plots import LiveBuffers
-from sbg.registry import status_payload
-from sbg.replay import Replay
-from sbg.report import Snapshot
-from sbg.sources import Source
+from sbg.alerts.rules import AlertEngine
+from sbg.detect import detectors as detect
+from sbg.detect import features as stats
+from sbg.io.datasets import DATA_DIR
+from sbg.io.sources import Source
+from sbg.report.build import Snapshot
+from sbg.serve.registry import status_payload
+from sbg.stream import history
+from sbg.stream.monitor import Monitor
+from sbg.stream.replay import Replay
+from sbg.ui.dashboard import Dashboard
+from sbg.ui.plots import LiveBuffers
 
 DATA = DATA_DIR / "machine_monitor.csv"
 ROWS = len(DATA.read_text(encoding="utf-8").splitlines()) - 1

@@ -5,8 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sbg.detect import Joint, Limits, Surprise, battery_schema, default_detectors, for_schema
-from sbg.pipeline import Pipeline
+from sbg.detect.detectors import (
+    Joint,
+    Limits,
+    Surprise,
+    battery_schema,
+    default_detectors,
+    for_schema,
+)
+from sbg.stream.pipeline import Pipeline
 
 from .conftest import chunkings
 
@@ -209,7 +216,7 @@ def test_the_surprise_score_reads_the_same_whatever_the_scale():
 
 
 def test_fixed_thresholds_speak_only_for_values_the_series_itself_finds_rare():
-    from sbg.detect import ZScore
+    from sbg.detect.detectors import ZScore
 
     def jump_at(i):
         v = np.random.default_rng(0).normal(0, 1, 1500)

@@ -42,7 +42,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sbg.cli import main
-from sbg.sources import MAX_LINE_BYTES, Source
+from sbg.io.sources import MAX_LINE_BYTES, Source
 
 settings.register_profile(
     "sbg-fuzz",

@@ -13,11 +13,11 @@ from types import SimpleNamespace as S
 import numpy as np
 import pandas as pd
 
-from sbg.batch import read_dataset, run_detect
 from sbg.cli import main
-from sbg.inputs import distinct_names, expand_inputs, open_inputs, source_name
-from sbg.monitor import Monitor
-from sbg.sources import Source
+from sbg.io.inputs import distinct_names, expand_inputs, open_inputs, source_name
+from sbg.io.sources import Source
+from sbg.stream.batch import read_dataset, run_detect
+from sbg.stream.monitor import Monitor
 
 N = 240
 

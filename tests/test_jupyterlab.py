@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from sbg.datasets import DATA_DIR
-from sbg.sources import Source
+from sbg.io.datasets import DATA_DIR
+from sbg.io.sources import Source
 
 from .jupyter import (
     console_errors,

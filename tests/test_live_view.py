@@ -10,9 +10,9 @@ import re
 import pandas as pd
 import pytest
 
-from sbg.app import Dashboard
-from sbg.datasets import DATA_DIR
-from sbg.monitor import Monitor
+from sbg.io.datasets import DATA_DIR
+from sbg.stream.monitor import Monitor
+from sbg.ui.dashboard import Dashboard
 
 #: Entities coming online one after another, 5 minutes apart, all at 1 Hz.
 FLEET = [f"cell-{i:02d}" for i in range(6)]
@@ -152,7 +152,7 @@ def test_the_plots_wait_behind_a_message_until_rows_arrive_and_after_a_reset(sta
 def test_the_activity_chart_rescales_both_axes_as_counts_change():
     import holoviews as hv
 
-    from sbg.plots import activity_view
+    from sbg.ui.plots import activity_view
 
     pipe = hv.streams.Pipe(data=pd.DataFrame({"rows": [10, 20, 30], "alerts": [0, 0, 0]}))
     fig = hv.renderer("bokeh").get_plot(activity_view(pipe)).state
@@ -181,7 +181,7 @@ def test_new_activity_counts_go_into_the_drawn_sources():
     import panel as pn
     from bokeh.document import Document
 
-    from sbg.plots import activity_view, update_activity
+    from sbg.ui.plots import activity_view, update_activity
 
     pipe = hv.streams.Pipe(data=pd.DataFrame({"rows": [10, 20, 30], "alerts": [0, 0, 0]}))
     pane = pn.pane.HoloViews(activity_view(pipe))
@@ -209,8 +209,8 @@ def test_new_health_states_go_into_the_drawn_grid_as_holoviews_would_draw_them()
     import panel as pn
     from bokeh.document import Document
 
-    from sbg.datasets import DATA_DIR
-    from sbg.plots import health_view, update_health
+    from sbg.io.datasets import DATA_DIR
+    from sbg.ui.plots import health_view, update_health
 
     monitor = Monitor([DATA_DIR / "battery_fleet.csv.gz"], speed="max")
     try:
@@ -253,7 +253,7 @@ def test_a_stream_echoed_back_by_the_notebook_comm_is_ignored():
     import numpy as np
     from bokeh.models import ColumnDataSource
 
-    from sbg.plots import _python_writes_only
+    from sbg.ui.plots import _python_writes_only
 
     t = np.array(["2024-06-03T08:00:00", "2024-06-03T08:00:01"], dtype="datetime64[ns]")
     cds = ColumnDataSource({"timestamp": t, "v": np.array([1.0, 2.0])})
@@ -385,7 +385,7 @@ def _no_server_path(text, folder):
 
 
 def test_a_chosen_source_that_does_not_load_is_named_without_the_server_path(data_dir):
-    from sbg import registry
+    from sbg.serve import registry
 
     monitor = Monitor([data_dir / "machine_monitor.csv"])
     view = Dashboard(monitor=monitor, data_dir=str(data_dir))

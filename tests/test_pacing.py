@@ -1,4 +1,4 @@
-"""The pacer stretches the sessions' update periods while the server's loop runs late (sbg.pacing)."""
+"""The pacer stretches the sessions' update periods while the server's loop runs late (sbg.serve.pacing)."""
 
 import asyncio
 import gc
@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from sbg.pacing import Pacer
+from sbg.serve.pacing import Pacer
 
 
 def feed(pacer, lag, seconds, start):
@@ -62,10 +62,10 @@ def test_probes_measure_a_blocked_loop():
 
 
 def test_a_paced_session_says_so_on_its_live_indicator(monkeypatch):
-    from sbg import app
-    from sbg.datasets import DATA_DIR
-    from sbg.monitor import Monitor
-    from sbg.pacing import PACER
+    from sbg.io.datasets import DATA_DIR
+    from sbg.serve.pacing import PACER
+    from sbg.stream.monitor import Monitor
+    from sbg.ui import dashboard as app
 
     view = app.Dashboard(Monitor([DATA_DIR / "battery_fleet.csv.gz"]))
     try:

@@ -8,10 +8,10 @@ import pytest
 from streamz import Stream
 from streamz.dataframe import DataFrame as StreamingDataFrame
 
-from sbg.batch import run_detect
-from sbg.detect import Detector, ZScore
-from sbg.monitor import Monitor
-from sbg.pipeline import Pipeline
+from sbg.detect.detectors import Detector, ZScore
+from sbg.stream.batch import run_detect
+from sbg.stream.monitor import Monitor
+from sbg.stream.pipeline import Pipeline
 
 from .conftest import make_frame
 

@@ -6,9 +6,9 @@ the median detection delay is printed (run with -s) and kept in the README.
 
 import pytest
 
-from sbg.datasets import DATA_DIR
 from sbg.evaluate import evaluate, load_labels
-from sbg.monitor import Monitor
+from sbg.io.datasets import DATA_DIR
+from sbg.stream.monitor import Monitor
 
 CASES = {
     "battery_fleet": ("battery_fleet.csv.gz", "battery_fleet_labels.csv", None),

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from sbg import registry
-from sbg.datasets import DATA_DIR
-from sbg.registry import ServeConfig
+from sbg.io.datasets import DATA_DIR
+from sbg.serve import registry
+from sbg.serve.registry import ServeConfig
 
 
 @pytest.fixture()
@@ -45,7 +45,7 @@ def test_serve_config_reads_what_sbg_serve_hands_its_child(served_env):
 
 def test_switching_the_source_in_the_page_keeps_the_settings_alert_log_and_loop(served_env):
     """The source picker used to make its monitor without --config, --alerts-db or --loop."""
-    from sbg.app import Dashboard
+    from sbg.ui.dashboard import Dashboard
 
     data, config, db = served_env
     view = Dashboard()

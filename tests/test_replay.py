@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from sbg.replay import Replay, parse_speed
-from sbg.sources import Source
+from sbg.io.sources import Source
+from sbg.stream.replay import Replay, parse_speed
 
 
 @pytest.fixture

@@ -23,12 +23,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sbg.datasets import DATA_DIR
-from sbg.downsample import minmax_indices, with_breaks
 from sbg.errors import SbgError
-from sbg.monitor import Monitor
-from sbg.outputs import write_text_atomic
-from sbg.report import ReportOptions, Snapshot, _Run, build_report, render
+from sbg.io.datasets import DATA_DIR
+from sbg.io.outputs import write_text_atomic
+from sbg.report.build import ReportOptions, Snapshot, _Run, build_report, render
+from sbg.report.downsample import minmax_indices, with_breaks
+from sbg.stream.monitor import Monitor
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"

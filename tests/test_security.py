@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from sbg.datasets import DATA_DIR
+from sbg.io.datasets import DATA_DIR
 from tests.served import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -354,7 +354,7 @@ def jail(tmp_path):
 ])
 def test_a_file_named_in_the_ui_or_api_stays_inside_the_data_dir(jail, name):
     from sbg.errors import SbgError
-    from sbg.registry import resolve_data_file
+    from sbg.serve.registry import resolve_data_file
 
     with pytest.raises(SbgError, match="not a file inside the data directory"):
         resolve_data_file(name, jail)
@@ -363,9 +363,9 @@ def test_a_file_named_in_the_ui_or_api_stays_inside_the_data_dir(jail, name):
 
 
 def test_the_data_dir_lists_and_opens_only_its_own_files(jail):
-    from sbg.app import Dashboard
-    from sbg.monitor import Monitor
-    from sbg.registry import data_files, resolve_data_file
+    from sbg.serve.registry import data_files, resolve_data_file
+    from sbg.stream.monitor import Monitor
+    from sbg.ui.dashboard import Dashboard
 
     assert data_files(jail) == ["ok.csv", "sub/nested.csv"]
     assert resolve_data_file("sub/nested.csv", jail) == (jail / "sub" / "nested.csv").resolve()
@@ -388,9 +388,9 @@ def upload_view(tmp_path):
 
     The shared monitors its source changes open are closed and forgotten afterwards.
     """
-    from sbg import registry
-    from sbg.app import Dashboard
-    from sbg.monitor import Monitor
+    from sbg.serve import registry
+    from sbg.stream.monitor import Monitor
+    from sbg.ui.dashboard import Dashboard
 
     shutil.copy(DATA_DIR / "machine_monitor.csv", tmp_path / "machine_monitor.csv")
     before = set(registry.monitors())
@@ -434,7 +434,7 @@ def test_an_upload_the_server_cannot_write_is_an_error_without_its_path(upload_v
 
 
 def test_bad_input_to_the_page_callbacks_is_shown_not_raised(upload_view):
-    from sbg.style import STATE_COLORS
+    from sbg.report.style import STATE_COLORS
 
     view = upload_view
     monitor = view.monitor
@@ -483,7 +483,7 @@ def _status_request(monkeypatch, remote_ip, user=None):
     from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
     from tornado.web import Application
 
-    from sbg.server import StatusHandler
+    from sbg.serve.api import StatusHandler
 
     application = Application()
     application.auth_provider = NullAuth() if user is None else mock.Mock(get_user_async=None,
@@ -508,9 +508,9 @@ def _status_request(monkeypatch, remote_ip, user=None):
 
 
 def test_status_names_files_without_paths_or_pid_for_remote_callers_without_a_login(monkeypatch, tmp_path):
-    from sbg import registry
-    from sbg.monitor import Monitor
-    from sbg.registry import status_payload
+    from sbg.serve import registry
+    from sbg.serve.registry import status_payload
+    from sbg.stream.monitor import Monitor
 
     shutil.copy(DATA_DIR / "machine_monitor.csv", tmp_path / "machine_monitor.csv")
     shutil.copy(DATA_DIR / "machine_baseline.csv", tmp_path / "machine_baseline.csv")

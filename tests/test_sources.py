@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sbg.errors import EXIT_INPUT, SbgError, SourceError
-from sbg.sources import (
+from sbg.io.sources import (
     DEFAULT_CLOCK_DATE,
     MAX_LINE_BYTES,
     MAX_RAW_CHARS,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sbg.stats import Features, Stats
+from sbg.detect.features import Features, Stats
 
 from .conftest import chunkings, make_frame
 

@@ -4,7 +4,7 @@ Every signal carries statistics and detector state per entity. Before the
 limit a 10 MB file of 10,000 numeric columns took 14 minutes and 1.2 GB of
 RSS (1,000 columns: 14-27 s and 2.2 GB); it is now refused in 1.7 s, with
 one line naming the file, line 1 and the column count, exit code 3.
-The limit, 1,000 by default (:data:`sbg.sources.MAX_SIGNALS`), is raised
+The limit, 1,000 by default (:data:`sbg.io.sources.MAX_SIGNALS`), is raised
 or lowered with ``--max-signals`` or ``SBG_MAX_SIGNALS``.
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 from sbg.cli import main
 from sbg.errors import EXIT_CONFIG, EXIT_INPUT, EXIT_USAGE, SourceError
-from sbg.sources import MAX_SIGNALS, infer_schema
+from sbg.io.sources import MAX_SIGNALS, infer_schema
 
 
 def _wide(path, signals: int, rows: int = 3):

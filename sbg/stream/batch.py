@@ -4,12 +4,12 @@ The files are read in blocks and pushed through the same :class:`Pipeline`
 the live replay uses, in chunks of ``chunk_size`` rows; because every step
 carries its state, the output does not depend on the chunk size. Several
 files (globs, directories) are read one after the other, in the order
-:func:`~sbg.inputs.expand_inputs` gives. Output rows are written as they are
+:func:`~sbg.io.inputs.expand_inputs` gives. Output rows are written as they are
 produced, to a CSV file or to a Parquet dataset (a directory of
 ``part-*.parquet`` files), so memory stays bounded by one block whatever
-the input size. ``sbg.distributed`` writes the same dataset from Dask workers.
+the input size. ``sbg.scale.cluster`` writes the same dataset from Dask workers.
 
-Outputs are whole or absent (:mod:`sbg.outputs`): rows go to a temporary
+Outputs are whole or absent (:mod:`sbg.io.outputs`): rows go to a temporary
 file beside the output (a dataset's parts to a scratch folder inside it),
 which takes the output's name only once the run has succeeded. A run that
 fails leaves every earlier output as it was, and an output that cannot be
@@ -33,16 +33,16 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from . import __version__
-from .alerts import AlertEngine, AlertLog
-from .config import Settings, describe
-from .csvsafe import neutralise_cell, neutralise_table
-from .errors import OutputError, SbgError
-from .inputs import FileOrder, expand_inputs, open_inputs, source_name
+from .. import __version__
+from ..alerts.rules import AlertEngine, AlertLog
+from ..config import Settings, describe
+from ..errors import OutputError, SbgError
+from ..io.csvsafe import neutralise_cell, neutralise_table
+from ..io.inputs import FileOrder, expand_inputs, open_inputs, source_name
+from ..io.outputs import AtomicFile, make_parent, output_errors, write_text_atomic
+from ..io.sources import load_reference
 from .metrics import Metrics
-from .outputs import AtomicFile, make_parent, output_errors, write_text_atomic
 from .pipeline import Pipeline
-from .sources import load_reference
 
 __all__ = ["run_detect", "format_timestamps", "TableWriter", "FlagsWriter", "is_dataset", "prepare_dataset", "dataset_output",
            "read_dataset", "quarantine_file"]
@@ -194,7 +194,7 @@ def read_dataset(output) -> pa.Table:
 class TableWriter:
     """Writes Arrow tables to one CSV or Parquet file, whole or not at all.
 
-    The bytes go to an :class:`~sbg.outputs.AtomicFile`: ``path`` gets
+    The bytes go to an :class:`~sbg.io.outputs.AtomicFile`: ``path`` gets
     them only at :meth:`commit` (or :meth:`close`), and :meth:`discard`
     drops them. A failed write is an :class:`~sbg.errors.OutputError`
     naming ``path``.
@@ -313,7 +313,7 @@ def _read_in_order(sources, order: FileOrder | None):
 
 
 def quarantine_file(path, paths) -> tuple[AtomicFile, csv.writer]:
-    """The ``--quarantine`` CSV, as an :class:`~sbg.outputs.AtomicFile`, and a writer with its header written."""
+    """The ``--quarantine`` CSV, as an :class:`~sbg.io.outputs.AtomicFile`, and a writer with its header written."""
     qfile = AtomicFile(path, "w", encoding="utf-8", newline="")
     try:
         qwriter = csv.writer(qfile)
@@ -424,7 +424,7 @@ def quarantine_header(paths) -> list[str]:
 
 
 def quarantine_rows(batch, with_file: bool):
-    """Rows of the quarantine CSV: text cells neutralised (:mod:`sbg.csvsafe`), NUL bytes of the raw
+    """Rows of the quarantine CSV: text cells neutralised (:mod:`sbg.io.csvsafe`), NUL bytes of the raw
     line written as the four characters ``\\x00``."""
     for q in batch.quarantined:
         raw = q.raw.replace("\x00", "\\x00")

@@ -13,7 +13,7 @@ scores), so one bad chunk never stops the stream.
 Enriched columns
 ----------------
 ``{signal}__mean/__std/__min/__max/__ewm``
-    Rolling statistics (:class:`~sbg.stats.Stats`).
+    Rolling statistics (:class:`~sbg.detect.features.Stats`).
 ``{signal}__score``
     Highest anomaly-detector score on the signal.
 ``{signal}__quality``
@@ -41,10 +41,10 @@ import numpy as np
 import pandas as pd
 import param
 
-from .alerts import AlertEngine, AlertLog
-from .detect import Detector, default_detectors, is_flag
+from ..alerts.rules import AlertEngine, AlertLog
+from ..detect.detectors import Detector, default_detectors, is_flag
+from ..detect.features import Features, Stats
 from .metrics import Metrics
-from .stats import Features, Stats
 
 _log = logging.getLogger("sbg")
 
@@ -264,7 +264,7 @@ class Pipeline(param.Parameterized):
         self.metrics.sim_time = pd.Timestamp(chunk.ts[-1])
 
     def _finding_events(self, result):
-        """An event for each finding a detector reports once (see :meth:`~sbg.detect.Detector.findings`)."""
+        """An event for each finding a detector reports once (see :meth:`~sbg.detect.detectors.Detector.findings`)."""
         # By name, not by the detectors' last call: in a Dask fan-out they ran on the workers.
         names = {name: det for det in self.detectors if det.enabled for name in det.finding_names}
         if not names:

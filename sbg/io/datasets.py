@@ -44,7 +44,7 @@ import pandas as pd
 from scipy.interpolate import CubicSpline, PchipInterpolator
 from scipy.signal import lfilter
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 DEFAULT_SEED = 20240603
 
 __all__ = ["DATA_DIR", "DEFAULT_SEED", "battery_fleet", "generate", "machine", "site_power"]

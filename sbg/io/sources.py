@@ -49,8 +49,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from numba import njit
 
+from ..errors import ConfigError, SbgError, SourceError
 from .entities import EntityIndex
-from .errors import ConfigError, SbgError, SourceError
 
 __all__ = [
     "load_reference",
@@ -142,7 +142,7 @@ class Schema:
     date: str = DEFAULT_CLOCK_DATE
     time_format: str | None = None
     newline: str = "\n"  # "\r" for files whose lines end in CR alone
-    #: the name when not the file's own: set by :func:`sbg.inputs.name_sources` for
+    #: the name when not the file's own: set by :func:`sbg.io.inputs.name_sources` for
     #: files read together whose file names collide (``valve1/0``, ``valve2/0``)
     label: str | None = None
 

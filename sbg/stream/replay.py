@@ -12,7 +12,7 @@ on the current loop (Jupyter's kernel loop, or the Tornado loop under
 >>> import pathlib, tempfile
 >>> p = pathlib.Path(tempfile.mkdtemp()) / "r.csv"
 >>> _ = p.write_text("time,v\\n" + "".join(f"2024-01-01T00:00:{i:02d},{i}\\n" for i in range(10)))
->>> from sbg.sources import Source
+>>> from sbg.io.sources import Source
 >>> r = Replay([Source(p)], speed="max", max_chunk_rows=4)
 >>> sizes = []
 >>> _ = r.stream.sink(lambda df: sizes.append(len(df)))
@@ -32,7 +32,7 @@ import pandas as pd
 import param
 from streamz import Stream
 
-from .sources import Batch, Source
+from ..io.sources import Batch, Source
 
 __all__ = ["Replay", "parse_speed", "SPEEDS"]
 

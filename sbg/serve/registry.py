@@ -19,8 +19,8 @@ from pathlib import Path
 
 import param
 
-from .errors import SbgError
-from .monitor import Monitor
+from ..errors import SbgError
+from ..stream.monitor import Monitor
 from .pacing import PACER
 
 __all__ = ["ServeConfig", "DATA_SUFFIXES", "monitors", "shared_monitor", "default_monitor", "monitor_for",
@@ -63,7 +63,7 @@ class ServeConfig(param.Parameterized):
     def data_root(self) -> Path:
         if self.data_dir:
             return Path(self.data_dir)
-        from .datasets import DATA_DIR
+        from ..io.datasets import DATA_DIR
 
         return DATA_DIR
 
@@ -79,7 +79,9 @@ def shared_monitor(files, baseline=None, config=None, speed="100x", loop=False, 
     with _LOCK:
         monitor = _MONITORS.get(key)
         if monitor is None:
-            from .distributed import fan_out_from_env  # imports Dask only if sbg serve was given it
+            from ..scale.cluster import (
+                fan_out_from_env,  # imports Dask only if sbg serve was given it
+            )
 
             monitor = Monitor(list(files), baseline=baseline, settings=config, alerts_db=alerts_db, speed=speed,
                               loop=loop, fan_out=fan_out_from_env())
@@ -218,7 +220,7 @@ def live_objects(top: int = 15) -> dict:
     from bokeh.document import Document
     from bokeh.model import Model
 
-    gc.unfreeze()  # objects the pacer froze away from the collector may be garbage (sbg.pacing)
+    gc.unfreeze()  # objects the pacer froze away from the collector may be garbage (sbg.serve.pacing)
     gc.collect()
     kinds = {**SESSION_KINDS, "documents": Document, "buffers": hv.streams.Buffer,
              "panel_objects": pn.viewable.Viewable, "bokeh_models": Model}
@@ -247,7 +249,7 @@ def status_payload(monitor: Monitor, full: bool = True) -> dict:
     status["sessions"] = session_count()
     status["subscribers"] = monitor.subscriber_count
     status["process"] = {"pid": os.getpid(), "rss_bytes": rss_bytes()}
-    # How far the sessions' update periods are stretched to keep the server's loop on time (sbg.pacing).
+    # How far the sessions' update periods are stretched to keep the server's loop on time (sbg.serve.pacing).
     status["display"] = {**PACER.summary(), "sessions_behind": sessions_behind()}
     status = json.loads(json.dumps(status, default=str))
     if full:

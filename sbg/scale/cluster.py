@@ -3,7 +3,7 @@
 Every statistic, detector and alert rule carries state per entity and
 nothing else, so the work splits by entity: a stable hash of the entity id
 picks its partition (:func:`partition_of`), and each partition runs the
-unchanged, chunk-invariant :class:`~sbg.pipeline.Pipeline` over its
+unchanged, chunk-invariant :class:`~sbg.stream.pipeline.Pipeline` over its
 entities' rows in their original order. The results are therefore the
 results of one process, row for row and alert for alert, whatever the number
 of workers. ``docs/scaling.md`` says when this pays off.
@@ -55,9 +55,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
-from .alerts import Alert, AlertEngine, AlertLog, alerts_frame
-from .batch import (
+from .. import __version__
+from ..alerts.rules import Alert, AlertEngine, AlertLog, alerts_frame
+from ..config import Settings, describe
+from ..errors import OutputError, SbgError
+from ..io.inputs import FileOrder, expand_inputs, open_inputs, source_name
+from ..io.outputs import AtomicFile, output_errors, write_text_atomic
+from ..io.sources import Source, load_reference
+from ..stream.batch import (
     FlagsWriter,
     TableWriter,
     check_output,
@@ -66,13 +71,8 @@ from .batch import (
     quarantine_file,
     quarantine_rows,
 )
-from .config import Settings, describe
-from .errors import OutputError, SbgError
-from .inputs import FileOrder, expand_inputs, open_inputs, source_name
-from .metrics import Metrics
-from .outputs import AtomicFile, output_errors, write_text_atomic
-from .pipeline import Pipeline
-from .sources import Source, load_reference
+from ..stream.metrics import Metrics
+from ..stream.pipeline import Pipeline
 
 __all__ = ["dask_client", "partition_of", "run_detect_dask", "FanOut", "FanOutPipeline", "fan_out_from_env"]
 
@@ -291,7 +291,7 @@ def run_detect_dask(path, output, baseline=None, settings: Settings | None = Non
                     schema_options: dict | None = None, partitions: int | None = None, client=None,
                     scheduler: str | None = None, workers: int | None = None, progress: bool = False,
                     echo=print) -> dict:
-    """``sbg detect`` on a Dask cluster: the same flags and alerts as :func:`~sbg.batch.run_detect`.
+    """``sbg detect`` on a Dask cluster: the same flags and alerts as :func:`~sbg.stream.batch.run_detect`.
 
     The cluster is ``client``'s, or the one :func:`dask_client` gives for
     ``scheduler`` or ``workers``, connected only once the inputs and options
@@ -316,7 +316,7 @@ def run_detect_dask(path, output, baseline=None, settings: Settings | None = Non
     reference = load_reference(baseline, **schema_options) if baseline else None
     with contextlib.ExitStack() as stack:
         # Outputs first, so one that cannot be written fails before a cluster starts; each gets
-        # its new content only when the run has succeeded (see sbg.batch.run_detect).
+        # its new content only when the run has succeeded (see sbg.stream.batch.run_detect).
         log = AlertLog(alerts_db) if alerts_db else None
         if log is not None:
             stack.callback(log.close)
@@ -430,7 +430,7 @@ def _score_step(state: _WorkerPipeline, message):
 
 
 class FanOutPipeline(Pipeline):
-    """A :class:`~sbg.pipeline.Pipeline` whose stateful part runs on Dask workers, one state per partition.
+    """A :class:`~sbg.stream.pipeline.Pipeline` whose stateful part runs on Dask workers, one state per partition.
 
     Built by :meth:`FanOut.pipeline`. Its :meth:`connect` graph is
     ``split → scatter() → accumulate(score) → zip → gather() → assemble``;
@@ -519,7 +519,7 @@ class FanOutPipeline(Pipeline):
 
 
 class FanOut:
-    """Spread a :class:`~sbg.monitor.Monitor`'s entities over the workers of a Dask ``client``.
+    """Spread a :class:`~sbg.stream.monitor.Monitor`'s entities over the workers of a Dask ``client``.
 
     Pass it as ``Monitor(..., fan_out=FanOut(client))``. ``partitions``
     defaults to the number of workers.

@@ -2,7 +2,7 @@
 
 :class:`Features` is the shared, stateful feature store a pipeline feeds each
 chunk to once: rolling moments, quantiles, lags and run lengths are computed
-by compiled kernels (see ``sbg._kernels``) and cached per chunk, so several
+by compiled kernels (see ``sbg.detect.kernels``) and cached per chunk, so several
 detectors asking for the same window pay for it once.
 
 :class:`Stats` is the pipeline step that adds ``{signal}__mean``, ``__std``,
@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import param
 
-from ._kernels import (
+from ..io.entities import EntityIndex
+from .kernels import (
     EWM,
     EWSpread,
     JointReference,
@@ -38,7 +39,6 @@ from ._kernels import (
     UsualInterval,
     parse_window,
 )
-from .entities import EntityIndex
 
 __all__ = ["Chunk", "Features", "Stats", "STAT_SUFFIXES"]
 
@@ -253,7 +253,7 @@ class Features:
         return self._get(chunk, key, lambda: RollingMoments(self.k, window, min_periods, prior, minmax=False), run)
 
     def intervals(self, chunk, eta=0.05):
-        """``(dt_seconds, usual_interval_seconds)`` per row (see :class:`~sbg._kernels.UsualInterval`)."""
+        """``(dt_seconds, usual_interval_seconds)`` per row (see :class:`~sbg.detect.kernels.UsualInterval`)."""
         return self._get(chunk, ("intervals", float(eta)), lambda: UsualInterval(eta),
                          lambda s: s.update(chunk.codes, chunk.ts))
 

@@ -32,7 +32,7 @@ import os
 import secrets
 from pathlib import Path
 
-from .errors import OutputError
+from ..errors import OutputError
 
 __all__ = ["AtomicFile", "write_text_atomic", "output_errors", "make_parent", "reason"]
 

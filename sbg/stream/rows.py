@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from streamz import Stream
 
-from .sources import MAX_RAW_CHARS, QuarantinedRow, _short
+from ..io.sources import MAX_RAW_CHARS, QuarantinedRow, _short
 
 __all__ = ["RowSource"]
 

@@ -1,4 +1,4 @@
-"""Status endpoints served beside the dashboard: ``panel serve ... --plugins sbg.server``.
+"""Status endpoints served beside the dashboard: ``panel serve ... --plugins sbg.serve.api``.
 
 * ``GET /api/status``  metrics, replay state and progress, source and start time (JSON);
   ``?sessions=1`` adds the rows each open session has sent to its browser
@@ -23,7 +23,7 @@ from bokeh.server.auth_provider import NullAuth
 from bokeh.server.views.auth_request_handler import AuthRequestHandler
 from tornado.web import HTTPError
 
-from .alerts import _records
+from ..alerts.rules import _records
 from .pacing import PACER
 
 __all__ = ["ROUTES", "prometheus_text"]

@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 import param
 
-from .errors import OutputError
-from .outputs import AtomicFile, make_parent, reason, write_text_atomic
+from ..errors import OutputError
+from ..io.outputs import AtomicFile, make_parent, reason, write_text_atomic
 
 __all__ = ["Rule", "Alert", "AlertEngine", "AlertLog", "default_rules", "SEVERITIES"]
 
@@ -397,7 +397,7 @@ _CHECKPOINT_FIELDS = ["source", "identity", "position", "state", "arrays"]
 def alerts_frame(records) -> pd.DataFrame:
     """Alert records as a frame, newest first, with ``kind``: whether the detector that raised
     each alert finds anomalies in the process (``anomaly``) or problems in the data (``quality``)."""
-    from .detect import detector_classes
+    from ..detect.detectors import detector_classes
 
     df = pd.DataFrame(list(records), columns=_COLUMNS)
     for col in ("start", "end", "peak_time"):
@@ -550,8 +550,8 @@ class AlertLog:
         return alerts_frame(dict(zip(_COLUMNS, r, strict=True)) for r in rows)
 
     def to_csv(self, path):
-        """The log as CSV, text cells a spreadsheet would run as formulas neutralised (:mod:`sbg.csvsafe`)."""
-        from .csvsafe import neutralise_frame
+        """The log as CSV, text cells a spreadsheet would run as formulas neutralised (:mod:`sbg.io.csvsafe`)."""
+        from ..io.csvsafe import neutralise_frame
 
         with AtomicFile(path, "w", encoding="utf-8", newline="") as fh:
             neutralise_frame(self.read()).to_csv(fh, index=False)

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import SbgError, SourceError
+from ..errors import SbgError, SourceError
 from .sources import Source, check_regular_file, with_schema
 
 __all__ = ["DATA_SUFFIXES", "expand_inputs", "open_inputs", "name_sources", "distinct_names", "source_name",
@@ -176,7 +176,7 @@ def name_sources(sources: Iterable[Source]) -> list[Source]:
 
 
 def open_inputs(paths: Sequence, **schema_options) -> list[Source]:
-    """A :class:`~sbg.sources.Source` per file, refusing files whose schema differs from the first's.
+    """A :class:`~sbg.io.sources.Source` per file, refusing files whose schema differs from the first's.
 
     Every source has a different name (see :func:`distinct_names`), so no
     two wide files become one entity.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .style import ENTITY_COLORS, FLAG_SIZE, LIVE_COLOR, STATE_COLORS
+from ..report.style import ENTITY_COLORS, FLAG_SIZE, LIVE_COLOR, STATE_COLORS
 
 __all__ = [
     "BufferBridge",
@@ -314,7 +314,7 @@ class LiveBuffers:
         Entities not yet shown take free slots first (see ``slots``); rows of
         other entities are ignored. With ``max_rows``, an entity with more rows
         than that in ``frame`` sends only the rows holding each signal's
-        minimum and maximum per slice of time (:func:`~sbg.downsample.minmax_indices`):
+        minimum and maximum per slice of time (:func:`~sbg.report.downsample.minmax_indices`):
         the curves keep every extreme, flagged points are all kept.
         """
         if frame is None or len(frame) == 0 or not self.slots:
@@ -346,7 +346,7 @@ class LiveBuffers:
 
     def _thin(self, drawn, rows, max_rows):
         """At most about ``max_rows`` of ``rows``: per signal, the lowest and highest in each slice of time."""
-        from .downsample import minmax_indices
+        from ..report.downsample import minmax_indices
 
         signals = [c for c in self.columns[1:] if "__" not in c] or self.columns[1:2]
         buckets = max(8, max_rows // (2 * len(signals)))

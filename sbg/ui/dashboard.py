@@ -1,11 +1,11 @@
 """The Panel dashboard: one Viewer over a shared monitor, in Jupyter and under ``panel serve``.
 
 :class:`Dashboard` is a ``pn.viewable.Viewer`` taking a
-:class:`~sbg.monitor.Monitor`. In a notebook it displays inline and updates
+:class:`~sbg.stream.monitor.Monitor`. In a notebook it displays inline and updates
 live; served, :meth:`Dashboard.servable` puts it in a template page.
 
 One monitor runs per data source per server process
-(:func:`sbg.registry.shared_monitor`), shared by every session: the replay is one
+(:func:`sbg.serve.registry.shared_monitor`), shared by every session: the replay is one
 server-wide asyncio task, controls act on the shared monitor, and a tab
 opened late first shows the retained history. Each session only subscribes:
 new chunks queue up and a per-session callback drains them into bounded
@@ -33,24 +33,13 @@ import pandas as pd
 import panel as pn
 import param
 
-from .alerts import alerts_json
-from .detect import STALE_AFTER
-from .errors import SbgError
-from .monitor import Monitor
-from .pacing import PACER
-from .plots import (
-    BufferBridge,
-    LiveBuffers,
-    activity_view,
-    baseline_view,
-    blank_health,
-    health_height,
-    health_view,
-    signal_view,
-    update_activity,
-    update_health,
-)
-from .registry import (
+from ..alerts.rules import alerts_json
+from ..detect.detectors import STALE_AFTER
+from ..errors import SbgError
+from ..report.build import Snapshot, render
+from ..report.style import ENTITY_COLORS, STATE_COLORS, fmt_bytes
+from ..serve.pacing import PACER
+from ..serve.registry import (
     DATA_SUFFIXES,
     SESSION_KINDS,
     ServeConfig,
@@ -63,9 +52,20 @@ from .registry import (
     resolve_data_file,
     session_count,
 )
-from .replay import SPEEDS, parse_speed
-from .report import Snapshot, render
-from .style import ENTITY_COLORS, STATE_COLORS, fmt_bytes
+from ..stream.monitor import Monitor
+from ..stream.replay import SPEEDS, parse_speed
+from .plots import (
+    BufferBridge,
+    LiveBuffers,
+    activity_view,
+    baseline_view,
+    blank_health,
+    health_height,
+    health_view,
+    signal_view,
+    update_activity,
+    update_health,
+)
 
 __all__ = ["Dashboard"]
 
@@ -291,7 +291,7 @@ def _env_megabytes(name: str) -> float | None:
 
 
 class Dashboard(pn.viewable.Viewer):
-    """Live dashboard over a :class:`~sbg.monitor.Monitor`.
+    """Live dashboard over a :class:`~sbg.stream.monitor.Monitor`.
 
     Parameters
     ----------
@@ -305,7 +305,7 @@ class Dashboard(pn.viewable.Viewer):
 
     Served, the defaults come from the environment ``sbg serve`` sets:
     ``SBG_DATA_DIR``, ``SBG_FILES``, ``SBG_SPEED`` and the others read by
-    :func:`sbg.registry.shared_monitor`'s caller, and ``SBG_MAX_UPLOAD_MB`` for
+    :func:`sbg.serve.registry.shared_monitor`'s caller, and ``SBG_MAX_UPLOAD_MB`` for
     ``max_upload_mb`` (``SBG_MAX_UPLOAD_MB=200 sbg serve``).
 
     The upload travels in one websocket message, base64-encoded (4/3 of the
@@ -934,7 +934,7 @@ class Dashboard(pn.viewable.Viewer):
         return io.BytesIO(data)
 
     def _alerts_csv(self):
-        from .csvsafe import neutralise_frame
+        from ..io.csvsafe import neutralise_frame
 
         # Opened in spreadsheets: no cell may run as a formula.
         return io.StringIO(neutralise_frame(self.monitor.alerts).to_csv(index=False))
@@ -978,7 +978,7 @@ class Dashboard(pn.viewable.Viewer):
             self._keep_comms_home()  # the page's comms exist once it is drawn
         now = time.monotonic()
         # Served, every session's periods stretch while the server's loop runs late, so that many
-        # sessions cannot starve it (sbg.pacing). Called twice per plot period: a due update waits at
+        # sessions cannot starve it (sbg.serve.pacing). Called twice per plot period: a due update waits at
         # most half a period, and the 10 % slack keeps timer jitter from pushing it a whole period back.
         served = self._served()
         stretch = PACER.stretch if served else 1.0
@@ -1104,7 +1104,7 @@ class Dashboard(pn.viewable.Viewer):
             label += f" · {data['stale_count']} of {data['entities']} stale"
             title = f"no rows for {pd.Timedelta(STALE_AFTER).total_seconds():g} s of replay time: " + ", ".join(data["stale_entities"][:20])
         elif data["state"] == "behind" and state == "running":
-            # The source has the rows; the monitor is still processing them (sbg.monitor.Monitor.data_state).
+            # The source has the rows; the monitor is still processing them (sbg.stream.monitor.Monitor.data_state).
             label += f" · {_fmt_duration(data['behind_s'])} behind"
             title = (f"processing trails the replay clock by {_fmt_duration(data['behind_s'])} of data time; "
                      "no data is missing")

@@ -7,7 +7,7 @@ with a threshold ``t`` scores ``z / (z + t)``, so the flag is exactly
 ``z >= t`` and the score still ranks how far past the line a value is.
 
 Every detector carries its state between chunks (through
-:class:`~sbg.stats.Features`), so scores do not depend on how the input was
+:class:`~sbg.detect.features.Features`), so scores do not depend on how the input was
 chunked.
 
 The defaults are meant for data sbg has never seen: windows are counted in
@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 import param
 
-from ._kernels import JointReference, Likelihood, LimitArming, ReferenceFit, distance_scores
-from .stats import Chunk, Features
+from .features import Chunk, Features
+from .kernels import JointReference, Likelihood, LimitArming, ReferenceFit, distance_scores
 
 __all__ = [
     "Detector",
@@ -296,7 +296,7 @@ class Surprise(Detector):
     of the last few rows); the error, in units of the signal's usual error,
     is its surprise. The surprise is then judged against the distribution of
     the signal's own earlier surprises, with a power-law tail fitted to the
-    largest of them (:class:`~sbg._kernels.Likelihood`): the score is that
+    largest of them (:class:`~sbg.detect.kernels.Likelihood`): the score is that
     tail probability on a log scale (:func:`tail_score`). So one threshold
     means the same on a noisy power meter, a quantised temperature and a
     bursty counter, at any sampling rate, and a surprise a signal shows
@@ -362,7 +362,7 @@ class Joint(Detector):
     Per entity with two or more signals, the first rows (``rows_per_signal``
     per signal, at least ``min_rows``) are the reference: a robust centre,
     scale and covariance of the signals (see
-    :class:`~sbg._kernels.JointReference`). Every later row is scored by its
+    :class:`~sbg.detect.kernels.JointReference`). Every later row is scored by its
     smoothed squared Mahalanobis distance from it, turned into a tail
     probability against the same distance on the reference itself, on the
     same log scale as :class:`Surprise`. The flag lasts while the condition
@@ -627,7 +627,7 @@ class Baseline(Detector):
 
     A reference recorded on another day may describe another operating
     point. So the first ``check_rows`` rows of each entity are checked
-    against it first, signal by signal (:class:`~sbg._kernels.ReferenceFit`,
+    against it first, signal by signal (:class:`~sbg.detect.kernels.ReferenceFit`,
     no flags meanwhile): where most of them lie outside the reference's
     range but their spread is like the reference's, the reference is
     re-centred on the run and judges the spread of its values only; where the spread
@@ -737,7 +737,7 @@ class Baseline(Detector):
         key = ("baseline_u", self.window)
         state = features.state(key)
         if state is None:
-            from ._kernels import RollingMoments
+            from .kernels import RollingMoments
 
             state = (RollingMoments(features.k, self.window, self.window // 2),
                      RollingMoments(features.k, self.window, self.window // 2))

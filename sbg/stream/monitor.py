@@ -3,7 +3,7 @@
 The monitor is the model every view takes (dashboard, report, CLI). One
 monitor runs per data source; views subscribe to it and never own its state.
 
->>> from sbg.datasets import DATA_DIR
+>>> from sbg.io.datasets import DATA_DIR
 >>> m = Monitor([DATA_DIR / "machine_monitor.csv"], speed="max")
 >>> m.run_to_end()
 >>> m.metrics.reconciles, m.metrics.rows_in
@@ -33,16 +33,16 @@ import numpy as np
 import pandas as pd
 import param
 
-from . import __version__
-from .alerts import Alert, AlertEngine, AlertLog
-from .config import Settings
-from .detect import STALE_AFTER
-from .errors import ConfigError, SbgError, SourceError
-from .inputs import name_sources
+from .. import __version__
+from ..alerts.rules import Alert, AlertEngine, AlertLog
+from ..config import Settings
+from ..detect.detectors import STALE_AFTER
+from ..errors import ConfigError, SbgError, SourceError
+from ..io.inputs import name_sources
+from ..io.sources import Batch, Source
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .replay import Replay, parse_speed
-from .sources import Batch, Source
 
 __all__ = ["Monitor", "load_reference", "warm_up"]
 
@@ -77,9 +77,9 @@ class Monitor:
         Continue from the checkpoint in ``alerts_db`` instead of starting over.
     checkpoint_every : float
         Wall seconds between commits of the alert log and its checkpoint.
-    fan_out : sbg.distributed.FanOut, optional
+    fan_out : sbg.scale.cluster.FanOut, optional
         Score the entities on Dask workers instead of in this process.
-    schema_options : passed to every :class:`~sbg.sources.Source`.
+    schema_options : passed to every :class:`~sbg.io.sources.Source`.
     """
 
     def __init__(self, paths, baseline=None, settings=None, alerts_db=None, speed="max", loop=False,
@@ -370,11 +370,11 @@ class Monitor:
     def report(self, path, title: str | None = None, **options):
         """Write the HTML report of the run so far to ``path`` and return the path.
 
-        ``options`` are :class:`~sbg.report.ReportOptions` parameters. For the
+        ``options`` are :class:`~sbg.report.build.ReportOptions` parameters. For the
         HTML as a string (a dashboard download, mid-run) use
-        :func:`sbg.report.build_report`.
+        :func:`sbg.report.build.build_report`.
         """
-        from .report import ReportOptions, write_report
+        from ..report.build import ReportOptions, write_report
 
         return write_report(self, path, title=title, options=ReportOptions.from_options(**options))
 

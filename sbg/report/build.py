@@ -1,6 +1,6 @@
 """The HTML report of a run: one self-contained file for someone who was not watching.
 
-:func:`build_report` turns a :class:`~sbg.monitor.Monitor` into an HTML
+:func:`build_report` turns a :class:`~sbg.stream.monitor.Monitor` into an HTML
 string; :func:`write_report` (and ``Monitor.report``) writes it to a file and
 ``sbg report`` runs a file through the pipeline first. The report holds a
 header (sources, span, counts), a summary (alerts by severity, entities by
@@ -22,7 +22,7 @@ Contracts:
   autoescaping, so file names, headers, entity ids and messages are escaped;
   in plots they are drawn on canvas or shown by Bokeh's escaped ``@field``
   tooltips.
-- **Small and fast.** Long series go through :func:`~sbg.downsample.minmax_indices`
+- **Small and fast.** Long series go through :func:`~sbg.report.downsample.minmax_indices`
   (flagged points and gap edges always kept); all plots share one Bokeh
   document and one copy of BokehJS.
 """
@@ -36,13 +36,13 @@ import numpy as np
 import pandas as pd
 import param
 
-from . import __version__
-from .alerts import SEVERITIES, alerts_frame
-from .config import settings_table
-from .detect import STALE_AFTER
+from .. import __version__
+from ..alerts.rules import SEVERITIES, alerts_frame
+from ..config import settings_table
+from ..detect.detectors import STALE_AFTER
+from ..errors import SbgError
+from ..io.outputs import write_text_atomic
 from .downsample import minmax_indices, with_breaks
-from .errors import SbgError
-from .outputs import write_text_atomic
 from .style import fmt_bytes
 
 __all__ = ["ReportOptions", "Snapshot", "build_report", "write_report", "check_output", "render",

@@ -1,0 +1,1 @@
+"""Turning scores into alerts: the rules, their engine, and the alert log."""

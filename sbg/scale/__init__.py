@@ -1,0 +1,1 @@
+"""Scale-out with Dask: the same pipeline on a cluster, with identical results."""
