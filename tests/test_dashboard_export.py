@@ -16,6 +16,7 @@ import pytest
 
 from sbg.errors import SbgError
 from sbg.io.datasets import DATA_DIR
+from sbg.report.style import fmt_bytes
 from sbg.stream.monitor import Monitor
 from sbg.ui import dashboard as app
 from sbg.ui.dashboard import Dashboard
@@ -155,14 +156,14 @@ def test_an_upload_over_the_limit_is_refused_and_nothing_is_written(server, brow
     before = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*"))
     lines = (DATA_DIR / DATA).read_text().splitlines(keepends=True)
     big = "".join(lines[:4000]).encode()
-    assert len(big) > UPLOAD_LIMIT_MB * 2**20
+    assert len(big) > UPLOAD_LIMIT_MB * 1e6
     tab = Tab(browser, server)
     upload = tab.page.locator("input[type=file]")
     tab.page.get_by_text(f"up to {UPLOAD_LIMIT_MB:g} MB").wait_for(timeout=10_000)
     upload.set_input_files(files=[{"name": "big run.csv", "mimeType": "text/csv", "buffer": big}])
     message = tab.page.get_by_text("over the upload limit")
     message.wait_for(timeout=20_000)
-    assert re.fullmatch(rf"big_run\.csv is 0\.2 MB, over the upload limit of {UPLOAD_LIMIT_MB:g} MB; "
+    assert re.fullmatch(rf"big_run\.csv is {re.escape(fmt_bytes(len(big)))}, over the upload limit of {UPLOAD_LIMIT_MB:g} MB; "
                         r"it was not saved\.", message.inner_text())
     sidebar_shot(tab, "sidebar_upload_refused")
     assert sorted(p.relative_to(data_dir) for p in data_dir.rglob("*")) == before

@@ -13,6 +13,7 @@ import json
 import sys
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from sbg.io.datasets import DATA_DIR
 from sbg.io.sources import Source
@@ -149,7 +150,22 @@ def test_quickstart_runs_live_and_clean_in_jupyterlab_offline(page, lab):
         if live_state(page, live) == "finished":
             break
         scroll_to(page.locator(".sbg-live").nth(live))
-        page.locator("button", has_text="Pause").nth(live).click()
+        # The replay may reach its end between the check above and the click (a loaded machine is slow
+        # to click, the replay's clock is not): then Pause is gone and Start is back, rightly.
+        pause = page.locator("button", has_text="Pause").nth(live)
+
+        def pause_or_finished(pause=pause):
+            if live_state(page, live) == "finished":
+                return "finished"
+            try:
+                pause.click(timeout=2000)
+            except PlaywrightTimeoutError:
+                return None
+            return "clicked"
+
+        if wait_for(page, pause_or_finished, lambda r: r is not None, 120,
+                    f"Pause to be clicked or the replay to finish (round {round_ + 1})") == "finished":
+            break
         state = wait_for(page, lambda: live_state(page, live), lambda s: s in ("paused", "finished"), 120,
                          f"Pause to hold the replay (round {round_ + 1})")
         if state == "finished":
