@@ -39,24 +39,14 @@ from ..config import Settings
 from ..detect.detectors import STALE_AFTER
 from ..errors import ConfigError, SbgError, SourceError
 from ..io.inputs import name_sources
-from ..io.sources import Batch, Source
+from ..io.sources import Batch, Source, load_reference
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .replay import Replay, parse_speed
 
-__all__ = ["Monitor", "load_reference", "warm_up"]
+__all__ = ["Monitor", "warm_up"]
 
 _log = logging.getLogger(__name__)
-
-
-def load_reference(path, **schema_options) -> pd.DataFrame:
-    """Read a whole baseline file (validated) into one frame."""
-    src = Source(path, **schema_options)
-    parts = [b.frame for b in src.batches()]
-    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    if frame.empty:
-        raise SbgError(f"{path}: baseline has no valid rows")
-    return frame
 
 
 class Monitor:
