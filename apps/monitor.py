@@ -2,13 +2,10 @@
 
 The source, speed and data directory come from ``sbg serve``'s options
 (environment variables ``SBG_FILES``, ``SBG_SPEED``, ``SBG_DATA_DIR``...);
-by default the bundled battery fleet.
+by default the bundled battery fleet. ``sbg serve`` runs the same page from
+the installed package (``sbg/ui/apps/monitor.py``).
 """
 
-import panel as pn
+from sbg.ui.dashboard import serve_page
 
-from sbg.ui.dashboard import Dashboard
-
-pn.extension("tabulator", notifications=True)
-
-Dashboard().servable()
+serve_page()

@@ -774,9 +774,7 @@ def serve_command(args) -> tuple[list[str], dict]:
     """The ``panel serve`` command line and environment for ``sbg serve``'s options."""
     from .io.datasets import DATA_DIR
 
-    app = Path(__file__).resolve().parent.parent / "apps" / "monitor.py"
-    if not app.exists():
-        raise SbgError(f"{app}: the dashboard app is missing; install sbg from a source checkout (pip install -e .)")
+    app = Path(__file__).resolve().parent / "ui" / "apps" / "monitor.py"
     data_dir = (args.data_dir or DATA_DIR).resolve()
     if not data_dir.is_dir():
         raise SbgError(f"{data_dir}: --data-dir is not a directory")

@@ -1448,3 +1448,9 @@ def _quiet_closed_sockets():
 
 
 SESSION_KINDS["dashboards"] = Dashboard
+
+
+def serve_page():
+    """Lay out one session's dashboard on the page being served (the served apps call this)."""
+    pn.extension("tabulator", notifications=True)
+    Dashboard().servable()
