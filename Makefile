@@ -12,7 +12,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 SPEED ?= 100x
 PORT ?= 5006
 
-.PHONY: demo replay test bench bench-latency bench-load setup lint data clean chromium
+.PHONY: demo replay test bench bench-latency bench-load setup lint data clean system-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,23 +44,28 @@ replay: $(UI_STAMP)
 	@mkdir -p artifacts
 	$(BIN)/sbg replay data/battery_fleet.csv.gz --speed 1000x --alerts-db artifacts/demo_alerts.sqlite
 
-# Browser tests drive Debian's chromium; install it when it is missing.
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
+# Browser tests drive Debian's chromium; the service tests run Debian's prometheus and
+# prometheus-alertmanager. Install whichever is missing.
+system-packages:
+	@missing=; for p in chromium prometheus prometheus-alertmanager; do \
+	  command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+	  echo "sbg: installing Debian packages:$$missing"; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
 
-test: $(DEV_STAMP) chromium
+test: $(DEV_STAMP) system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/run.py
 
-bench-latency: $(DEV_STAMP) chromium
+bench-latency: $(DEV_STAMP) system-packages
 	$(BIN)/python benchmarks/latency.py --minutes 10
 
 # The full load run: 20 browser sessions on one served replay (the default test run holds 6).
-bench-load: $(DEV_STAMP) chromium
+bench-load: $(DEV_STAMP) system-packages
 	SBG_LOAD_SESSIONS=20 $(BIN)/python -m pytest -q tests/test_load.py -k many_sessions
 
 lint: $(DEV_STAMP)

@@ -832,12 +832,49 @@ def cmd_serve(args) -> int:
     print(f"sbg {__version__}: dashboard on http://{args.address}:{args.port}/monitor "
           f"(status: /api/status, /api/alerts, /metrics)", flush=True)
     proc = subprocess.Popen(cmd, env={**os.environ, **env})
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=10)
-        return 130
+    return _supervise(proc)
+
+
+#: Seconds a stopping server has to commit its alert log and free its port before it is killed.
+STOP_GRACE = 20.0
+
+
+def _supervise(proc) -> int:
+    """Wait for the server child; SIGTERM, SIGINT or SIGHUP stop it cleanly, and stopping is exit 0.
+
+    The signal is passed on as SIGTERM, on which the server stops its loop, and
+    its exit hook stops the replays and commits and closes the alert logs
+    (:mod:`sbg.serve.lifecycle`). A child still there after :data:`STOP_GRACE`
+    seconds is killed, so the port is always freed for a restart.
+    """
+    import signal
+    import subprocess
+
+    asked = []
+
+    def stop(signum, _frame):
+        asked.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    deadline = None
+    while True:
+        try:  # short waits: a signal handler runs between them, and then the grace period starts
+            rc = proc.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            if asked and deadline is None:
+                deadline = time.monotonic() + STOP_GRACE
+            if deadline is not None and time.monotonic() > deadline:
+                print(f"sbg: the server did not stop within {STOP_GRACE:g} s; killing it", file=sys.stderr)
+                proc.kill()
+                proc.wait()
+                return 1
+    if asked:
+        return 0 if rc in (0, -signal.SIGTERM, -signal.SIGINT) else rc
+    return rc
 
 
 def cmd_data(args) -> int:

@@ -4,9 +4,12 @@
   ``?sessions=1`` adds the rows each open session has sent to its browser
 * ``GET /api/alerts?limit=N``  the newest alerts (JSON)
 * ``GET /metrics``  the same counters in the Prometheus text format
+* ``GET /healthz``  200 ``ok`` while the event loop turns (it answers from the loop)
+* ``GET /readyz``  200 ``ready`` once a monitor is running and has read data, 503 before
 
 The handlers authenticate like the app page: with ``--basic-auth`` or OAuth
-on, a request without a valid login gets 401. They answer for the monitors of
+on, a request without a valid login gets 401. ``/healthz`` and ``/readyz`` need no login and say
+nothing but a status word. The others answer for the monitors of
 this server process (the sources someone has opened), each labelled by source.
 """
 
@@ -21,7 +24,7 @@ import os
 
 from bokeh.server.auth_provider import NullAuth
 from bokeh.server.views.auth_request_handler import AuthRequestHandler
-from tornado.web import HTTPError
+from tornado.web import HTTPError, RequestHandler
 
 from ..alerts.rules import _records
 from .pacing import PACER
@@ -217,7 +220,35 @@ class MetricsHandler(_Api):
         self.write(prometheus_text(_monitors()))
 
 
+class _Probe(RequestHandler):
+    """A service manager's probe: no login, no data, a status word only."""
+
+    def answer(self, code: int, word: str):
+        self.set_status(code)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(word + "\n")
+
+    def head(self):
+        self.get()
+
+
+class HealthHandler(_Probe):
+    def get(self):
+        self.answer(200, "ok")
+
+
+class ReadyHandler(_Probe):
+    def get(self):
+        from .lifecycle import readiness
+
+        ready, word = readiness()
+        self.answer(200 if ready else 503, word)
+
+
 ROUTES = [
+    (r"/healthz", HealthHandler, {}),
+    (r"/readyz", ReadyHandler, {}),
     (r"/api/status", StatusHandler, {}),
     (r"/api/alerts", AlertsHandler, {}),
     (r"/metrics", MetricsHandler, {}),

@@ -1,0 +1,199 @@
+"""sbg as a service, with real parts: a headless ``sbg serve --autostart``, its probes, its stop, and Prometheus.
+
+Every server here is started with no browser and is asked nothing but what
+the check is about: the monitor must start with the server, not with the
+first page or ``/api/status`` request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.served import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+
+
+@pytest.fixture
+def sample_csv():
+    from sbg.io.datasets import DATA_DIR
+
+    return DATA_DIR / "battery_fleet.csv.gz"
+
+
+def wait_for(check, timeout=90.0, what="condition", every=0.25):
+    """Poll ``check()`` until it returns a truthy value (returned); fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+
+
+def http(url, auth=None, timeout=10):
+    """``(status, body)``; an HTTP error status is returned, a refused connection is ``(None, "")``."""
+    req = urllib.request.Request(url)
+    if auth:
+        import base64
+
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return None, ""
+
+
+def rows_in(base, auth=None) -> float:
+    code, text = http(base + "/metrics", auth)
+    if code != 200:
+        return -1.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("sbg_rows_in_total{"))
+
+
+def port_free(port: int) -> bool:
+    """Whether a restarted server could listen on ``port`` (with SO_REUSEADDR, as Tornado does)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def headless(tmp_path, *args, env=None):
+    """``sbg serve --autostart ARGS`` with nothing asking for a page; yields ``(proc, base, port)``."""
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "sbg.cli", "serve", "--port", str(port), "--autostart", *args],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                            cwd=ROOT, env={**os.environ, **(env or {})})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http(base + "/healthz")[0] == 200 or proc.poll() is not None, 120, "the server to answer")
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+        yield proc, base, port
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+
+
+def test_autostart_counts_with_no_page_and_probes_need_no_login(tmp_path, sample_csv):
+    with headless(tmp_path, sample_csv, "--speed", "20x", "--basic-auth", "secret-pw",
+                  "--cookie-secret", "x" * 40) as (proc, base, _):
+        # Only /metrics and the probes are asked: the counters must move on their own.
+        first = wait_for(lambda: rows_in(base, "prometheus:secret-pw") > 0, 60, "rows counted with no page open")
+        wait_for(lambda: rows_in(base, "prometheus:secret-pw") > first, 60, "the count to rise")
+        assert http(base + "/healthz") == (200, "ok\n")
+        assert wait_for(lambda: http(base + "/readyz")[0] == 200, 30, "/readyz") and http(base + "/readyz")[1] == "ready\n"
+        # Everything else keeps its login.
+        for path in ("/metrics", "/api/status", "/api/alerts"):
+            assert http(base + path)[0] == 401, path
+        status = json.loads(http(base + "/api/status", "u:secret-pw")[1])
+        assert status["replay"]["state"] == "running" and status["metrics"]["rows_in"] > 0
+
+
+def test_readyz_waits_for_a_monitor(tmp_path, sample_csv):
+    """Without --autostart nothing runs until asked: alive, not ready."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sbg.cli", "serve", "--port", str(port), str(sample_csv)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http(base + "/healthz")[0] == 200, 120, "/healthz")
+        assert http(base + "/readyz") == (503, "starting\n")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_ends_everything_cleanly(tmp_path, sample_csv, signum):
+    db = tmp_path / "alerts.sqlite"
+    with headless(tmp_path, sample_csv, "--speed", "50x", "--alerts-db", db) as (proc, base, port):
+        wait_for(lambda: rows_in(base) > 0, 60, "rows counted")
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "sbg serve runs panel serve as its child"
+        proc.send_signal(signum)  # to the wrapper only, as a service manager's stop does
+        rc = wait_for(lambda: proc.poll() is not None and [proc.returncode], 60, "sbg serve to exit")[0]
+        assert rc == 0
+        for pid in children:
+            wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or
+                     Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", 30, f"child {pid} to end")
+        wait_for(lambda: port_free(port), 30, "the port to be free")
+    with sqlite3.connect(db) as conn:  # the exit committed a checkpoint of where the replay had got to
+        (position,) = conn.execute("SELECT position FROM checkpoint").fetchone()
+    assert json.loads(position)
+
+
+def _prometheus_config(tmp_path, target: str, password_file: Path) -> Path:
+    """deploy/prometheus.yml pointed at the test's server, scraping every second, with its login."""
+    cfg = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    job = cfg["scrape_configs"][0]
+    job["static_configs"][0]["targets"] = [target]
+    job["scrape_interval"] = "1s"
+    job["basic_auth"] = {"username": "prometheus", "password_file": str(password_file)}
+    out = tmp_path / "prometheus.yml"
+    out.write_text(yaml.safe_dump(cfg))
+    return out
+
+
+def test_prometheus_scrapes_a_headless_server(tmp_path, sample_csv):
+    prometheus = shutil.which("prometheus")
+    assert prometheus, "Debian's prometheus is missing: `make test` installs it (apt-get install prometheus)"
+    pw = tmp_path / "pw"
+    pw.write_text("secret-pw")
+    with headless(tmp_path, sample_csv, "--speed", "5x", "--loop", "--basic-auth", "secret-pw",
+                  "--cookie-secret", "x" * 40) as (_, _base, port):
+        prom_port = free_port()
+        cfg = _prometheus_config(tmp_path, f"127.0.0.1:{port}", pw)
+        with open(tmp_path / "prometheus.log", "wb") as log:
+            prom = subprocess.Popen([prometheus, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                     f"--web.listen-address=127.0.0.1:{prom_port}"],
+                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        api = f"http://127.0.0.1:{prom_port}/api/v1/query?query=" + urllib.parse.quote("sum(sbg_rows_in_total)")
+
+        def scraped() -> float | None:
+            code, text = http(api)
+            if code != 200:
+                return None
+            result = json.loads(text)["data"]["result"]
+            return float(result[0]["value"][1]) if result else None
+
+        try:
+            first = wait_for(lambda: (v := scraped()) is not None and v > 0 and v, 60,
+                             "Prometheus to scrape sbg_rows_in_total above 0")
+            wait_for(lambda: (v := scraped()) is not None and v > first, 60, "the scraped count to rise")
+            code, text = http(f"http://127.0.0.1:{prom_port}/api/v1/targets")
+            (target,) = json.loads(text)["data"]["activeTargets"]
+            assert target["health"] == "up" and target["labels"]["site"] == "bench-1"
+        finally:
+            prom.terminate()
+            prom.wait(timeout=30)
