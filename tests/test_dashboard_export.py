@@ -16,9 +16,9 @@ import pytest
 
 from sbg.errors import SbgError
 from sbg.io.datasets import DATA_DIR
-from sbg.report.style import fmt_bytes
+from sbg.report.style import STATE_COLORS, fmt_bytes
 from sbg.stream.monitor import Monitor
-from sbg.ui import dashboard as app
+from sbg.ui import export
 from sbg.ui.dashboard import Dashboard
 from tests.conftest import ARTIFACTS, ROOT, Tab, sbg_served, status
 from tests.test_report import Opened
@@ -185,15 +185,15 @@ def test_a_failed_report_shows_an_error_and_keeps_the_button(monkeypatch, tmp_pa
     def fail(snap, options=None):
         raise RuntimeError("disk <full>")
 
-    monkeypatch.setattr(app, "render", fail)
+    monkeypatch.setattr(export, "render", fail)
     try:
         # On a thread of its own: Playwright's sync API may hold an event loop on this one.
         with ThreadPoolExecutor(1) as pool, pytest.raises(RuntimeError, match="disk <full>"):
-            pool.submit(lambda: asyncio.run(dashboard._report_file())).result()
-        shown = dashboard.report_status.object
+            pool.submit(lambda: asyncio.run(dashboard.export.report())).result()
+        shown = dashboard.export.report_status.object
         assert "The report could not be made: RuntimeError: disk &lt;full&gt;" in shown
-        assert app.STATE_COLORS["critical"] in shown
-        assert not dashboard.report_button.loading and dashboard.report_button.data is None
+        assert STATE_COLORS["critical"] in shown
+        assert not dashboard.export.report_button.loading and dashboard.export.report_button.data is None
     finally:
         dashboard.close()
         monitor.close()
@@ -206,7 +206,7 @@ def test_the_upload_limit_comes_from_the_environment(monkeypatch, tmp_path):
     dashboards = [Dashboard(monitor, data_dir=str(tmp_path)), Dashboard(monitor, data_dir=str(tmp_path), max_upload_mb=7)]
     try:
         assert [d.max_upload_mb for d in dashboards] == [2.5, 7]
-        assert "up to 2.5 MB" in dashboards[0].upload_status.object
+        assert "up to 2.5 MB" in dashboards[0].sources.upload_status.object
         monkeypatch.setenv("SBG_MAX_UPLOAD_MB", "lots")
         with pytest.raises(SbgError, match="SBG_MAX_UPLOAD_MB='lots'"):
             Dashboard(monitor, data_dir=str(tmp_path))

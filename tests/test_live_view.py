@@ -34,8 +34,8 @@ def staggered(tmp_path):
 
 
 def tick(view):
-    view._last_plot = 0.0
-    view._tick()
+    """One run of the session's periodic update, with every queued row drawn."""
+    view.session.tick(draw=True)
 
 
 def watched(path, **params):
@@ -54,25 +54,25 @@ def run(monitor, view, until=None):
 
 def drawn(view):
     """Rows each entity's Buffer holds."""
-    return {e: len(buf.data) for e, buf in view.live.buffers.items()}
+    return {e: len(buf.data) for e, buf in view.plots.live.buffers.items()}
 
 
 def test_entities_coming_online_take_the_drawn_slots_without_a_rebuild(staggered):
     monitor, view = watched(staggered, max_entities=4)
     try:
-        plots, baseline = view.signals_area.objects[0], view.baseline_pane.object
-        assert len(view.live.slots) == 4 and view.live.entities == [] and view.entities == []
+        plots, baseline = view.plots.signals_area.objects[0], view.baseline.pane.object
+        assert len(view.plots.live.slots) == 4 and view.plots.live.entities == [] and view.entities == []
         run(monitor, view)
         # The plots drawn before any data are the ones still shown: entities took their slots.
-        assert view.signals_area.objects[0] is plots and view.baseline_pane.object is baseline
-        assert view.live.entities == FLEET[:4] == view.entities
+        assert view.plots.signals_area.objects[0] is plots and view.baseline.pane.object is baseline
+        assert view.plots.live.entities == FLEET[:4] == view.entities
         rows = drawn(view)
         assert set(rows) == set(FLEET[:4]) and all(rows.values()), rows
         # Every entity can be chosen, and the legend names those drawn.
-        assert list(view.param.entities.objects) == FLEET
+        assert list(view.session.param.entities.objects) == FLEET
         for e in FLEET[:4]:
-            assert e in view.entity_legend.object
-        assert FLEET[4] not in view.entity_legend.object
+            assert e in view.plots.entity_legend.object
+        assert FLEET[4] not in view.plots.entity_legend.object
     finally:
         monitor.close()
 
@@ -83,13 +83,13 @@ def test_a_chosen_selection_is_kept_and_clearing_it_brings_back_the_automatic_on
         run(monitor, view, until=lambda: len(monitor.pipeline.features.index.labels) >= 3)
         assert view.entities == FLEET[:2]
         view.entities = [FLEET[2]]  # the user's choice
-        assert view.live.entities == [FLEET[2]] and len(view.live.slots) == 1
+        assert view.plots.live.entities == [FLEET[2]] and len(view.plots.live.slots) == 1
         run(monitor, view)
         # Entities coming online later do not join a chosen selection.
-        assert view.entities == [FLEET[2]] == view.live.entities
+        assert view.entities == [FLEET[2]] == view.plots.live.entities
         assert list(drawn(view)) == [FLEET[2]] and drawn(view)[FLEET[2]] > 0
         view.entities = []
-        assert view.live.entities == FLEET[:2] == view.entities and len(view.live.slots) == 2
+        assert view.plots.live.entities == FLEET[:2] == view.entities and len(view.plots.live.slots) == 2
         # Primed from the retained history.
         assert all(drawn(view).values())
     finally:
@@ -100,13 +100,13 @@ def test_reset_keeps_the_plots_and_refills_them(staggered):
     monitor, view = watched(staggered, max_entities=3)
     try:
         run(monitor, view)
-        plots = view.signals_area.objects[0]
-        view._control("reset")
-        assert view.signals_area.objects[0] is plots
+        plots = view.plots.signals_area.objects[0]
+        view.controls.control("reset")
+        assert view.plots.signals_area.objects[0] is plots
         assert view.entities == FLEET[:3] and not any(drawn(view).values())
         run(monitor, view)
-        assert view.signals_area.objects[0] is plots
-        assert view.live.entities == FLEET[:3] and all(drawn(view).values())
+        assert view.plots.signals_area.objects[0] is plots
+        assert view.plots.live.entities == FLEET[:3] and all(drawn(view).values())
     finally:
         monitor.close()
 
@@ -118,16 +118,16 @@ def test_a_session_that_waits_queues_only_the_rows_its_window_shows(staggered):
     view = Dashboard(monitor=monitor, window="10 min")
     try:
         monitor.run_to_end()
-        queued = pd.concat([chunk for chunk, _ in view._pending])
+        queued = pd.concat(view.session.queued)
         newest = queued["timestamp"].max()
         assert newest == pd.Timestamp("2024-06-03 08:59:59") and monitor.metrics.rows_in > 12_000
         # Nothing older than the window but the chunk that straddles its start.
         old = queued["timestamp"] < newest - pd.Timedelta(minutes=10)
-        assert old.sum() < len(view._pending[0][0]) and len(queued) < 4_500, (old.sum(), len(queued))
-        assert view._pending_state["rows"] == len(queued)
+        assert old.sum() < len(view.session.queued[0]) and len(queued) < 4_500, (old.sum(), len(queued))
+        assert view.session.queued_rows == len(queued)
         tick(view)
-        assert not view._pending and view._pending_state["rows"] == 0
-        drawn_newest = max(buf.data["timestamp"].max() for buf in view.live.buffers.values())
+        assert not view.session.queued and view.session.queued_rows == 0
+        drawn_newest = max(buf.data["timestamp"].max() for buf in view.plots.live.buffers.values())
         assert drawn_newest == newest
     finally:
         monitor.close()
@@ -136,15 +136,15 @@ def test_a_session_that_waits_queues_only_the_rows_its_window_shows(staggered):
 def test_the_plots_wait_behind_a_message_until_rows_arrive_and_after_a_reset(staggered):
     monitor, view = watched(staggered)
     try:
-        view._update_fast(force=True)
-        assert not view.signals_area.visible and view.signals_empty.visible
-        assert "<b>voltage_v</b>, <b>temperature_c</b>" in view.signals_empty.object
+        view.refresh_status()
+        assert not view.plots.signals_area.visible and view.plots.signals_empty.visible
+        assert "<b>voltage_v</b>, <b>temperature_c</b>" in view.plots.signals_empty.object
         run(monitor, view)
-        view._update_fast(force=True)
-        assert view.signals_area.visible and not view.signals_empty.visible
-        view._control("reset")
-        view._update_fast(force=True)
-        assert not view.signals_area.visible and view.signals_empty.visible
+        view.refresh_status()
+        assert view.plots.signals_area.visible and not view.plots.signals_empty.visible
+        view.controls.control("reset")
+        view.refresh_status()
+        assert not view.plots.signals_area.visible and view.plots.signals_empty.visible
     finally:
         monitor.close()
 
@@ -167,11 +167,11 @@ def test_long_kpi_values_are_shown_whole_in_a_smaller_font(staggered):
     monitor, view = watched(staggered)
     try:
         run(monitor, view)
-        view._update_fast(force=True)
+        view.refresh_status()
         rows, sim = f"{monitor.metrics.rows_in:,}", f"{pd.Timestamp(monitor.replay.sim_time):%H:%M:%S}"
-        assert len(rows) == 6 and f'<div class="value ">{rows}</div>' in view.kpis.object
-        assert f'<div class="value small">{sim}</div>' in view.kpis.object
-        assert f'title="Rows in: {rows}"' in view.kpis.object
+        assert len(rows) == 6 and f'<div class="value ">{rows}</div>' in view.status.kpis.object
+        assert f'<div class="value small">{sim}</div>' in view.status.kpis.object
+        assert f'title="Rows in: {rows}"' in view.status.kpis.object
     finally:
         monitor.close()
 
@@ -307,7 +307,7 @@ def test_rows_handed_out_but_not_yet_processed_are_behind_not_stale(fleet_with_a
     seen = []
 
     def look(event):  # the replay's clock has just moved to rows it hands out now
-        view._update_fast(force=True)
+        view.refresh_status()
         seen.append((monitor.data_state(), view.live_indicator.object))
 
     monitor.replay.param.watch(look, "sim_time")
@@ -359,7 +359,7 @@ def test_a_source_with_nothing_due_is_stale_at_any_speed(tmp_path):
         replay.step(now=0.375)  # 375 s on: nothing is due
         state = monitor.data_state()
         assert state["state"] == "stale" and state["behind_s"] == 0 and state["silent_s"] == 256
-        view._update_fast(force=True)
+        view.refresh_status()
         label = view.live_indicator.object
         assert re.sub(r"<[^>]+>", "", label) == "Live · no data for 4:16"
         assert 'class="sbg-live stale"' in label and 'data-data="stale"' in label
@@ -389,18 +389,18 @@ def test_a_chosen_source_that_does_not_load_is_named_without_the_server_path(dat
 
     monitor = Monitor([data_dir / "machine_monitor.csv"])
     view = Dashboard(monitor=monitor, data_dir=str(data_dir))
-    view._sidebar()  # the settings area a change of source redraws
+    view.settings.__panel__()  # laid out: the settings area a change of source redraws
     before = set(registry.monitors())
     try:
-        view.source_select.value = "empty.csv"
-        shown = view.upload_status.object
+        view.sources.source_select.value = "empty.csv"
+        shown = view.sources.upload_status.object
         assert "empty.csv: is empty" in shown and _no_server_path(shown, data_dir), shown
-        view.source_select.value = "sub/no_time.csv"
-        shown = view.upload_status.object
+        view.sources.source_select.value = "sub/no_time.csv"
+        shown = view.sources.upload_status.object
         assert "sub/no_time.csv: no usable timestamp column" in shown and _no_server_path(shown, data_dir), shown
-        view.source_select.value = "machine_monitor.csv"
-        view.baseline_select.value = "sub/no_time.csv"
-        shown = view.upload_status.object
+        view.sources.source_select.value = "machine_monitor.csv"
+        view.sources.baseline_select.value = "sub/no_time.csv"
+        shown = view.sources.upload_status.object
         assert "sub/no_time.csv: no usable timestamp column" in shown and _no_server_path(shown, data_dir), shown
     finally:
         view.close()
@@ -422,10 +422,10 @@ def test_a_data_file_deleted_under_a_running_page_is_one_clear_error(data_dir, c
     caplog.set_level(logging.INFO, logger="sbg")
 
     def shown():
-        return view.banner.object + view.empty_state.object + view.live_indicator.object + view.feed.object
+        return view.status.banner.object + view.status.empty_state.object + view.live_indicator.object + view.feed.object
 
     async def press_start_and_wait():
-        view._control("start")
+        view.controls.control("start")
         for _ in range(2000):  # the replay task fails at its first read; this bound only ends a hang
             if monitor.replay.state != "running":
                 break
@@ -433,14 +433,14 @@ def test_a_data_file_deleted_under_a_running_page_is_one_clear_error(data_dir, c
 
     try:
         for _ in range(3):  # the page's periodic callback, as served: idle, it counts the rows to show
-            view._tick()
-            view._update_fast(force=True)
+            view.session.tick()
+            view.refresh_status()
         assert monitor.metrics.errors == 1  # said once, not at every tick
-        assert "machine_monitor.csv</b> (rows not counted)" in view.empty_state.object
+        assert "machine_monitor.csv</b> (rows not counted)" in view.status.empty_state.object
         asyncio.run(press_start_and_wait())
         assert monitor.replay.state == "stopped" and monitor.metrics.errors == 2
-        view._update_fast(force=True)
-        view._update_slow()
+        view.refresh_status()
+        view.refresh_fleet()
         text = shown()
         assert "cannot read the data: machine_monitor.csv: No such file or directory; the replay has stopped" in text
         assert "The replay goes on" not in text and "Stopped · 2 errors" in text
@@ -508,16 +508,16 @@ def test_page_events_handled_on_a_subshell_thread_act_on_the_notebooks_own_loop(
         layout._repr_mimebundle_()
         (ref, (_, client)), = layout._comms.items()
         monitor.replay.start()
-        await until(lambda: monitor.metrics.rows_in > 0 and view.pause_btn.visible, "rows")
-        from_a_subshell(client, _click(view.pause_btn, ref))
+        await until(lambda: monitor.metrics.rows_in > 0 and view.controls.pause_btn.visible, "rows")
+        from_a_subshell(client, _click(view.controls.pause_btn, ref))
         await until(lambda: monitor.replay.state == "paused", "the pause")
         paused_at = monitor.metrics.rows_in
         del steps[:], changes[:]
-        from_a_subshell(client, _click(view.resume_btn, ref))
+        from_a_subshell(client, _click(view.controls.resume_btn, ref))
         await until(lambda: monitor.metrics.rows_in > paused_at and len(steps) > 3, "rows after Resume")
-        speed = view.speed._models[ref][0]
+        speed = view.sources.speed._models[ref][0]
         from_a_subshell(client, _page_event({"kind": "ModelChanged", "model": {"id": speed.id}, "attr": "active",
-                                             "new": list(view.speed.options).index("100x")}))
+                                             "new": list(view.sources.speed.options).index("100x")}))
         await until(lambda: monitor.replay.speed == "100x", "the new speed")
         # The replay itself resumed on another thread (a user's own code there) keeps to its loop too.
         monitor.replay.pause()

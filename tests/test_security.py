@@ -373,10 +373,10 @@ def test_the_data_dir_lists_and_opens_only_its_own_files(jail):
     monitor = Monitor([DATA_DIR / "machine_monitor.csv"])
     try:
         view = Dashboard(monitor=monitor, data_dir=str(jail))
-        view.source_select.options = [*view.source_select.options, "../data-private/secret.csv"]
-        view.source_select.value = "../data-private/secret.csv"
+        view.sources.source_select.options = [*view.sources.source_select.options, "../data-private/secret.csv"]
+        view.sources.source_select.value = "../data-private/secret.csv"
         assert view.monitor is monitor
-        assert "not a file inside the data directory" in view.upload_status.object
+        assert "not a file inside the data directory" in view.sources.upload_status.object
         view.close()
     finally:
         monitor.close()
@@ -396,7 +396,7 @@ def upload_view(tmp_path):
     before = set(registry.monitors())
     monitor = Monitor([tmp_path / "machine_monitor.csv"])
     view = Dashboard(monitor=monitor, data_dir=str(tmp_path))
-    view._sidebar()  # the settings area a source change redraws
+    view.settings.__panel__()  # laid out: the settings area a source change redraws
     try:
         yield view
     finally:
@@ -410,14 +410,14 @@ def test_a_failed_re_upload_keeps_the_earlier_file_and_shows_no_server_path(uplo
     view = upload_view
     good = "".join((DATA_DIR / "machine_monitor.csv").read_text().splitlines(keepends=True)[:300]).encode()
     saved = tmp_path / "uploads" / "run.csv"
-    view.upload.filename = "run.csv"
-    view.upload.value = good
+    view.sources.upload.filename = "run.csv"
+    view.sources.upload.value = good
     assert saved.read_bytes() == good
-    assert view.upload_status.object == "Uploaded uploads/run.csv."
+    assert view.sources.upload_status.object == "Uploaded uploads/run.csv."
     # Someone else uploads content that does not load under the same name: the good file stays as it was.
     for bad in (b"timestamp,unit\n", b"\x00\x01\x02 not a table\n", b"a,b\nx,1\ny,2\n"):
-        view.upload.value = bad
-        shown = view.upload_status.object
+        view.sources.upload.value = bad
+        shown = view.sources.upload_status.object
         assert saved.read_bytes() == good
         assert "run.csv" in shown and "was not saved" in shown, shown
         assert str(tmp_path) not in shown and str(tmp_path.resolve()) not in shown, shown
@@ -427,9 +427,9 @@ def test_a_failed_re_upload_keeps_the_earlier_file_and_shows_no_server_path(uplo
 def test_an_upload_the_server_cannot_write_is_an_error_without_its_path(upload_view, tmp_path):
     view = upload_view
     (tmp_path / "uploads").write_text("a file where the uploads folder goes")
-    view.upload.filename = "run.csv"
-    view.upload.value = (DATA_DIR / "machine_monitor.csv").read_bytes()[:20_000]
-    shown = view.upload_status.object
+    view.sources.upload.filename = "run.csv"
+    view.sources.upload.value = (DATA_DIR / "machine_monitor.csv").read_bytes()[:20_000]
+    shown = view.sources.upload_status.object
     assert "run.csv was not saved" in shown and str(tmp_path) not in shown, shown
 
 
@@ -439,39 +439,39 @@ def test_bad_input_to_the_page_callbacks_is_shown_not_raised(upload_view):
     view = upload_view
     monitor = view.monitor
     # The baseline, then the source selector: a value with a NUL byte (a browser can send any value).
-    for select in (view.baseline_select, view.source_select):
-        view.upload_status.object = ""
+    for select in (view.sources.baseline_select, view.sources.source_select):
+        view.sources.upload_status.object = ""
         select.options = [*select.options, "machine_monitor.csv\x00.csv"]
         select.value = "machine_monitor.csv\x00.csv"
         assert view.monitor is monitor
-        assert "embedded null byte" in view.upload_status.object
-        assert STATE_COLORS["critical"] in view.upload_status.object
+        assert "embedded null byte" in view.sources.upload_status.object
+        assert STATE_COLORS["critical"] in view.sources.upload_status.object
     # The speed: a value that is not a speed leaves the replay's speed as it was.
     speed = monitor.replay.speed
-    view.speed.options = [*view.speed.options, "fast\x00"]
-    view.speed.value = "fast\x00"
+    view.sources.speed.options = [*view.sources.speed.options, "fast\x00"]
+    view.sources.speed.value = "fast\x00"
     assert monitor.replay.speed == speed
-    assert "Speed not changed" in view.upload_status.object
+    assert "Speed not changed" in view.sources.upload_status.object
     # The scatter's axes: a value that is not a signal is refused, the plot keeps its axes.
-    xy = view._xy
-    view.x_select.options = [*view.x_select.options, "<no such signal>"]
-    view.x_select.value = "<no such signal>"
-    assert view._xy == xy
-    assert "is not a signal of this source" in view.upload_status.object
+    xy = view.baseline.xy
+    view.baseline.x_select.options = [*view.baseline.x_select.options, "<no such signal>"]
+    view.baseline.x_select.value = "<no such signal>"
+    assert view.baseline.xy == xy
+    assert "is not a signal of this source" in view.sources.upload_status.object
     # Seek to a position that is not a number: an error in the event feed, the replay where it was.
-    view.seek.value = float("nan")
-    view._control("seek")
+    view.controls.seek.value = float("nan")
+    view.controls.control("seek")
     assert monitor.replay.state == "idle" and list(monitor.events)[-1]["message"].startswith("seek failed: ")
 
 
 def test_a_source_with_other_signals_can_be_chosen(upload_view, tmp_path):
     view = upload_view
     shutil.copy(DATA_DIR / "site_power_24h.csv.gz", tmp_path / "site_power_24h.csv.gz")
-    view.source_select.options = [*view.source_select.options, "site_power_24h.csv.gz"]
-    view.source_select.value = "site_power_24h.csv.gz"
+    view.sources.source_select.options = [*view.sources.source_select.options, "site_power_24h.csv.gz"]
+    view.sources.source_select.value = "site_power_24h.csv.gz"
     assert [p.name for p in view.monitor.paths] == ["site_power_24h.csv.gz"]
-    assert set(view._xy) <= set(view.monitor.signals) and view.live.signals == view.monitor.signals
-    assert (view.x_select.value, view.y_select.value) == view._xy
+    assert set(view.baseline.xy) <= set(view.monitor.signals) and view.plots.live.signals == view.monitor.signals
+    assert (view.baseline.x_select.value, view.baseline.y_select.value) == view.baseline.xy
 
 
 def _status_request(monkeypatch, remote_ip, user=None):
