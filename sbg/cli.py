@@ -71,6 +71,25 @@ def _schema_args(p):
                    help="refuse a file with more signal columns than N (default 1000, or SBG_MAX_SIGNALS)")
 
 
+def _notify_args(p):
+    g = p.add_argument_group("notifications (also the notify: section of the settings file)")
+    g.add_argument("--alertmanager", action="append", default=[], metavar="URL",
+                   help="post firing and resolved alerts to this Prometheus Alertmanager (its v2 API)")
+    g.add_argument("--webhook", action="append", default=[], metavar="URL",
+                   help="POST each alert event as JSON to this URL, with retries; signed with HMAC-SHA256 when "
+                        "the environment variable SBG_WEBHOOK_SECRET is set")
+    g.add_argument("--json", action="store_true",
+                   help="alert events as JSON lines on stdout (messages go to stderr), for jq or a log shipper")
+
+
+def _log_args(p):
+    g = p.add_argument_group("logging")
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="log level of sbg's log on stderr (default info)")
+    g.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="text, or json: one object per line (time, level, logger, message)")
+
+
 def _dask_args(p, partitions: str):
     g = p.add_argument_group("Dask (scale out; needs the dask extra, see docs/scaling.md)")
     g.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on this Dask cluster's workers")
@@ -183,7 +202,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on", choices=["warning", "critical"], help="exit 1 if an alert of this severity or worse fired")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
+    _notify_args(p)
     _dask_args(p, "entity partitions, each with its state on one worker (default: one per worker)")
+    _schema_args(p)
+
+    p = sub.add_parser("watch", help="follow files that are still being written, headless, as a service",
+                       description="Follow CSV files as lines are appended (like tail -F: rotation, truncation and "
+                                   "new files matching a glob are handled, a half-written line waits), score them "
+                                   "and raise alerts, with no end. With --alerts-db it carries on after a restart "
+                                   "from its checkpoint: no row analysed twice, no alert lost or repeated. "
+                                   "SIGTERM or Ctrl-C stop it cleanly (exit 0). See docs/service.md.")
+    p.add_argument("files", nargs="+", metavar="FILE|GLOB",
+                   help="files or quoted globs to follow (a glob picks up files that appear later)")
+    p.add_argument("--config", type=Path, metavar="SBG.YAML", help="settings file")
+    p.add_argument("--baseline", type=Path, metavar="REF", help="known-good reference file")
+    p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log and checkpoint")
+    p.add_argument("--fresh", action="store_true", help="ignore the checkpoint in --alerts-db and start over")
+    p.add_argument("--port", type=int, metavar="N",
+                   help="answer /metrics, /healthz and /readyz on this port (0: any free port)")
+    p.add_argument("--address", default="127.0.0.1", help="interface for --port (default 127.0.0.1)")
+    p.add_argument("--wait", type=float, default=60.0, metavar="S",
+                   help="seconds to wait for a first file with a header and a data row (default 60)")
+    p.add_argument("--poll", type=float, default=0.1, metavar="S", help="seconds between looks at the files (0.1)")
+    p.add_argument("--quiet", action="store_true", help="no alert lines on stdout (the log and notifiers still get them)")
+    p.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
+    _notify_args(p)
+    _log_args(p)
     _schema_args(p)
 
     p = sub.add_parser("detect", help="score files in batch and write flags per row",
@@ -286,7 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oauth-redirect-uri", metavar="URL", help="passed to panel serve: this server's /login URL")
     p.add_argument("--oauth-extra-params", metavar="JSON", help="passed to panel serve (provider URLs, scope, ...)")
     p.add_argument("--admin-users", metavar="USER,...", help="with auth: only these users may change state")
+    p.add_argument("--follow", action="store_true",
+                   help="follow FILE (or a quoted glob) as it grows, like sbg watch, instead of replaying it")
     p.add_argument("--print-command", action="store_true", help="print the panel serve command and exit")
+    _notify_args(p)
     _dask_args(p, "entity partitions, each with its state on one worker (default: one per worker)")
 
     p = sub.add_parser("data", help="sample datasets", description="Manage the bundled sample datasets.")
@@ -310,7 +357,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        handler = {"replay": cmd_replay, "detect": cmd_detect, "validate": cmd_validate, "data": cmd_data,
+        handler = {"replay": cmd_replay, "watch": cmd_watch, "detect": cmd_detect, "validate": cmd_validate, "data": cmd_data,
                    "serve": cmd_serve, "report": cmd_report, "evaluate": cmd_evaluate}
         return handler[args.command](args)
     except SbgError as exc:
@@ -371,7 +418,7 @@ def _alert_line(out: _Out, event, alert):
 
 
 def cmd_replay(args) -> int:
-    out = _Out(colour=False if args.no_color else None)
+    out = _Out(sys.stderr if args.json else sys.stdout, colour=False if args.no_color or args.json else None)
     files = _inputs(args.files)
     with _fan_out(args, out.line) as fan_out:
         return _replay(args, out, files, fan_out)
@@ -383,7 +430,11 @@ def _replay(args, out: _Out, files, fan_out) -> int:
     monitor = Monitor(files, baseline=args.baseline, settings=_settings(args.config),
                       alerts_db=args.alerts_db, speed=args.speed, loop=args.loop, resume=args.resume,
                       fan_out=fan_out, **_schema_options(args))
-    if not args.quiet:
+    notifiers = _notifiers(args, monitor.settings, on_error=lambda message: monitor.pipeline.emit_event(
+        "notify", message, "warning"))
+    for n in notifiers:
+        monitor.engine.subscribe(n.notify)
+    if not args.quiet and not args.json:
         monitor.engine.subscribe(lambda event, alert: out.line(_alert_line(out, event, alert)))
     names = ", ".join(str(p) for p in files) if len(files) <= 8 else f"{files[0]} ... {files[-1]} ({len(files)} files)"
     out.line(f"sbg {__version__}: replaying {names} at {args.speed}"
@@ -418,8 +469,72 @@ def _replay(args, out: _Out, files, fan_out) -> int:
         out.line(f"  alert log         {args.alerts_db}")
     code = _fail_code(monitor.alerts, args.fail_on)
     monitor.close()
+    for n in notifiers:
+        n.close(timeout=5.0)
     _raise_log_failure(monitor)
     return code
+
+
+def _notify_options(args, settings) -> dict:
+    """The notifiers asked for: the settings file's notify: section, plus the command line's."""
+    options = dict((settings.data.get("notify") or {}) if settings is not None else {})
+
+    def listed(value):
+        return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+    options["alertmanager"] = listed(options.get("alertmanager")) + list(args.alertmanager)
+    options["webhook"] = listed(options.get("webhook")) + list(args.webhook)
+    options["jsonl"] = bool(options.get("jsonl")) or bool(getattr(args, "json", False))
+    return options
+
+
+def _notifiers(args, settings, on_error=None) -> list:
+    options = _notify_options(args, settings)
+    if not (options["alertmanager"] or options["webhook"] or options["jsonl"]):
+        return []
+    from .alerts.notify import notifiers_from
+
+    return notifiers_from(options, on_error=on_error)
+
+
+def cmd_watch(args) -> int:
+    from .serve.watch import ProbeServer, Watch, configure_logging
+    from .stream.monitor import Monitor
+
+    configure_logging(args.log_level, args.log_format)
+    # With --json stdout carries only JSON lines; everything for people goes to stderr.
+    out = _Out(sys.stderr if args.json else sys.stdout, colour=False if args.no_color or args.json else None)
+    settings = _settings(args.config)
+    resume = False
+    if args.alerts_db and not args.fresh and Path(args.alerts_db).exists():
+        from .alerts.rules import AlertLog
+
+        log = AlertLog(args.alerts_db)
+        resume = bool(log.checkpoint_sources())
+        log.close()
+    monitor = Monitor(args.files, baseline=args.baseline, settings=settings, alerts_db=args.alerts_db,
+                      follow=True, follow_wait=args.wait, resume=resume, **_schema_options(args))
+    notifiers = _notifiers(args, settings, on_error=lambda message: monitor.pipeline.emit_event(
+        "notify", message, "warning"))
+    watch = Watch(monitor, notifiers)
+    if not args.quiet and not args.json:
+        monitor.engine.subscribe(lambda event, alert: out.line(_alert_line(out, event, alert)))
+    probes = ProbeServer(watch, args.address, args.port).start() if args.port is not None else None
+    out.line(f"sbg {__version__}: following {', '.join(args.files)}"
+             + (f"; /metrics, /healthz, /readyz on http://{args.address}:{probes.port}" if probes else ""))
+    if monitor.resumed_from is not None:
+        out.line(f"resuming from the checkpoint: {monitor.resumed_from['rows_emitted']:,} rows analysed")
+    monitor.replay.tick = args.poll
+    t0 = time.monotonic()
+    try:
+        watch.run()
+    finally:
+        if probes is not None:
+            probes.close()
+    for line in _summary_lines(monitor, out, time.monotonic() - t0):
+        out.line(line)
+    _raise_log_failure(monitor)
+    return 0
 
 
 async def _interactive(monitor, out: _Out, progress):

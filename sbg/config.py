@@ -35,7 +35,7 @@ from .stream.history import History
 
 __all__ = ["Settings", "settings_table"]
 
-_SECTIONS = ("stats", "detectors", "rules", "history", "replay")
+_SECTIONS = ("stats", "detectors", "rules", "history", "replay", "notify")
 
 
 class Settings:

@@ -1242,6 +1242,21 @@ class Source:
                 line_no += block.count(b"\n")
         del s
 
+    def parse(self, block: bytes, first_line: int) -> Iterator[Batch]:
+        """Validated batches of ``block``, whole lines of this file starting at line ``first_line``.
+
+        For readers that get the file's bytes another way (a followed file,
+        :mod:`sbg.io.follow`); the validator's order and duplicate checks carry
+        on from the previous call, as they do between the blocks of :meth:`batches`.
+        """
+        for batch in self._parse_lines(block, first_line):
+            if batch.rows_in:
+                yield batch
+
+    def whole_records(self, block: bytes) -> int:
+        """Bytes of ``block`` (whole lines) that hold whole records: a quoted field may close only later."""
+        return self._whole_records(block) if b'"' in block else len(block)
+
     def _whole_records(self, block: bytes) -> int:
         """Bytes of ``block`` (whole lines) up to a record that may close only after it."""
         physical = block.split(b"\n")[:-1]

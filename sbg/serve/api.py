@@ -27,7 +27,7 @@ from bokeh.server.views.auth_request_handler import AuthRequestHandler
 from tornado.web import HTTPError, RequestHandler
 
 from ..alerts.rules import _records
-from .pacing import PACER
+from .exposition import prometheus_text
 
 __all__ = ["ROUTES", "prometheus_text"]
 
@@ -157,67 +157,10 @@ class AlertsHandler(_Api):
         self.write_json({"alerts": alerts[:limit], "count": len(alerts[:limit])})
 
 
-def _escape_label(value) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _gauge(name: str, doc: str, value) -> list[str]:
-    """One process-wide gauge in the Prometheus text format: its help, its type and its value."""
-    return [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {value}"]
-
-
-def prometheus_text(monitors) -> str:
-    """Prometheus exposition (text format 0.0.4) of every monitor's counters.
-
-    >>> prometheus_text([]).splitlines()[0]
-    '# HELP sbg_rows_in_total Rows read from the sources.'
-    """
-    metrics = [
-        ("rows_in", "counter", "Rows read from the sources."),
-        ("rows_ok", "counter", "Rows that passed validation."),
-        ("rows_quarantined", "counter", "Rows quarantined with line, raw text and reason."),
-        ("analyses", "counter", "Chunks processed by the pipeline."),
-        ("errors", "counter", "Exceptions caught in pipeline steps, sinks or views."),
-        ("alerts_total", "counter", "Alerts raised."),
-        ("alerts_firing", "gauge", "Alerts currently firing."),
-        ("entities", "gauge", "Entities seen."),
-        ("ingest_rate", "gauge", "Rows per second over the last seconds."),
-        ("uptime_s", "gauge", "Seconds since the run started."),
-        ("percent_done", "gauge", "Share of the data replayed, in percent."),
-        ("sessions", "gauge", "Dashboard sessions subscribed to the monitor."),
-    ]
-    lines = []
-    for name, kind, doc in metrics:
-        full = f"sbg_{name}" + ("_total" if kind == "counter" and not name.endswith("_total") else "")
-        lines.append(f"# HELP {full} {doc}")
-        lines.append(f"# TYPE {full} {kind}")
-        for m in monitors:
-            d = m.metrics.as_dict()
-            d["percent_done"] = m.replay.percent
-            d["sessions"] = m.subscriber_count
-            state = m.replay.state
-            lines.append(f'{full}{{source="{_escape_label(m.source_key)}",state="{state}"}} {float(d[name]):.6g}')
-    from .registry import rss_bytes, sessions_behind
-
-    rss = rss_bytes()
-    if rss is not None:
-        lines += _gauge("process_resident_memory_bytes", "Resident memory size in bytes.", rss)
-    pace = PACER.summary()
-    lines += _gauge("sbg_display_stretch", "Factor the sessions' update periods are stretched by to keep the loop "
-                    "on time.", f"{pace['stretch']:.6g}")
-    lines += _gauge("sbg_loop_lag_p95_seconds", "95th percentile of the event loop's lag over the last probes.",
-                    f"{pace['lag_p95_ms'] / 1000:.6g}")
-    lines += _gauge("sbg_display_update_share", "Share of the event loop's time the sessions' updates took over "
-                    "the last window.", f"{pace['update_share']:.6g}")
-    lines += _gauge("sbg_sessions_behind", "Sessions whose updates wait for their browser to take the previous one.",
-                    sessions_behind())
-    return "\n".join(lines) + "\n"
-
-
 class MetricsHandler(_Api):
     def get(self):
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.write(prometheus_text(_monitors()))
+        self.write(prometheus_text(_monitors(), display=True))
 
 
 class _Probe(RequestHandler):

@@ -21,6 +21,7 @@ import param
 
 from ..errors import SbgError
 from ..stream.monitor import Monitor
+from .exposition import rss_bytes
 from .pacing import PACER
 
 __all__ = ["ServeConfig", "DATA_SUFFIXES", "monitors", "shared_monitor", "default_monitor", "monitor_for",
@@ -193,15 +194,6 @@ def data_files(data_dir) -> list[str]:
                 continue
             out.append(str(p.relative_to(root)))
     return out
-
-
-def rss_bytes() -> int | None:
-    """This process's resident memory (Linux), for operators watching the server's footprint."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def live_objects(top: int = 15) -> dict:

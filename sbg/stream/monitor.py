@@ -74,7 +74,8 @@ class Monitor:
 
     def __init__(self, paths, baseline=None, settings=None, alerts_db=None, speed="max", loop=False,
                  max_chunk_rows=None, quarantine_keep: int = 1000, resume: bool = False,
-                 checkpoint_every: float = 0.25, fan_out=None, **schema_options):
+                 checkpoint_every: float = 0.25, fan_out=None, follow: bool = False, follow_wait: float = 0.0,
+                 **schema_options):
         if isinstance(paths, (str, Path)):
             paths = [paths]
         if not paths:
@@ -90,7 +91,16 @@ class Monitor:
         parse_speed(speed)
         self.settings = settings
         self.paths = [Path(p) for p in paths]
-        self.sources = name_sources([Source(p, **schema_options) for p in self.paths])
+        self.follow = bool(follow)
+        if follow:  # files still being written, read as they grow: as fast as lines arrive, with no end
+            from ..io.follow import FollowSource
+
+            self.sources = [FollowSource(p, wait=follow_wait, **schema_options) for p in self.paths]
+            speed, loop = "max", False
+            for src in self.sources:
+                src.on_event(self._on_follow_event)
+        else:
+            self.sources = name_sources([Source(p, **schema_options) for p in self.paths])
         self.baseline_path = Path(baseline) if baseline else None
         self.reference = load_reference(baseline, **schema_options) if baseline else None
         signals, carried = [], []
@@ -119,6 +129,8 @@ class Monitor:
         self.replay.on_batch(self._on_batch)
         self.replay.on_restart(self._on_restart)
         self.replay.on_fault(self._on_replay_fault)
+        self.replay.on_idle(self._on_idle)
+        self._behind_log = False  # chunks processed since the last commit
         self._count_failed = False
         self._count_lock = threading.Lock()
         self._chunk_subscribers: list[Callable[[pd.DataFrame], None]] = []
@@ -232,8 +244,14 @@ class Monitor:
                 self.pipeline.fault("view", exc)
         if len(enriched):
             self._processed_until = enriched["timestamp"].max()
+        self._behind_log = True
         if self.log is not None and (self._committed_at is None
                                      or time.monotonic() - self._committed_at >= self.checkpoint_every):
+            self.commit()
+
+    def _on_idle(self):
+        """A followed source waits for lines: commit what the last chunks did now, not at the next chunk."""
+        if self.log is not None and self._behind_log:
             self.commit()
 
     def health(self, stale_after: str = STALE_AFTER) -> pd.DataFrame:
@@ -275,6 +293,14 @@ class Monitor:
             keep += [f"{s}__mean", f"{s}__std", f"{s}__lower", f"{s}__upper", f"{s}__score", f"{s}__quality"]
         keep += ["interval_s", "anomaly_score", "is_anomaly", "reason", "quality"]
         return [c for c in keep if c in frame.columns]
+
+    def _on_follow_event(self, event):
+        """A followed file rotated, cut short, deleted or unreadable: in the event feed, errors counted."""
+        if event.error:
+            self.metrics.errors += 1
+            self.metrics.last_error = event.message
+        if event.kind != "opened" or len(self.pipeline.events) < 50:  # a glob of many files: not a flood
+            self.pipeline.emit_event("source", event.message, "critical" if event.error else "info")
 
     def _on_replay_fault(self, exc: BaseException):
         # A data file gone, or unreadable, is the user's to fix and is said in one line; anything else
@@ -430,6 +456,9 @@ class Monitor:
 
     def close(self):
         self.replay.stop()
+        for src in self.sources:
+            if hasattr(src, "close"):  # a followed file is held open
+                src.close()
         if self.log is not None:
             if self._committed_at is not None:
                 self.commit()
@@ -449,6 +478,7 @@ class Monitor:
         changed.update({a.id: a for a in self.engine.alerts.values() if a.state == "firing"})
         self.log.write(changed.values(), checkpoint=self._checkpoint())
         self._unsaved.clear()
+        self._behind_log = False
         self._committed_at = time.monotonic()
 
     def _on_replay_state(self, event):
@@ -459,13 +489,18 @@ class Monitor:
     def _identity(self, schema_options) -> dict:
         """What a checkpoint is valid for: the files as they are now, and everything that shapes the results."""
         config = {
-            "sbg": __version__, "settings": self.settings.data, "schema_options": schema_options,
+            # Where alerts are sent does not shape them: a changed notify: section still resumes.
+            "sbg": __version__, "settings": {k: v for k, v in self.settings.data.items() if k != "notify"},
+            "schema_options": schema_options,
             "schemas": [s.schema.as_dict() for s in self.sources],
             **({"fan_out": True} if self.fan_out is not None else {}),  # its checkpoints lack the workers' state
             "baseline": None if self.baseline_path is None else _file_identity(self.baseline_path),
         }
         # Through JSON once, so it compares equal to what a checkpoint reads back.
-        return json.loads(json.dumps({"files": [_file_identity(p) for p in self.paths], "config": config},
+        # A followed file grows and rotates: its position in the checkpoint says where it stood (by inode).
+        files = [{"path": str(Path(p).resolve()), "follow": True} if self.follow else _file_identity(p)
+                 for p in self.paths]
+        return json.loads(json.dumps({"files": files, "config": config},
                                      sort_keys=True, default=str))
 
     def _checkpoint(self) -> dict:

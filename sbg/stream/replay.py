@@ -94,6 +94,8 @@ class _Cursor:
             except StopIteration:
                 self.done = True
                 break
+            if batch is None:  # a followed source with nothing new yet
+                break
             self.batches += 1
             if self.batches > self._quiet:
                 self.on_batch(batch)
@@ -107,8 +109,22 @@ class _Cursor:
 
     @property
     def position(self) -> dict:
-        """Rows taken and batches read, counting those a restart has yet to pass over again."""
-        return {"rows": self.taken + self._skip, "batches": max(self.batches, self._quiet)}
+        """Rows taken and batches read, counting those a restart has yet to pass over again.
+
+        A followed source adds where it stands in its files (``follow``).
+        """
+        out = {"rows": self.taken + self._skip, "batches": max(self.batches, self._quiet)}
+        if hasattr(self.source, "position"):
+            out["follow"] = self.source.position(self.taken + self._skip)
+        return out
+
+    def restore(self, position: dict):
+        """Continue from :attr:`position` (the source's own position first, for a followed source)."""
+        if "follow" in position and hasattr(self.source, "restore"):
+            self.source.restore(position["follow"])
+            self.restart(rows=position["follow"]["skip"], batches=position["follow"]["quiet"])
+        else:
+            self.restart(rows=int(position["rows"]), batches=int(position["batches"]))
 
     @property
     def remaining(self) -> int:
@@ -156,6 +172,8 @@ class Replay(param.Parameterized):
         self._batch_callbacks: list[Callable[[Batch], None]] = []
         self._restart_callbacks: list[Callable[[str], None]] = []
         self._fault_callbacks: list[Callable[[BaseException], None]] = []
+        self._idle_callbacks: list[Callable[[], None]] = []
+        self._emitted_wall: float | None = None
         self._cursors = [_Cursor(s, self._on_batch) for s in self.sources]
         self._task = None
         self._loop = None  # the event loop the replay task runs on (its home)
@@ -168,6 +186,8 @@ class Replay(param.Parameterized):
         #: Time of the newest row handed to :attr:`stream` this pass (``None`` before any): whoever
         #: processes the rows can tell how far behind the replay it is.
         self.emitted_until: pd.Timestamp | None = None
+        #: Whether the last step emitted nothing (a followed source waiting for lines).
+        self.idle = False
 
     def on_batch(self, callback: Callable[[Batch], None]):
         """``callback(batch)`` when a source batch is read (for quarantine and counts)."""
@@ -181,6 +201,10 @@ class Replay(param.Parameterized):
         """``callback(exc)`` when the background replay task fails; the replay is then stopped."""
         self._fault_callbacks.append(callback)
 
+    def on_idle(self, callback: Callable[[], None]):
+        """``callback()`` when a step of a followed source found no new rows (time to flush, say)."""
+        self._idle_callbacks.append(callback)
+
     def _on_batch(self, batch: Batch):
         self.rows_read += batch.rows_in
         self.rows_quarantined += batch.rows_quarantined
@@ -189,9 +213,14 @@ class Replay(param.Parameterized):
 
     def scan(self):
         """Count rows and find the time span of the data (a fast pass; cached)."""
-        if self.rows_total is None:
+        if self.rows_total is None and not self.follows:
             self.rows_total = sum(s.count_rows() for s in self.sources)
         return self.rows_total
+
+    @property
+    def follows(self) -> bool:
+        """Whether a source is followed as it grows (the replay then has no end)."""
+        return any(getattr(s, "follows", False) for s in self.sources)
 
     @property
     def percent(self) -> float:
@@ -248,7 +277,7 @@ class Replay(param.Parameterized):
             raise ValueError(f"the position has {len(position['sources'])} sources, this replay {len(self._cursors)}")
         self._cancel()
         for c, p in zip(self._cursors, position["sources"], strict=True):
-            c.restart(rows=int(p["rows"]), batches=int(p["batches"]))
+            c.restore(p)
         self.rows_emitted = int(position["rows_emitted"])
         self.rows_read = int(position["rows_read"])
         self.rows_quarantined = int(position["rows_quarantined"])
@@ -340,6 +369,17 @@ class Replay(param.Parameterized):
                     more.append(nxt)
                 chunk = pd.concat(more, ignore_index=True) if len(more) > 1 else chunk
         emitted = chunk is not None and len(chunk) > 0 and self._emit(chunk)
+        self.idle = not emitted
+        if self.follows:
+            # A followed source is live: while no line comes, its clock runs with the wall clock from the
+            # newest row (as a replay at 1x would), so a logger that went quiet shows as stale.
+            if emitted:
+                self._emitted_wall = now
+            elif self.emitted_until is not None and self._emitted_wall is not None:
+                self.sim_time = self.emitted_until + pd.Timedelta(seconds=now - self._emitted_wall)
+            if self.idle:
+                for cb in self._idle_callbacks:
+                    cb()
         if not emitted and speed != float("inf"):
             # Nothing was due: the clock moves on alone. (With rows, ``_emit`` moved it to the newest,
             # so the clock is never seen ahead of rows it has not handed out.)
@@ -368,7 +408,7 @@ class Replay(param.Parameterized):
                 break
             if on_tick is not None:
                 on_tick()
-            if speed != float("inf"):
+            if speed != float("inf") or self.idle:  # a followed source with nothing new: wait a tick
                 time.sleep(self.tick)
 
     async def _run(self):
@@ -377,7 +417,7 @@ class Replay(param.Parameterized):
                 if not self.step():
                     break
                 # Speed may change while running: read it every tick.
-                await asyncio.sleep(0 if parse_speed(self.speed) == float("inf") else self.tick)
+                await asyncio.sleep(0 if parse_speed(self.speed) == float("inf") and not self.idle else self.tick)
         except asyncio.CancelledError:
             pass
         except Exception as exc:  # noqa: BLE001 - a task's exception would otherwise vanish
