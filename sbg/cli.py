@@ -893,9 +893,16 @@ def serve_command(args) -> tuple[list[str], dict]:
     data_dir = (args.data_dir or DATA_DIR).resolve()
     if not data_dir.is_dir():
         raise SbgError(f"{data_dir}: --data-dir is not a directory")
-    files = [str(p.resolve()) for p in _served_files(args.files)]
+    if args.follow:  # followed files may not exist yet, and a glob stays a glob (it picks up new files)
+        if not args.files:
+            raise SbgError("--follow needs the files (or a quoted glob) to follow")
+        files = [str(Path(f).absolute()) for f in args.files]
+    else:
+        files = [str(p.resolve()) for p in _served_files(args.files)]
     env = {"SBG_DATA_DIR": str(data_dir), "SBG_SPEED": args.speed, "SBG_FILES": os.pathsep.join(files),
            "SBG_LOOP": "1" if args.loop else "", "SBG_AUTOSTART": "1" if args.autostart else "",
+           "SBG_FOLLOW": "1" if args.follow else "",
+           "SBG_NOTIFY": json.dumps({"alertmanager": args.alertmanager, "webhook": args.webhook}),
            "SBG_BASELINE": str(Path(args.baseline).resolve()) if args.baseline else "",
            "SBG_CONFIG": str(args.config.resolve()) if args.config else "",
            "SBG_ALERTS_DB": str(args.alerts_db.resolve()) if args.alerts_db else "",

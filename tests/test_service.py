@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -197,3 +198,24 @@ def test_prometheus_scrapes_a_headless_server(tmp_path, sample_csv):
         finally:
             prom.terminate()
             prom.wait(timeout=30)
+
+
+def test_serve_follow_counts_appended_lines_and_resumes_after_a_restart(tmp_path):
+    log = tmp_path / "bench.csv"
+    t0 = pd.Timestamp("2024-01-01")
+    log.write_text("time,v\n" + "".join(f"{(t0 + pd.Timedelta(seconds=i)).isoformat()},{i % 7}\n" for i in range(50)))
+    db = tmp_path / "alerts.sqlite"
+    with headless(tmp_path, "--follow", log, "--alerts-db", db) as (proc, base, _):
+        wait_for(lambda: rows_in(base) == 50, 60, "the first 50 rows")
+        with open(log, "a") as fh:
+            fh.write("".join(f"{(t0 + pd.Timedelta(seconds=i)).isoformat()},{i % 7}\n" for i in range(50, 80)))
+        wait_for(lambda: rows_in(base) == 80, 60, "the appended rows")
+        status = json.loads(http(base + "/api/status")[1])
+        assert status["replay"]["rows_total"] is None and status["data"]["state"] in ("live", "stale")
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: proc.poll() is not None and [proc.returncode], 60, "the stop")[0] == 0
+    with open(log, "a") as fh:
+        fh.write(f"{(t0 + pd.Timedelta(seconds=80)).isoformat()},1\n")
+    with headless(tmp_path, "--follow", log, "--alerts-db", db) as (_, base, _):
+        # Carried on from the checkpoint: the 80 rows are not read again, the new one is.
+        wait_for(lambda: rows_in(base) == 81, 60, "the count to carry on at 81")

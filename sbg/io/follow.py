@@ -432,5 +432,5 @@ class FollowSource:
                 tail.fh.close()
 
     def close(self):
+        """Close the files; :meth:`position` still says where they stood."""
         self._close_all()
-        self.tails = {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import atexit
 import logging
 
-from .registry import ServeConfig, default_monitor, monitors
+from .registry import ServeConfig, close_monitor, default_monitor, monitors
 
 __all__ = ["prepare", "close_all", "readiness"]
 
@@ -51,7 +51,7 @@ def close_all() -> None:
     """Stop every monitor of this process and commit and close its alert log (idempotent)."""
     for key, monitor in list(monitors().items()):
         try:
-            monitor.close()
+            close_monitor(monitor)
         except Exception as exc:  # noqa: BLE001  (one failing log must not keep the others open)
             log.error("closing %s: %s", getattr(monitor, "source_key", key), exc)
 

@@ -24,7 +24,7 @@ from ..stream.monitor import Monitor
 from .exposition import rss_bytes
 from .pacing import PACER
 
-__all__ = ["ServeConfig", "DATA_SUFFIXES", "monitors", "shared_monitor", "default_monitor", "monitor_for",
+__all__ = ["ServeConfig", "DATA_SUFFIXES", "monitors", "shared_monitor", "default_monitor", "monitor_for", "close_monitor",
            "register_session", "forget_session", "session_count", "session_rows_sent", "sessions_behind", "mark_behind",
            "resolve_data_file", "data_files", "status_payload", "live_objects", "rss_bytes", "SESSION_KINDS"]
 
@@ -51,6 +51,8 @@ class ServeConfig(param.Parameterized):
     loop = param.Boolean(default=False, doc="Start over at the end of the source.")
     alerts_db = param.String(default=None, allow_None=True, doc="SQLite alert log every monitor writes.")
     autostart = param.Boolean(default=False, doc="Start the replay when the server starts.")
+    follow = param.Boolean(default=False, doc="Follow the files as they grow (sbg watch) instead of replaying them.")
+    notify = param.Dict(default={}, doc="Notifiers of every monitor: alertmanager and webhook URLs.")
 
     @classmethod
     def from_env(cls, environ=None) -> ServeConfig:
@@ -59,7 +61,8 @@ class ServeConfig(param.Parameterized):
                    files=[f for f in env.get("SBG_FILES", "").split(os.pathsep) if f],
                    baseline=env.get("SBG_BASELINE") or None, config=env.get("SBG_CONFIG") or None,
                    speed=env.get("SBG_SPEED", "100x"), loop=env.get("SBG_LOOP") == "1",
-                   alerts_db=env.get("SBG_ALERTS_DB") or None, autostart=env.get("SBG_AUTOSTART") == "1")
+                   alerts_db=env.get("SBG_ALERTS_DB") or None, autostart=env.get("SBG_AUTOSTART") == "1",
+                   follow=env.get("SBG_FOLLOW") == "1", notify=json.loads(env.get("SBG_NOTIFY") or "{}"))
 
     def data_root(self) -> Path:
         if self.data_dir:
@@ -74,9 +77,14 @@ def monitors() -> dict[tuple, Monitor]:
     return _MONITORS
 
 
-def shared_monitor(files, baseline=None, config=None, speed="100x", loop=False, alerts_db=None) -> Monitor:
-    """The process-wide monitor for this source, created on first use."""
-    key = (tuple(str(Path(f).resolve()) for f in files), str(baseline or ""), str(config or ""))
+def shared_monitor(files, baseline=None, config=None, speed="100x", loop=False, alerts_db=None,
+                   follow=False, notify=None) -> Monitor:
+    """The process-wide monitor for this source, created on first use.
+
+    ``notify`` (options of :func:`sbg.alerts.notify.notifiers_from`) adds
+    notifiers to a new monitor; they are closed with it (:func:`close_monitor`).
+    """
+    key = (tuple(str(Path(f).resolve()) for f in files), str(baseline or ""), str(config or ""), bool(follow))
     with _LOCK:
         monitor = _MONITORS.get(key)
         if monitor is None:
@@ -84,11 +92,44 @@ def shared_monitor(files, baseline=None, config=None, speed="100x", loop=False, 
                 fan_out_from_env,  # imports Dask only if sbg serve was given it
             )
 
-            monitor = Monitor(list(files), baseline=baseline, settings=config, alerts_db=alerts_db, speed=speed,
-                              loop=loop, fan_out=fan_out_from_env())
+            options = dict(baseline=baseline, settings=config, alerts_db=alerts_db, speed=speed, loop=loop,
+                           fan_out=fan_out_from_env(), follow=follow)
+            monitor = None
+            if follow and alerts_db and Path(alerts_db).exists():  # a restarted service carries on where it was
+                try:
+                    monitor = Monitor(list(files), resume=True, **options)
+                except SbgError:  # no checkpoint of these files yet (or the options changed): start afresh
+                    monitor = None
+            if monitor is None:
+                monitor = Monitor(list(files), **options)
             monitor.key = key
+            monitor.notifiers = _notifiers(monitor, notify)
             _MONITORS[key] = monitor
         return monitor
+
+
+def _notifiers(monitor: Monitor, notify) -> list:
+    """The notifiers of ``sbg serve --alertmanager/--webhook``, subscribed to the monitor's alerts."""
+    options = dict(notify or {})
+    from_settings = monitor.settings.data.get("notify") or {}
+    for key in ("alertmanager", "webhook"):
+        mine = from_settings.get(key)
+        mine = [] if mine is None else list(mine) if isinstance(mine, (list, tuple)) else [mine]
+        options[key] = mine + list(options.get(key) or [])
+    if not (options["alertmanager"] or options["webhook"]):
+        return []
+    from ..alerts.notify import notifiers_from
+
+    found = notifiers_from(options, on_error=lambda message: monitor.pipeline.emit_event("notify", message, "warning"))
+    for n in found:
+        monitor.engine.subscribe(n.notify)
+    return found
+
+
+def close_monitor(monitor: Monitor, grace: float = 5.0) -> int:
+    """Stop a monitor, commit and close its alert log, and give its notifiers ``grace`` s; returns undelivered."""
+    monitor.close()
+    return sum(n.close(timeout=grace) or 0 for n in getattr(monitor, "notifiers", []))
 
 
 def monitor_for(files, baseline=None, speed=None, serve: ServeConfig | None = None) -> Monitor:
@@ -99,7 +140,7 @@ def monitor_for(files, baseline=None, speed=None, serve: ServeConfig | None = No
     """
     serve = serve or ServeConfig.from_env()
     return shared_monitor(files, baseline=baseline, config=serve.config, speed=speed or serve.speed,
-                          loop=serve.loop, alerts_db=serve.alerts_db)
+                          loop=serve.loop, alerts_db=serve.alerts_db, notify=serve.notify)
 
 
 def default_monitor(serve: ServeConfig | None = None) -> Monitor:
@@ -113,8 +154,12 @@ def default_monitor(serve: ServeConfig | None = None) -> Monitor:
             raise SbgError(f"{data_dir}: no data files (.csv, .csv.gz, .parquet) to serve")
         files = ["battery_fleet.csv.gz" if "battery_fleet.csv.gz" in found else found[0]]
     paths = [resolve_data_file(f, data_dir) if not Path(f).is_absolute() else Path(f) for f in files]
-    monitor = monitor_for(paths, baseline=serve.baseline, serve=serve)
-    if serve.autostart and monitor.replay.state == "idle" and not monitor.metrics.rows_in:
+    if serve.follow:  # the files (or globs) sbg serve --follow was given, as they grow
+        monitor = shared_monitor(paths, baseline=serve.baseline, config=serve.config, alerts_db=serve.alerts_db,
+                                 follow=True, notify=serve.notify)
+    else:
+        monitor = monitor_for(paths, baseline=serve.baseline, serve=serve)
+    if serve.autostart and monitor.replay.state == "idle":  # a resumed monitor is idle too, with its counts
         monitor.replay.start()
     return monitor
 

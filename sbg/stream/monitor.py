@@ -456,13 +456,13 @@ class Monitor:
 
     def close(self):
         self.replay.stop()
-        for src in self.sources:
-            if hasattr(src, "close"):  # a followed file is held open
-                src.close()
         if self.log is not None:
             if self._committed_at is not None:
                 self.commit()
             self.log.close()
+        for src in self.sources:
+            if hasattr(src, "close"):  # a followed file is held open
+                src.close()
 
     # ------------------------------------------------------------------ checkpoints
 

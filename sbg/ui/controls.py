@@ -98,6 +98,13 @@ class Controls(pn.viewable.Viewer):
         self.progress.value = int(pct)
         if not self.session.read_only:
             self._sync(r.state, time_fraction(r))
+        # A followed source has no end: no share done, and nothing to seek to.
+        self.progress.visible = self.seek.visible = self.seek_btn.visible = not r.follows
+        if r.follows:
+            files = len(getattr(r.sources[0], "tails", {}) or {})
+            self.progress_text.object = (f"{fmt_int(r.rows_emitted)} rows · following {files} file"
+                                         f"{'' if files == 1 else 's'} as they grow")
+            return
         total = "…" if r.rows_total is None else fmt_int(r.rows_total)
         looping = ""
         if r.loop:

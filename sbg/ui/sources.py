@@ -67,6 +67,8 @@ class SourcePicker(pn.viewable.Viewer):
         if self.session.read_only:
             for w in (self.source_select, self.baseline_select, self.upload, self.speed):
                 w.disabled = True
+        if self.session.monitor.replay.follows:  # rows go out as they arrive: there is no speed to choose
+            self.speed.disabled = True
         return [self.source_select, self.upload, self.upload_status, self.baseline_select,
                 pn.pane.Markdown("**Speed**", margin=(5, 10, 0, 10)), self.speed]
 

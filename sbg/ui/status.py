@@ -65,7 +65,7 @@ class StatusCards(pn.viewable.Viewer):
             ("Entities", "entities", fmt_int(d.entities), ""),
             ("Firing", "alerts_firing", fmt_int(d.alerts_firing), "critical" if d.alerts_firing else ""),
             (sim_label, "sim_time", sim, ""),
-            ("Done", "percent", f"{pct:.1f}%", ""),
+            ("Done", "percent", f"{pct:.1f}%", "") if not r.follows else ("Source", "percent", "following", ""),
         ]
         # Long values take a smaller font rather than an ellipsis: 480,760 rows must be read whole.
         self.kpis.object = '<div class="sbg-kpiwrap"><div class="sbg-kpis">' + "".join(
