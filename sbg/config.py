@@ -22,6 +22,7 @@ YAML keys, its dashboard widgets and its row in the "settings used" table.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import param
@@ -56,6 +57,7 @@ class Settings:
         self.make_detectors()
         self.make_rules()
         self.make_history()
+        self.replay_options()
 
     @classmethod
     def from_yaml(cls, path) -> Settings:
@@ -85,9 +87,16 @@ class Settings:
             known = ", ".join(sorted(p for p in cls.param if p != "name"))
             raise ConfigError(f"{self.origin}: {where}: unknown setting(s) {sorted(unknown)}; known: {known}")
         try:
-            return cls(**extra, **values)
-        except (ValueError, TypeError) as exc:
+            obj = cls(**extra, **values)
+        except (ValueError, TypeError, re.error) as exc:  # re.error: a rule's signals pattern
             raise ConfigError(f"{self.origin}: {where}: {exc}") from None
+        check = getattr(obj, "check", None)
+        if check is not None:  # settings only a whole object can judge (limits, durations)
+            try:
+                check()
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{self.origin}: {where}: {exc}") from None
+        return obj
 
     def make_stats(self) -> Stats:
         stats = self._build(Stats, "stats", self.data.get("stats"))
@@ -96,6 +105,9 @@ class Settings:
     def make_detectors(self, reference=None, entity_column: str | None = None):
         """Fresh detectors with these settings; ``entity_column`` is the input's (see :func:`~sbg.detect.detectors.for_schema`)."""
         conf = self.data.get("detectors") or {}
+        if not isinstance(conf, dict):
+            raise ConfigError(f"{self.origin}: detectors must be a mapping of detector to settings, "
+                              f"e.g. {{zscore: {{threshold: 5}}}}")
         dets = []
         for det in default_detectors(reference):
             values = conf.get(det.label)
@@ -112,6 +124,12 @@ class Settings:
         if not isinstance(rules, list):
             raise ConfigError(f"{self.origin}: rules must be a list")
         out = [self._build(Rule, f"rules[{i}]", r) for i, r in enumerate(rules)]
+        labels = detector_classes()
+        for i, rule in enumerate(out):
+            unknown = [d for d in rule.detectors if d not in labels]
+            if unknown:
+                raise ConfigError(f"{self.origin}: rules[{i}] ({rule.name}): unknown detector(s) {unknown}; "
+                                  f"known: {', '.join(sorted(labels))}")
         names = [r.name for r in out]
         if len(set(names)) != len(names):
             raise ConfigError(f"{self.origin}: rule names must be unique")
@@ -121,7 +139,22 @@ class Settings:
         return self._build(History, "history", self.data.get("history"))
 
     def replay_options(self) -> dict:
-        return dict(self.data.get("replay") or {})
+        """Options of the replay (``tick``, ``max_chunk_rows``), checked; speed and loop are the caller's."""
+        values = self.data.get("replay") or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{self.origin}: replay must be a mapping")
+        allowed = {"tick", "max_chunk_rows"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise ConfigError(f"{self.origin}: replay: unknown or misplaced setting(s) {sorted(unknown)}; "
+                              f"known: {', '.join(sorted(allowed))} (the speed is --speed)")
+        from .stream.replay import Replay
+
+        try:
+            Replay([], **values)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{self.origin}: replay: {exc}") from None
+        return dict(values)
 
 
 def settings_table(objects) -> list[dict]:
@@ -139,6 +172,8 @@ def settings_table(objects) -> list[dict]:
                 continue
             value = _plain(getattr(obj, name))
             default = _plain(getattr(model, name) if model is not None else p.default)
+            if isinstance(obj, Rule) and model is None and name == "title":
+                default = obj.name.replace("_", " ")  # a rule's title defaults to its name
             rows.append({"object": owner, "parameter": name, "value": value, "default": default,
                          "changed": value != default, "doc": p.doc or ""})
     return rows

@@ -229,6 +229,18 @@ class Limits(Detector):
                             doc="Domain limits by signal name: battery always, only for unambiguous "
                                 "battery schemas (auto), or none.")
 
+    def check(self):
+        """Each limit is ``[low, high]`` of numbers or nulls, low below high (checked when the settings load)."""
+        for signal, pair in self.limits.items():
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise ValueError(f"limits.{signal} must be [low, high] (null for no bound), not {pair!r}")
+            for v in pair:
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                    raise ValueError(f"limits.{signal}: {v!r} is not a number")
+            low, high = pair
+            if low is not None and high is not None and low >= high:
+                raise ValueError(f"limits.{signal}: low {low:g} is not below high {high:g}")
+
     def __init__(self, **params):
         super().__init__(**params)
         self.mismatch = None
@@ -596,6 +608,13 @@ class Gap(Detector):
                           doc="Gap, in usual intervals, at which a row is flagged.")
     min_gap = param.String(default="0s", doc="Gaps shorter than this are never flagged (a duration).")
     min_periods = param.Integer(default=10, bounds=(2, None), doc="Rows of an entity before the detector speaks.")
+
+    def check(self):
+        """Refuse a ``min_gap`` that is not a duration when the settings load, not at every chunk."""
+        try:
+            pd.Timedelta(self.min_gap)
+        except ValueError:
+            raise ValueError(f"min_gap must be a duration such as 30s or 5min, not {self.min_gap!r}") from None
 
     def value_column(self, signal):
         return "interval_s"

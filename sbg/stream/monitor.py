@@ -455,6 +455,10 @@ class Monitor:
                 "stale_count": len(stale), "silent_s": max(0.0, (now - newest).total_seconds()), "behind_s": behind}
 
     def close(self):
+        """Stop, commit and close the alert log and the followed files; a second call does nothing."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self.replay.stop()
         if self.log is not None:
             if self._committed_at is not None:
