@@ -58,3 +58,21 @@ def browser():
         pytest.fail("chromium is not installed: `make test` installs it with apt-get")
     with chromium() as b:
         yield b
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """Three cells at 1 Hz, each with one over-temperature episode (see tests/test_monitor.py)."""
+    from .test_monitor import fleet_csv
+
+    return fleet_csv(tmp_path / "fleet.csv")
+
+
+@pytest.fixture
+def limits():
+    """Settings with a temperature limit the fleet's episodes cross."""
+    from sbg.config import Settings
+
+    from .test_monitor import LIMITS
+
+    return Settings.from_dict(LIMITS)

@@ -18,24 +18,13 @@ import pyarrow as pa
 import pytest
 
 from sbg.alerts.rules import AlertLog
-from sbg.config import Settings
 from sbg.errors import SbgError, SourceError
 from sbg.stream.batch import read_dataset, run_detect
 
 from .conftest import make_frame
-from .test_monitor import LIMITS, fleet_csv
+from .test_monitor import fleet_csv
 
 HEADER = '"timestamp","cell_id","temperature_c","voltage_v","anomaly_score","is_anomaly","reason","quality"'
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    return fleet_csv(tmp_path / "fleet.csv")
-
-
-@pytest.fixture
-def limits():
-    return Settings.from_dict(LIMITS)
 
 
 def flags_csv(path):

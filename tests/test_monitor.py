@@ -69,16 +69,6 @@ def fleet_csv(path, n=ROWS, seed=7, stop=None, hot_end=(), drift=0.0, bad_lines=
     return path
 
 
-@pytest.fixture
-def fleet(tmp_path):
-    return fleet_csv(tmp_path / "fleet.csv")
-
-
-@pytest.fixture
-def limits():
-    return Settings.from_dict(LIMITS)
-
-
 def alert_rows(db):
     with closing(sqlite3.connect(db)) as conn:
         return conn.execute("SELECT * FROM alerts ORDER BY id").fetchall()
