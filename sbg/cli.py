@@ -67,6 +67,9 @@ def _schema_args(p):
     g.add_argument("--time-format", metavar="FMT", help="strftime format of the timestamps")
     g.add_argument("--delimiter", metavar="CHAR", help="field delimiter (default: sniffed)")
     g.add_argument("--encoding", default="utf-8", help="text encoding (default utf-8; BOM accepted)")
+    g.add_argument("--reorder", metavar="DURATION",
+                   help="accept rows up to DURATION older than their entity's newest (a clock change, a buffered "
+                        "logger) and sort them before detection; older rows are quarantined (default: off)")
     g.add_argument("--max-signals", type=int, metavar="N",
                    help="refuse a file with more signal columns than N (default 1000, or SBG_MAX_SIGNALS)")
 
@@ -135,6 +138,8 @@ def _schema_options(args) -> dict:
         opts["encoding"] = args.encoding
     if args.max_signals is not None:
         opts["max_signals"] = args.max_signals
+    if getattr(args, "reorder", None):
+        opts["reorder"] = args.reorder
     return opts
 
 

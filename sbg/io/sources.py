@@ -145,6 +145,9 @@ class Schema:
     #: the name when not the file's own: set by :func:`sbg.io.inputs.name_sources` for
     #: files read together whose file names collide (``valve1/0``, ``valve2/0``)
     label: str | None = None
+    #: rows up to this many ns older than their entity's newest row are accepted, to be sorted
+    #: (``--reorder``, :mod:`sbg.stream.reorder`); 0: any row going back in time is quarantined
+    reorder_ns: int = 0
 
     @property
     def name(self) -> str:
@@ -181,6 +184,7 @@ class Schema:
             "carried": list(self.carried), "delimiter": self.delimiter,
             "encoding": self.encoding, "date": self.date,
             "line_ends": "CR" if self.newline == "\r" else "LF or CRLF",
+            **({"reorder": str(pd.Timedelta(self.reorder_ns))} if self.reorder_ns else {}),
         }
 
 
@@ -388,6 +392,7 @@ def infer_schema(
     encoding: str = "utf-8",
     time_format: str | None = None,
     max_signals: int | None = None,
+    reorder: str | None = None,
 ) -> Schema:
     """Infer the schema of a file from its header and first rows.
 
@@ -477,7 +482,25 @@ def infer_schema(
         path=str(path), columns=tuple(header), time=time_col, time_kind=kind, entity=entity_col,
         signals=sigs, carried=carried, delimiter=delimiter, encoding=encoding,
         date=date or DEFAULT_CLOCK_DATE, time_format=time_format, newline=newline,
+        reorder_ns=reorder_window(reorder),
     )
+
+
+def reorder_window(text) -> int:
+    """A reorder window (``"30s"``, ``"2min"``) in ns; ``None`` or ``"0"`` is off.
+
+    >>> reorder_window("30s"), reorder_window(None)
+    (30000000000, 0)
+    """
+    if text in (None, "", 0, "0"):
+        return 0
+    try:
+        ns = pd.Timedelta(text).value
+    except (ValueError, TypeError):
+        raise SbgError(f"--reorder: {text!r} is not a duration (e.g. 30s, 2min)") from None
+    if ns < 0:
+        raise SbgError(f"--reorder: {text!r} is negative")
+    return int(ns)
 
 
 def _sample_rows(lines: list[str], delimiter: str, ncol: int) -> list[list[str]]:
@@ -874,7 +897,8 @@ class _Validator:
             i = ok[j]
             reasons[i] = (
                 f"timestamp goes backwards for entity {_short(str(ent_ok[j]))!r}"
-                f" ({pd.Timestamp(ts_ok[j])} after {pd.Timestamp(self._max_before[j])})"
+                f" ({pd.Timestamp(ts_ok[j])} after {pd.Timestamp(self._max_before[j])}"
+                + (f", more than the reorder window {pd.Timedelta(s.reorder_ns)}" if s.reorder_ns else "") + ")"
             )
         for j in np.flatnonzero(dup_of):
             reasons[ok[j]] = "exact duplicate of an earlier row"
@@ -918,7 +942,7 @@ class _Validator:
         back = np.zeros(n, dtype=bool)
         tie = np.zeros(n, dtype=bool)
         max_before = np.zeros(n, dtype="int64")
-        _order_kernel(codes, ts, self._last_ts, self._has_last, back, tie, max_before)
+        _order_kernel(codes, ts, self._last_ts, self._has_last, back, tie, max_before, self.schema.reorder_ns)
         self._max_before = max_before
 
         def row_hashes(idx):
@@ -959,18 +983,21 @@ class _Validator:
 
 
 @njit(cache=True, nogil=True)
-def _order_kernel(codes, ts, last_ts, has_last, back, tie, max_before):
+def _order_kernel(codes, ts, last_ts, has_last, back, tie, max_before, slack):
+    """Per entity, flag rows older than the newest so far by more than ``slack`` ns (0: older at all)."""
     for i in range(codes.shape[0]):
         e = codes[i]
         t = ts[i]
         if has_last[e]:
             m = last_ts[e]
             max_before[i] = m
-            if t < m:
+            if t < m - slack:
                 back[i] = True
                 continue
             if t == m:
                 tie[i] = True
+            if t < m:
+                continue  # within the reorder window: accepted, the newest stays
         else:
             max_before[i] = t
         last_ts[e] = t

@@ -305,6 +305,9 @@ def run_detect_dask(path, output, baseline=None, settings: Settings | None = Non
     schema_options = schema_options or {}
     paths = expand_inputs(path)
     sources = open_inputs(paths, **schema_options)
+    if sources[0].schema.reorder_ns:
+        raise SbgError("--reorder runs in one process: the Dask path splits entities over workers before any "
+                       "reorder window could hold them; run without --workers/--scheduler")
     schema = sources[0].schema
     output = Path(output)
     check_output(output, paths)

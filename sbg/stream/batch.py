@@ -43,6 +43,7 @@ from ..io.outputs import AtomicFile, make_parent, output_errors, write_text_atom
 from ..io.sources import load_reference
 from .metrics import Metrics
 from .pipeline import Pipeline
+from .reorder import Reorder
 
 __all__ = ["run_detect", "format_timestamps", "TableWriter", "FlagsWriter", "is_dataset", "prepare_dataset", "dataset_output",
            "read_dataset", "quarantine_file"]
@@ -368,6 +369,8 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
         # Three stages overlap on their own threads: parsing (pyarrow), scoring
         # (numba kernels and numpy release the GIL) and writing (pyarrow). Bounded
         # queues keep at most a few blocks in memory.
+        # --reorder: rows a little out of order wait here until their entity's time has moved past them.
+        reorder = Reorder(src.schema.reorder_ns) if src.schema.reorder_ns else None
         batches = _background(_read_in_order(sources, FileOrder() if len(sources) > 1 else None), depth=2)
         tables: queue.Queue = queue.Queue(maxsize=4)
         writer_thread = threading.Thread(target=_write_tables, args=(tables, writer),
@@ -383,11 +386,16 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
                     pipeline.fault("source", batch.fault)
                 if qwriter is not None:
                     qwriter.writerows(quarantine_rows(batch, len(paths) > 1))
-                frame = batch.frame
+                frame = batch.frame if reorder is None else reorder.push(batch.frame)
                 for i in range(0, len(frame), chunk_size):
                     enriched = pipeline.process(frame.iloc[i:i + chunk_size], stats=False)
                     flagged += int(enriched["is_anomaly"].sum())
                     tables.put(enriched)
+            rest = reorder.flush() if reorder is not None and writer_thread.error is None else None
+            for i in range(0, 0 if rest is None else len(rest), chunk_size):
+                enriched = pipeline.process(rest.iloc[i:i + chunk_size], stats=False)
+                flagged += int(enriched["is_anomaly"].sum())
+                tables.put(enriched)
         finally:
             tables.put(None)
             writer_thread.join()

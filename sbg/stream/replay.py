@@ -33,6 +33,7 @@ import param
 from streamz import Stream
 
 from ..io.sources import Batch, Source
+from .reorder import Reorder
 
 __all__ = ["Replay", "parse_speed", "SPEEDS"]
 
@@ -175,6 +176,9 @@ class Replay(param.Parameterized):
         self._idle_callbacks: list[Callable[[], None]] = []
         self._emitted_wall: float | None = None
         self._cursors = [_Cursor(s, self._on_batch) for s in self.sources]
+        window = max((getattr(getattr(s, "schema", None), "reorder_ns", 0) for s in self.sources), default=0)
+        #: The reorder window's buffer (``--reorder``): rows wait in it until their entity's time has moved on.
+        self.reorder = Reorder(window) if window else None
         self._task = None
         self._loop = None  # the event loop the replay task runs on (its home)
         self._clock = None
@@ -264,6 +268,7 @@ class Replay(param.Parameterized):
             "skip_until": self._skip_until,
             "sim_time": None if self.sim_time is None else pd.Timestamp(self.sim_time).isoformat(),
             "finished": self.state == "finished",
+            **({"reorder": self.reorder.state()} if self.reorder is not None else {}),
         }
 
     def restore(self, position: dict):
@@ -286,12 +291,16 @@ class Replay(param.Parameterized):
         skip = position["skip_until"]
         self._skip_until = None if skip is None else int(skip)
         self.sim_time = None if position["sim_time"] is None else pd.Timestamp(position["sim_time"])
+        if self.reorder is not None:
+            self.reorder.load_state(position["reorder"])
         self._clock = None
         self.state = "idle"
 
     def _restart_sources(self, reason):
         for cb in self._restart_callbacks:
             cb(reason)
+        if self.reorder is not None:
+            self.reorder.reset()
         for c in self._cursors:
             c.restart()
         self.rows_read = 0
@@ -326,7 +335,15 @@ class Replay(param.Parameterized):
         return all(c.done and c.remaining == 0 for c in self._cursors)
 
     def _emit(self, chunk: pd.DataFrame) -> bool:
-        """Hand ``chunk`` (less the rows a seek skips) to :attr:`stream`; ``False`` if no row was left."""
+        """Hand ``chunk`` (less the rows a seek skips, less those the reorder window holds) to :attr:`stream`.
+
+        ``False`` if no row was left.
+        """
+        if self.reorder is not None:
+            chunk = self.reorder.push(chunk)
+        return self._hand(chunk)
+
+    def _hand(self, chunk: pd.DataFrame) -> bool:
         if self._skip_until is not None:
             ts = chunk["timestamp"].to_numpy(dtype="datetime64[ns]").view("int64")
             keep = ts >= self._skip_until
@@ -390,6 +407,9 @@ class Replay(param.Parameterized):
 
     def _finish_or_loop(self) -> bool:
         if not self._exhausted():
+            return True
+        if self.reorder is not None and self.reorder.held_rows:  # the data has ended: the window lets go
+            self._hand(self.reorder.flush())
             return True
         if self.loop:
             self.loops += 1
