@@ -148,12 +148,13 @@ class Settings:
         if unknown:
             raise ConfigError(f"{self.origin}: replay: unknown or misplaced setting(s) {sorted(unknown)}; "
                               f"known: {', '.join(sorted(allowed))} (the speed is --speed)")
-        from .stream.replay import Replay
-
-        try:
-            Replay([], **values)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{self.origin}: replay: {exc}") from None
+        # Checked here by hand: building a Replay would import streamz (and with it Dask) for every command.
+        tick, rows = values.get("tick", 0.1), values.get("max_chunk_rows", 1000)
+        if isinstance(tick, bool) or not isinstance(tick, (int, float)) or not 0.005 <= tick <= 5:
+            raise ConfigError(f"{self.origin}: replay: tick must be a number of seconds from 0.005 to 5, not {tick!r}")
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ConfigError(f"{self.origin}: replay: max_chunk_rows must be a whole number of 1 or more, "
+                              f"not {rows!r}")
         return dict(values)
 
 
