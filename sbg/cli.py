@@ -74,6 +74,13 @@ def _schema_args(p):
                    help="refuse a file with more signal columns than N (default 1000, or SBG_MAX_SIGNALS)")
 
 
+def _settings_args(p):
+    p.add_argument("--config", type=Path, metavar="SBG.YAML", help="settings file")
+    p.add_argument("--set", action="append", default=[], metavar="DETECTOR.NAME=VALUE", dest="overrides",
+                   help="one setting over the file's, e.g. zscore.threshold=5 or limits.preset=battery "
+                        "(also stats., history., replay.); may be repeated; docs/detection.md lists them")
+
+
 def _notify_args(p):
     g = p.add_argument_group("notifications (also the notify: section of the settings file)")
     g.add_argument("--alertmanager", action="append", default=[], metavar="URL",
@@ -199,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV, CSV.gz or Parquet files, globs or directories")
     p.add_argument("--speed", default="max", type=_speed, help="speed over real time, e.g. 1, 10x, 1000x, or max (default)")
     p.add_argument("--baseline", type=Path, metavar="REF", help="known-good reference file")
-    p.add_argument("--config", type=Path, metavar="SBG.YAML", help="settings file")
+    _settings_args(p)
     p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log to write")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the checkpoint in --alerts-db (same files and options)")
@@ -219,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "SIGTERM or Ctrl-C stop it cleanly (exit 0). See docs/service.md.")
     p.add_argument("files", nargs="+", metavar="FILE|GLOB",
                    help="files or quoted globs to follow (a glob picks up files that appear later)")
-    p.add_argument("--config", type=Path, metavar="SBG.YAML", help="settings file")
+    _settings_args(p)
     p.add_argument("--baseline", type=Path, metavar="REF", help="known-good reference file")
     p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log and checkpoint")
     p.add_argument("--fresh", action="store_true", help="ignore the checkpoint in --alerts-db and start over")
@@ -250,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"NAME{_FLAGS_SUFFIX} in the current directory, NAME being the first FILE's name less "
                         ".csv, .gz or .parquet (NAME.flags.parquet with --workers or --scheduler)")
     p.add_argument("--baseline", type=Path, metavar="REF", help="known-good reference file")
-    p.add_argument("--config", type=Path, metavar="SBG.YAML", help="settings file")
+    _settings_args(p)
     p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log to write")
     p.add_argument("--chunk-size", type=int, default=65536, metavar="N", help="rows per pipeline chunk (default 65536)")
     p.add_argument("--quarantine", type=Path, metavar="Q.csv",
@@ -268,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV, CSV.gz or Parquet files, globs or directories")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="REPORT.html", help="HTML file to write")
     p.add_argument("--baseline", type=Path, metavar="REF", help="known-good reference file")
-    p.add_argument("--config", type=Path, metavar="SBG.YAML", help="settings file")
+    _settings_args(p)
     p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log to write")
     p.add_argument("--title", help="report title (default: sbg report: SOURCE)")
     _dask_args(p, "entity partitions, each with its state on one worker (default: one per worker)")
@@ -322,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="start again when the data ends")
     p.add_argument("--autostart", action="store_true", help="start replaying as soon as the server is up")
     p.add_argument("--baseline", metavar="REF", help="known-good reference file")
-    p.add_argument("--config", type=Path, metavar="SBG.YAML", help="settings file")
+    _settings_args(p)
     p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log to write")
     p.add_argument("--basic-auth", metavar="PASSWORD|FILE", help="passed to panel serve: a password, or a JSON file of users")
     p.add_argument("--cookie-secret", metavar="SECRET", help="passed to panel serve (required with auth)")
@@ -375,10 +382,12 @@ def main(argv=None) -> int:
         return 0
 
 
-def _settings(path):
+def _settings(args):
+    """The settings file (``--config``) with the ``--set`` pairs over it."""
     from .config import Settings
 
-    return Settings.from_yaml(path) if path else Settings()
+    settings = Settings.from_yaml(args.config) if args.config else Settings()
+    return settings.with_overrides(getattr(args, "overrides", []))
 
 
 def _fail_code(alerts, fail_on) -> int:
@@ -432,7 +441,7 @@ def cmd_replay(args) -> int:
 def _replay(args, out: _Out, files, fan_out) -> int:
     from .stream.monitor import Monitor
 
-    monitor = Monitor(files, baseline=args.baseline, settings=_settings(args.config),
+    monitor = Monitor(files, baseline=args.baseline, settings=_settings(args),
                       alerts_db=args.alerts_db, speed=args.speed, loop=args.loop, resume=args.resume,
                       fan_out=fan_out, **_schema_options(args))
     notifiers = _notifiers(args, monitor.settings, on_error=lambda message: monitor.pipeline.emit_event(
@@ -509,7 +518,7 @@ def cmd_watch(args) -> int:
     configure_logging(args.log_level, args.log_format)
     # With --json stdout carries only JSON lines; everything for people goes to stderr.
     out = _Out(sys.stderr if args.json else sys.stdout, colour=False if args.no_color or args.json else None)
-    settings = _settings(args.config)
+    settings = _settings(args)
     resume = False
     if args.alerts_db and not args.fresh and Path(args.alerts_db).exists():
         from .alerts.rules import AlertLog
@@ -611,7 +620,7 @@ def cmd_detect(args) -> int:
     output = Path(args.output) if args.output else default_output(args.files, dataset=dask)
     # With -o -, stdout carries the CSV alone: every message goes to stderr.
     messages = sys.stderr if to_stdout else sys.stdout
-    options = dict(baseline=args.baseline, settings=_settings(args.config), alerts_db=args.alerts_db,
+    options = dict(baseline=args.baseline, settings=_settings(args), alerts_db=args.alerts_db,
                    chunk_size=args.chunk_size, quarantine_path=args.quarantine,
                    schema_options=_schema_options(args))
     with contextlib.ExitStack() as stack:
@@ -656,7 +665,7 @@ def cmd_report(args) -> int:
     files = _inputs(args.files)
     # Opened before the replay, so a report that cannot be written fails at once; written whole or not at all.
     with AtomicFile(path, "w", encoding="utf-8") as out, _fan_out(args, print) as fan_out:
-        monitor = Monitor(files, baseline=args.baseline, settings=_settings(args.config),
+        monitor = Monitor(files, baseline=args.baseline, settings=_settings(args),
                           alerts_db=args.alerts_db, speed="max", fan_out=fan_out, **_schema_options(args))
         try:
             monitor.run_to_end()
@@ -910,6 +919,7 @@ def serve_command(args) -> tuple[list[str], dict]:
            "SBG_NOTIFY": json.dumps({"alertmanager": args.alertmanager, "webhook": args.webhook}),
            "SBG_BASELINE": str(Path(args.baseline).resolve()) if args.baseline else "",
            "SBG_CONFIG": str(args.config.resolve()) if args.config else "",
+           "SBG_SET": json.dumps(args.overrides),
            "SBG_ALERTS_DB": str(args.alerts_db.resolve()) if args.alerts_db else "",
            "SBG_ADMIN_USERS": args.admin_users or "",
            "SBG_SCHEDULER": args.scheduler or "", "SBG_WORKERS": "" if args.workers is None else str(args.workers),
@@ -948,6 +958,7 @@ def cmd_serve(args) -> int:
     if public and not (args.basic_auth or args.oauth_provider):
         print(f"sbg: warning: serving on {args.address} without --basic-auth or OAuth: anyone who can reach "
               "this port can watch and control the replay", file=sys.stderr)
+    _settings(args)  # a bad settings file or --set is refused here (exit 4), not in the server's log
     cmd, env = serve_command(args)
     if args.print_command:
         print(" ".join(cmd))

@@ -22,6 +22,7 @@ YAML keys, its dashboard widgets and its row in the "settings used" table.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -77,6 +78,42 @@ class Settings:
     @classmethod
     def from_dict(cls, data) -> Settings:
         return cls(data)
+
+    def with_overrides(self, pairs) -> Settings:
+        """These settings with ``SECTION.NAME=VALUE`` pairs (``--set``) laid over them; VALUE is YAML.
+
+        SECTION is a detector (``zscore.threshold=5``, ``limits.limits={v: [0, 10]}``) or one of
+        ``stats``, ``history`` and ``replay``. The same declarations check them as the settings file's.
+
+        >>> Settings().with_overrides(["zscore.threshold=5"]).make_detectors()[3].threshold
+        5.0
+        """
+        pairs = list(pairs or [])
+        if not pairs:
+            return self
+        data = copy.deepcopy(self.data)
+        labels = detector_classes()
+        for text in pairs:
+            key, sep, raw = str(text).partition("=")
+            head, dot, name = key.strip().partition(".")
+            if not sep or not dot or not name:
+                raise ConfigError(f"--set {text!r}: expected SECTION.NAME=VALUE, e.g. zscore.threshold=5")
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"--set {text!r}: the value is not YAML ({getattr(exc, 'problem', exc)})") from None
+            if head in ("stats", "history", "replay"):
+                section = data.setdefault(head, {})
+            elif head in labels:
+                section = data.setdefault("detectors", {}).setdefault(head, {})
+            else:
+                raise ConfigError(f"--set {text!r}: {head!r} is neither a detector nor a section; detectors: "
+                                  f"{', '.join(sorted(labels))}; sections: stats, history, replay")
+            if not isinstance(section, dict):
+                raise ConfigError(f"--set {text!r}: {head} in {self.origin} is not a mapping")
+            section[name] = value
+        origin = "--set" if self.origin == "settings" else f"{self.origin} with --set"
+        return Settings(data, origin=origin)
 
     def _build(self, cls, where, values, **extra):
         values = values or {}

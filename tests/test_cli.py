@@ -605,3 +605,21 @@ def test_serve_runs_the_installed_sbg_from_a_directory_holding_a_folder_named_sb
         code, body = get(base + "/api/status", timeout=30)
         assert code == 200 and json.loads(body)["files"] == [str(data["tele"])]
         assert get(base + "/monitor", timeout=60)[0] == 200
+
+
+def test_set_reaches_every_command_and_is_checked_before_any_work(tmp_path):
+    data = tmp_path / "v.csv"
+    t = pd.date_range("2024-01-01", periods=100, freq="1s")
+    pd.DataFrame({"time": t, "v": np.arange(100.0)}).to_csv(data, index=False)
+    out = tmp_path / "flags.csv"
+    ok = run("detect", data, "-o", out, "--set", "limits.limits={v: [0, 50]}", "--set", "limits.preset=none")
+    assert ok.returncode == 0, ok.stderr
+    flags = pd.read_csv(out)
+    assert flags["is_anomaly"].sum() == 49 and (flags.loc[flags["is_anomaly"], "v"] > 50).all()
+    results = run_many([["detect", data, "-o", tmp_path / "x.csv", "--set", "zscore.treshold=5"],
+                        ["serve", data, "--port", "5999", "--set", "zscor.threshold=5"],
+                        ["replay", data, "--set", "zscore.threshold=-1"]])
+    for r, words in zip(results, ("unknown setting(s) ['treshold']", "'zscor' is neither a detector",
+                                  "must be greater than 0"), strict=True):
+        assert r.returncode == 4 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "x.csv").exists()

@@ -321,3 +321,24 @@ def test_limits_from_the_settings_fire_alerts_as_configured(tmp_path):
     assert isinstance(detector(s, "limits"), Limits)
     # pending_rows 30: each 40-row episode fires; the start is its first flagged row.
     assert sorted(alerts["start"].dt.strftime("%H:%M:%S")) == ["00:03:20", "00:04:10", "00:05:00"]
+
+
+def test_set_lays_settings_over_the_file_and_names_what_is_wrong(tmp_path):
+    cfg = tmp_path / "sbg.yaml"
+    cfg.write_text("detectors:\n  zscore: {threshold: 4}\n  limits: {preset: none}\n")
+    base = Settings.from_yaml(cfg)
+    s = base.with_overrides(["zscore.threshold=7", "limits.limits={v: [0, 10]}", "history.max_rows=5000"])
+    dets = {d.label: d for d in s.make_detectors()}
+    assert dets["zscore"].threshold == 7 and dets["limits"].limits == {"v": [0, 10]}
+    assert dets["limits"].preset == "none"  # the file's setting stays where --set says nothing
+    assert s.make_history().max_rows == 5000 and s.origin == f"{cfg} with --set"
+    assert base.data["detectors"]["zscore"]["threshold"] == 4  # the file's settings are not changed
+    for bad, words in (("zscore.treshold=5", "unknown setting(s) ['treshold']"),
+                       ("zscor.threshold=5", "'zscor' is neither a detector nor a section"),
+                       ("zscore=5", "expected SECTION.NAME=VALUE"),
+                       ("zscore.threshold=-1", "must be greater than 0"),
+                       ("limits.limits={v: [5]}", "limits.v must be [low, high]"),
+                       ("zscore.threshold=[1", "the value is not YAML")):
+        with pytest.raises(ConfigError) as info:
+            base.with_overrides([bad])
+        assert words in str(info.value), (bad, str(info.value))

@@ -47,6 +47,7 @@ class ServeConfig(param.Parameterized):
     files = param.List(default=[], item_type=str, doc="Files of the first source (in data_dir unless absolute).")
     baseline = param.String(default=None, allow_None=True, doc="Known-good reference file.")
     config = param.String(default=None, allow_None=True, doc="sbg.yaml settings for every monitor.")
+    overrides = param.List(default=[], item_type=str, doc="--set pairs laid over the settings file.")
     speed = param.String(default="100x", doc="Replay speed.")
     loop = param.Boolean(default=False, doc="Start over at the end of the source.")
     alerts_db = param.String(default=None, allow_None=True, doc="SQLite alert log every monitor writes.")
@@ -62,7 +63,8 @@ class ServeConfig(param.Parameterized):
                    baseline=env.get("SBG_BASELINE") or None, config=env.get("SBG_CONFIG") or None,
                    speed=env.get("SBG_SPEED", "100x"), loop=env.get("SBG_LOOP") == "1",
                    alerts_db=env.get("SBG_ALERTS_DB") or None, autostart=env.get("SBG_AUTOSTART") == "1",
-                   follow=env.get("SBG_FOLLOW") == "1", notify=json.loads(env.get("SBG_NOTIFY") or "{}"))
+                   follow=env.get("SBG_FOLLOW") == "1", notify=json.loads(env.get("SBG_NOTIFY") or "{}"),
+                   overrides=json.loads(env.get("SBG_SET") or "[]"))
 
     def data_root(self) -> Path:
         if self.data_dir:
@@ -78,21 +80,24 @@ def monitors() -> dict[tuple, Monitor]:
 
 
 def shared_monitor(files, baseline=None, config=None, speed="100x", loop=False, alerts_db=None,
-                   follow=False, notify=None) -> Monitor:
+                   follow=False, notify=None, overrides=()) -> Monitor:
     """The process-wide monitor for this source, created on first use.
 
     ``notify`` (options of :func:`sbg.alerts.notify.notifiers_from`) adds
     notifiers to a new monitor; they are closed with it (:func:`close_monitor`).
     """
-    key = (tuple(str(Path(f).resolve()) for f in files), str(baseline or ""), str(config or ""), bool(follow))
+    key = (tuple(str(Path(f).resolve()) for f in files), str(baseline or ""), str(config or ""), bool(follow),
+           tuple(overrides))
     with _LOCK:
         monitor = _MONITORS.get(key)
         if monitor is None:
+            from ..config import Settings
             from ..scale.cluster import (
                 fan_out_from_env,  # imports Dask only if sbg serve was given it
             )
 
-            options = dict(baseline=baseline, settings=config, alerts_db=alerts_db, speed=speed, loop=loop,
+            settings = (Settings.from_yaml(config) if config else Settings()).with_overrides(overrides)
+            options = dict(baseline=baseline, settings=settings, alerts_db=alerts_db, speed=speed, loop=loop,
                            fan_out=fan_out_from_env(), follow=follow)
             monitor = None
             if follow and alerts_db and Path(alerts_db).exists():  # a restarted service carries on where it was
@@ -140,7 +145,7 @@ def monitor_for(files, baseline=None, speed=None, serve: ServeConfig | None = No
     """
     serve = serve or ServeConfig.from_env()
     return shared_monitor(files, baseline=baseline, config=serve.config, speed=speed or serve.speed,
-                          loop=serve.loop, alerts_db=serve.alerts_db, notify=serve.notify)
+                          loop=serve.loop, alerts_db=serve.alerts_db, notify=serve.notify, overrides=serve.overrides)
 
 
 def default_monitor(serve: ServeConfig | None = None) -> Monitor:
@@ -156,7 +161,7 @@ def default_monitor(serve: ServeConfig | None = None) -> Monitor:
     paths = [resolve_data_file(f, data_dir) if not Path(f).is_absolute() else Path(f) for f in files]
     if serve.follow:  # the files (or globs) sbg serve --follow was given, as they grow
         monitor = shared_monitor(paths, baseline=serve.baseline, config=serve.config, alerts_db=serve.alerts_db,
-                                 follow=True, notify=serve.notify)
+                                 follow=True, notify=serve.notify, overrides=serve.overrides)
     else:
         monitor = monitor_for(paths, baseline=serve.baseline, serve=serve)
     if serve.autostart and monitor.replay.state == "idle":  # a resumed monitor is idle too, with its counts
