@@ -71,8 +71,7 @@ from ..stream.batch import (
     quarantine_file,
     quarantine_rows,
 )
-from ..stream.metrics import Metrics
-from ..stream.pipeline import Pipeline
+from ..stream.pipeline import Pipeline, build_pipeline
 
 __all__ = ["dask_client", "partition_of", "run_detect_dask", "FanOut", "FanOutPipeline", "fan_out_from_env"]
 
@@ -249,12 +248,9 @@ def _split_file(index: int, schema, scratch: str, partitions: int, with_file: bo
             "entities": entities, "first": [lo[e] for e in entities], "last": [hi[e] for e in entities]}
 
 
-def _make_pipeline(schema, settings_data: dict, reference, source: str, pipeline_class=Pipeline, **kwargs):
-    settings = Settings(settings_data)
-    engine = AlertEngine(settings.make_rules(), source=source)
-    return pipeline_class(stats=settings.make_stats(), detectors=settings.make_detectors(reference, schema.entity),
-                          engine=engine,
-                          metrics=Metrics(), signals=list(schema.signals), carried=list(schema.carried), **kwargs)
+def _make_pipeline(schema, settings_data: dict, reference, source: str, **kwargs):
+    return build_pipeline(Settings(settings_data), schema.signals, schema.carried, schema.entity, reference,
+                          source=source, **kwargs)
 
 
 @_user_errors

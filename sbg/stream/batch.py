@@ -34,7 +34,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .. import __version__
-from ..alerts.rules import AlertEngine, AlertLog
+from ..alerts.rules import AlertLog
 from ..config import Settings, describe
 from ..errors import OutputError, SbgError
 from ..io.csvsafe import neutralise_cell, neutralise_table
@@ -42,7 +42,7 @@ from ..io.inputs import FileOrder, expand_inputs, open_inputs, source_name
 from ..io.outputs import AtomicFile, make_parent, output_errors, write_text_atomic
 from ..io.sources import load_reference
 from .metrics import Metrics
-from .pipeline import Pipeline
+from .pipeline import build_pipeline
 from .reorder import Reorder
 
 __all__ = ["run_detect", "format_timestamps", "TableWriter", "FlagsWriter", "is_dataset", "prepare_dataset", "dataset_output",
@@ -356,10 +356,9 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
             outputs.callback(log.close)
         target = outputs.enter_context(dataset_output(output)) / "part-00000.parquet" if parquet else output
         metrics = Metrics()
-        engine = AlertEngine(settings.make_rules(), source=source_name(sources))
-        pipeline = Pipeline(stats=settings.make_stats(), detectors=settings.make_detectors(reference, src.schema.entity),
-                            engine=engine, metrics=metrics, log=log, signals=list(src.schema.signals),
-                            carried=list(src.schema.carried))
+        pipeline = build_pipeline(settings, src.schema.signals, src.schema.carried, src.schema.entity, reference,
+                                  source=source_name(sources), metrics=metrics, log=log)
+        engine = pipeline.engine
         # Finished by the writer thread; committed when the run has succeeded.
         writer = outputs.enter_context(FlagsWriter(target, src.schema, parquet, example=pipeline.example))
         qwriter = None

@@ -34,14 +34,14 @@ import pandas as pd
 import param
 
 from .. import __version__
-from ..alerts.rules import Alert, AlertEngine, AlertLog
+from ..alerts.rules import Alert, AlertLog
 from ..config import Settings
 from ..detect.detectors import STALE_AFTER
 from ..errors import ConfigError, SbgError, SourceError
 from ..io.inputs import name_sources
 from ..io.sources import Batch, Source, load_reference
 from .metrics import Metrics
-from .pipeline import Pipeline
+from .pipeline import build_pipeline
 from .replay import Replay, parse_speed
 
 __all__ = ["Monitor", "warm_up"]
@@ -111,15 +111,13 @@ class Monitor:
         self.source_key = "+".join(s.name for s in self.sources)
         self.metrics = Metrics()
         self.log = AlertLog(alerts_db) if alerts_db else None
-        self.engine = AlertEngine(settings.make_rules(), source=self.source_key)
         self._past_alerts = None  # alerts of a looped replay's earlier passes
         # The monitor writes the log itself: alert rows only ever go in with the checkpoint that covers them.
         self.fan_out = fan_out
-        self.pipeline = (Pipeline if fan_out is None else fan_out.pipeline)(
-            stats=settings.make_stats(), detectors=settings.make_detectors(self.reference, self.sources[0].schema.entity),
-            engine=self.engine,
-            metrics=self.metrics, signals=signals, carried=carried,
-        )
+        self.pipeline = build_pipeline(settings, signals, carried, self.sources[0].schema.entity, self.reference,
+                                       source=self.source_key, metrics=self.metrics,
+                                       factory=None if fan_out is None else fan_out.pipeline)
+        self.engine = self.pipeline.engine
         self.history = settings.make_history()
         self.quarantine: deque = deque(maxlen=quarantine_keep)
         replay_opts = settings.replay_options()

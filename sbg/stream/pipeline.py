@@ -338,3 +338,17 @@ def _enriched(frame: pd.DataFrame, floats: dict, flagged, reason, quality) -> pd
                           "quality": pd.Series(quality, dtype=object, copy=False)}, copy=False)
     return pd.concat([frame.reset_index(drop=True), pd.DataFrame(block.T, columns=list(floats), copy=False), flags],
                      axis=1)
+
+
+def build_pipeline(settings, signals, carried=(), entity_column: str | None = None, reference=None, source: str = "",
+                   factory=None, **kwargs) -> Pipeline:
+    """The one way a pipeline is built from settings: the monitor, ``sbg detect`` and the Dask workers use it.
+
+    ``factory`` is the pipeline class (or a :class:`~sbg.scale.cluster.FanOut`'s
+    ``pipeline``); ``kwargs`` (``metrics``, ``log``...) go to it. The alert engine
+    gets the settings' rules and ``source`` for its alert ids.
+    """
+    engine = AlertEngine(settings.make_rules(), source=source)
+    kwargs.setdefault("metrics", Metrics())
+    return (factory or Pipeline)(stats=settings.make_stats(), detectors=settings.make_detectors(reference, entity_column),
+                                 engine=engine, signals=list(signals), carried=list(carried), **kwargs)
