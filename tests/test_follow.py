@@ -99,6 +99,7 @@ def test_rotation_truncation_and_deletion_lose_no_row(tmp_path):
     steps(r)
     kinds = [e.kind for e in src.events]
     assert {"rotated", "truncated", "deleted"} <= set(kinds), kinds
+    assert src.errors == 1  # the deletion; rotation and truncation are what loggers do
     assert r.state == "running"
     src.close()
 

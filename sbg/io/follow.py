@@ -313,8 +313,8 @@ class FollowSource:
             out = self._drain(tail)
             tail.fh.close()
             del self.tails[str(tail.path)]
-            if st is None:
-                self._event("deleted", tail.path, f"{tail.path}: deleted; read to its end")
+            if st is None:  # counted: a logger's file should not vanish (rotation renames it)
+                self._event("deleted", tail.path, f"{tail.path}: deleted; read to its end", error=True)
             else:
                 self._event("rotated", tail.path, f"{tail.path}: replaced (rotated); the old file was read to its "
                             "end, the new one is read from its start")
