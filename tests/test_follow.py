@@ -310,3 +310,41 @@ def test_sigkill_during_appends_then_restart_gives_the_uninterrupted_alert_log(t
     assert out.count("resuming from the checkpoint") == 4, out[-3000:]
     got = _alert_table(db)
     pd.testing.assert_frame_equal(got, expected)
+
+
+def _unshare_user_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-U", "--map-user=1000", "true"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _unshare_user_works(), reason="user namespaces (unshare -U) not allowed here")
+def test_an_unreadable_file_is_a_counted_event_and_the_others_go_on():
+    """As an unprivileged user (a user namespace; root reads everything): a file made unreadable."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="sbg-unreadable-"))
+    try:
+        d.chmod(0o755)
+        (d / "a.csv").write_text("time,v,w\n" + lines(0, 3))
+        (d / "b.csv").write_text("time,v,w\n" + lines(0, 3))
+        (d / "b.csv").chmod(0o000)
+        script = (
+            "from sbg.io.follow import FollowSource\n"
+            f"src = FollowSource({str(d / '*.csv')!r})\n"
+            "rows = sum(len(b.frame) for b in src.poll())\n"
+            "rows += sum(len(b.frame) for b in src.poll())\n"
+            "print(rows, src.errors, [e.message for e in src.events if e.error])\n"
+        )
+        out = subprocess.run(["unshare", "-U", "--map-user=1000", sys.executable, "-c", script], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert out.returncode == 0, out.stderr
+        rows, errors, messages = out.stdout.split(" ", 2)
+        assert rows == "3" and errors == "1", out.stdout
+        assert "b.csv: cannot read: Permission denied" in messages
+    finally:
+        (d / "b.csv").chmod(0o644)
+        shutil.rmtree(d)
