@@ -59,6 +59,10 @@ class Settings:
         self.make_rules()
         self.make_history()
         self.replay_options()
+        if self.data.get("notify") is not None:  # where alerts go: checked now, started by the commands
+            from .alerts.notify import notify_specs
+
+            notify_specs(self.data["notify"])
 
     @classmethod
     def from_yaml(cls, path) -> Settings:

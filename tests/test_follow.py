@@ -7,6 +7,7 @@ real process, killed with SIGKILL in the middle of appends and started again.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -348,3 +349,32 @@ def test_an_unreadable_file_is_a_counted_event_and_the_others_go_on():
     finally:
         (d / "b.csv").chmod(0o644)
         shutil.rmtree(d)
+def test_watch_json_lines_and_a_clean_stop(tmp_path):
+    text = _fault_file(2600)
+    p = tmp_path / "bench.csv"
+    p.write_text("".join(text[:1400]))
+    proc = subprocess.Popen([sys.executable, "-m", "sbg.cli", "watch", str(p), "--json", "--poll", "0.05",
+                             "--alerts-db", str(tmp_path / "a.sqlite")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, start_new_session=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        with open(p, "a") as fh:
+            fh.write("".join(text[1400:]))
+        events = []
+        deadline = time.monotonic() + 90
+        while not any(e["event"] == "resolved" for e in events) and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line:
+                events.append(json.loads(line))
+        assert any(e["event"] == "fired" for e in events) and any(e["event"] == "resolved" for e in events)
+        assert {"entity", "rule", "severity", "start"} <= set(events[0]["alert"])
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        for line in rest.decode().splitlines():  # stdout holds JSON lines and nothing else
+            json.loads(line)
+        assert b"summary" in err
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

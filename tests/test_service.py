@@ -219,3 +219,151 @@ def test_serve_follow_counts_appended_lines_and_resumes_after_a_restart(tmp_path
     with headless(tmp_path, "--follow", log, "--alerts-db", db) as (_, base, _):
         # Carried on from the checkpoint: the 80 rows are not read again, the new one is.
         wait_for(lambda: rows_in(base) == 81, 60, "the count to carry on at 81")
+
+
+# ---------------------------------------------------------------------------------- notifications, systemd
+
+
+class _Receiver:
+    """A webhook receiver (a real HTTP server in a thread) that can hang, and records what it got."""
+
+    def __init__(self):
+        import hashlib
+        import hmac
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.got, self.hang = [], threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.hang.is_set():
+                    time.sleep(3)
+                    return
+                want = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+                outer.got.append((self.headers.get("X-Sbg-Signature") == want, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _metric(port, name) -> float:
+    code, text = http(f"http://127.0.0.1:{port}/metrics")
+    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(name + "{")) if code == 200 else -1
+
+
+def test_watch_sends_to_a_real_alertmanager_and_a_signed_webhook_and_a_hung_one_stalls_nothing(tmp_path):
+    from tests import alertmanager as am
+
+    assert am.binary(), am.MISSING
+    t0 = pd.Timestamp("2024-01-01")
+
+    def rows(start, n, value=None):
+        return "".join(f"{(t0 + pd.Timedelta(seconds=i)).isoformat()},{5 + 0.01 * (i % 7) if value is None else value}\n"
+                       for i in range(start, start + n))
+
+    log = tmp_path / "bench.csv"
+    log.write_text("time,v\n" + rows(0, 100))
+    cfg = tmp_path / "sbg.yaml"
+    cfg.write_text("detectors:\n  limits: {limits: {v: [0, 10]}, preset: none}\n"
+                   "rules:\n  - {name: over, detectors: [limits], severity: critical, pending_rows: 1, clear_rows: 5}\n")
+    receiver = _Receiver()
+    port = free_port()
+    with am.alertmanager(tmp_path / "am") as am_url:
+        proc = subprocess.Popen([sys.executable, "-m", "sbg.cli", "watch", str(log), "--config", str(cfg),
+                                 "--alertmanager", am_url, "--webhook", receiver.url, "--port", str(port),
+                                 "--poll", "0.05", "--quiet"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, "SBG_WEBHOOK_SECRET": "s3cret"})
+        try:
+            wait_for(lambda: _metric(port, "sbg_rows_in_total") >= 100, 90, "the first rows")
+            with open(log, "a") as fh:
+                fh.write(rows(100, 2, value=50))
+            firing = wait_for(lambda: am.alerts(am_url, alertname="over"), 60, "the alert in Alertmanager")[0]
+            assert firing["labels"]["entity"] == "bench" and firing["labels"]["severity"] == "critical"
+            assert firing["status"]["state"] == "active"
+            with open(log, "a") as fh:
+                fh.write(rows(102, 10))
+            wait_for(lambda: not am.alerts(am_url, alertname="over"), 60, "its resolution in Alertmanager")
+            wait_for(lambda: len(receiver.got) >= 2, 60, "the webhook's two events")
+            assert [(ok, m["event"], m["alert"]["rule"]) for ok, m in receiver.got] == [
+                (True, "fired", "over"), (True, "resolved", "over")]
+            # A receiver that hangs: the rows still flow, and the notifier's queue holds what waits.
+            receiver.hang.set()
+            with open(log, "a") as fh:
+                fh.write(rows(112, 1, value=50) + rows(113, 300))
+            wait_for(lambda: _metric(port, "sbg_rows_in_total") >= 413, 60, "rows past a hung webhook")
+            assert _metric(port, "sbg_notifications_sent_total") >= 4  # 2 to each
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()[-2000:]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            proc.stderr.close()
+            receiver.close()
+
+
+def _unit(name: str, tmp_path, exe: str) -> Path:
+    text = (DEPLOY / name).read_text().replace("/opt/sbg/bin/sbg", exe)
+    out = tmp_path / name
+    out.write_text(text)
+    return out
+
+
+@pytest.mark.parametrize("name", ["sbg-watch.service", "sbg-serve.service"])
+def test_the_systemd_units_verify(tmp_path, name):
+    tool = shutil.which("systemd-analyze")
+    assert tool, "systemd-analyze is missing (Debian's systemd package)"
+    exe = shutil.which("sbg") or str(Path(sys.executable).with_name("sbg"))
+    out = subprocess.run([tool, "verify", str(_unit(name, tmp_path, exe))], capture_output=True, text=True)
+    problems = [ln for ln in out.stderr.splitlines() if name in ln and "User=" not in ln]
+    assert out.returncode == 0 or not problems, out.stderr
+
+
+def test_the_watch_units_command_line_runs(tmp_path):
+    """deploy/sbg-watch.service's ExecStart, its paths pointed at the test's: the flags it uses are real."""
+    import shlex
+
+    text = (DEPLOY / "sbg-watch.service").read_text().replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if ln.startswith("ExecStart="))
+    argv = shlex.split(line.removeprefix("ExecStart="))
+    logger, state = tmp_path / "logger", tmp_path / "state"
+    logger.mkdir()
+    state.mkdir()
+    t0 = pd.Timestamp("2024-01-01")
+    (logger / "bench.csv").write_text("time,v\n" + "".join(f"{(t0 + pd.Timedelta(seconds=i)).isoformat()},{i % 5}\n"
+                                                         for i in range(30)))
+    port = free_port()
+    args = [a.replace("/srv/logger", str(logger)).replace("/var/lib/sbg", str(state)) for a in argv[1:]]
+    args[args.index("--port") + 1] = str(port)
+    i = args.index("--alertmanager")
+    del args[i:i + 2]  # no Alertmanager in this test (test_notify.py runs one)
+    proc = subprocess.Popen([sys.executable, "-m", "sbg.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: http(f"http://127.0.0.1:{port}/readyz") == (200, "ready\n"), 90, "/readyz")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        err = proc.stderr.read().decode()
+        records = [json.loads(ln) for ln in err.splitlines() if ln.startswith("{")]
+        assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+        assert (state / "alerts.sqlite").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()

@@ -160,7 +160,9 @@ class AlertsHandler(_Api):
 class MetricsHandler(_Api):
     def get(self):
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.write(prometheus_text(_monitors(), display=True))
+        found = _monitors()
+        notifiers = [n for m in found for n in (getattr(m, "notifiers", None) or [])]
+        self.write(prometheus_text(found, display=True, notifiers=notifiers))
 
 
 class _Probe(RequestHandler):

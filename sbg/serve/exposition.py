@@ -22,7 +22,7 @@ def rss_bytes() -> int | None:
 
 def _notifier_lines(notifiers) -> list[str]:
     """Deliveries of each notifier: sent, failed attempts, retries and drops, by kind and target."""
-    notifiers = list(notifiers)
+    notifiers = list(notifiers or [])
     if not notifiers:
         return []
     lines = []

@@ -126,15 +126,15 @@ def _notifiers(monitor: Monitor, notify) -> list:
     from ..alerts.notify import notifiers_from
 
     found = notifiers_from(options, on_error=lambda message: monitor.pipeline.emit_event("notify", message, "warning"))
-    for n in found:
-        monitor.engine.subscribe(n.notify)
+    found.attach(monitor.engine)  # a resumed monitor's firing alerts are adopted, not sent again
     return found
 
 
 def close_monitor(monitor: Monitor, grace: float = 5.0) -> int:
     """Stop a monitor, commit and close its alert log, and give its notifiers ``grace`` s; returns undelivered."""
     monitor.close()
-    return sum(n.close(timeout=grace) or 0 for n in getattr(monitor, "notifiers", []))
+    notifiers = getattr(monitor, "notifiers", None)
+    return notifiers.close(timeout=grace) if notifiers else 0
 
 
 def monitor_for(files, baseline=None, speed=None, serve: ServeConfig | None = None) -> Monitor:

@@ -90,13 +90,15 @@ class Watch:
         :mod:`sbg.alerts.notify` notifiers, subscribed to the monitor's alerts here.
     """
 
-    def __init__(self, monitor: Monitor, notifiers=()):
+    def __init__(self, monitor: Monitor, notifiers=None):
         self.monitor = monitor
-        self.notifiers = list(notifiers)
+        self.notifiers = notifiers
         self.heartbeat = time.monotonic()
         self.stopping = False
-        for n in self.notifiers:
-            monitor.engine.subscribe(n.notify)
+        if notifiers:  # a resumed watch's firing alerts are adopted, not sent again
+            from ..alerts.notify import attach
+
+            attach(monitor.engine, notifiers)
 
     def stop(self, *_):
         """Ask the loop to stop (a signal handler): it does, between two chunks, never inside one."""
@@ -124,9 +126,7 @@ class Watch:
     def close(self, grace: float = 5.0) -> int:
         """Commit and close the alert log, then give the notifiers ``grace`` seconds; returns undelivered."""
         self.monitor.close()
-        left = 0
-        for n in self.notifiers:
-            left += n.close(timeout=grace) or 0
+        left = self.notifiers.close(timeout=grace) if self.notifiers else 0
         if left:
             log.warning("%d alert notifications were not delivered before the stop", left)
         return left
