@@ -263,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quarantine", type=Path, metavar="Q.csv",
                    help="write quarantined rows as line,raw,reason (file,line,raw,reason for several files)")
     p.add_argument("--summary-json", type=Path, metavar="S.json", help="write counts, alerts and settings used")
+    p.add_argument("--format", choices=["csv", "bdf"], default="csv",
+                   help="output column names: the input's (csv, default), or the Battery Data Format's "
+                        "(bdf: Test Time / s, Unix Time / s, Voltage / V, Current / A...; docs/battery.md)")
     p.add_argument("--fail-on", choices=["warning", "critical"],
                    help="exit 1 if an alert of this severity or worse fired")
     _dask_args(p, "entity partitions, each a part file of the output (default: four per worker)")
@@ -446,8 +449,8 @@ def _replay(args, out: _Out, files, fan_out) -> int:
                       fan_out=fan_out, **_schema_options(args))
     notifiers = _notifiers(args, monitor.settings, on_error=lambda message: monitor.pipeline.emit_event(
         "notify", message, "warning"))
-    for n in notifiers:
-        monitor.engine.subscribe(n.notify)
+    if notifiers:
+        notifiers.attach(monitor.engine)  # a resumed run's firing alerts are adopted, not sent again
     if not args.quiet and not args.json:
         monitor.engine.subscribe(lambda event, alert: out.line(_alert_line(out, event, alert)))
     names = ", ".join(str(p) for p in files) if len(files) <= 8 else f"{files[0]} ... {files[-1]} ({len(files)} files)"
@@ -483,8 +486,8 @@ def _replay(args, out: _Out, files, fan_out) -> int:
         out.line(f"  alert log         {args.alerts_db}")
     code = _fail_code(monitor.alerts, args.fail_on)
     monitor.close()
-    for n in notifiers:
-        n.close(timeout=5.0)
+    if notifiers:
+        notifiers.close(timeout=5.0)
     _raise_log_failure(monitor)
     return code
 
@@ -630,13 +633,15 @@ def cmd_detect(args) -> int:
         if dask:
             from .scale.cluster import run_detect_dask
 
+            if args.format != "csv":
+                raise SbgError("--format bdf is not available with --workers or --scheduler")
             result = run_detect_dask(args.files, output, partitions=args.partitions, scheduler=args.scheduler,
                                      workers=args.workers, progress=sys.stdout.isatty(), **options)
         elif to_stdout:
             # The flags are written to a private file, then copied to stdout whole.
             with tempfile.TemporaryDirectory(prefix="sbg-detect-") as tmp:
                 flags = Path(tmp) / "flags.csv"
-                result = run_detect(args.files, flags, **options)
+                result = run_detect(args.files, flags, output_format=args.format, **options)
                 with output_errors("stdout"):
                     sys.stdout.flush()
                     binary = getattr(sys.stdout, "buffer", None)
@@ -644,7 +649,7 @@ def cmd_detect(args) -> int:
                         shutil.copyfileobj(fh, binary or sys.stdout)
                     (binary or sys.stdout).flush()
         else:
-            result = run_detect(args.files, output, **options)
+            result = run_detect(args.files, output, output_format=args.format, **options)
         s = {**result["summary"], "output": "-" if to_stdout else str(output)}
         if summary is not None:
             summary.write(json.dumps(s, indent=1, default=str))

@@ -623,3 +623,15 @@ def test_set_reaches_every_command_and_is_checked_before_any_work(tmp_path):
                                   "must be greater than 0"), strict=True):
         assert r.returncode == 4 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_detect_refuses_its_own_output_as_input(tmp_path):
+    """sbg's output columns in an input were scored as signals and overwritten, and the run hung."""
+    data = tmp_path / "v.csv"
+    pd.DataFrame({"time": pd.date_range("2024-01-01", periods=5, freq="1s"), "v": np.arange(5.0)}).to_csv(data, index=False)
+    first = run("detect", data, "-o", tmp_path / "v.flags.csv")
+    assert first.returncode == 0, first.stderr
+    again = run("detect", tmp_path / "v.flags.csv", "-o", tmp_path / "again.csv", timeout=120)
+    line = one_error_line(again)
+    assert again.returncode == 3 and "v.flags.csv:1:3: column 3 'anomaly_score'" in line and "sbg wrote" in line
+    assert not (tmp_path / "again.csv").exists()

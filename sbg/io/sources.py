@@ -50,6 +50,7 @@ import pyarrow.csv as pacsv
 from numba import njit
 
 from ..errors import ConfigError, SbgError, SourceError
+from . import bdf as _bdf
 from .entities import EntityIndex
 
 __all__ = [
@@ -70,6 +71,8 @@ __all__ = [
 DEFAULT_CLOCK_DATE = "1970-01-01"
 #: Longest physical line accepted; a longer one is quarantined unread.
 MAX_LINE_BYTES = 10 * 1024 * 1024
+#: The columns sbg adds to every row it scores; an input may not have columns of these names.
+OUTPUT_COLUMNS = ("anomaly_score", "is_anomaly", "reason", "quality")
 #: Raw text kept per quarantined row.
 MAX_RAW_CHARS = 2000
 #: Most signal columns analysed in one file unless ``max_signals=`` (``--max-signals``) or the
@@ -87,6 +90,8 @@ _ENTITY_NAMES = (
     "machine_id", "meter_id", "node_id", "pack_id", "id", "battery", "cell", "device",
     "unit", "asset", "machine", "meter", "node", "host", "site", "pack",
 )
+#: binary cycler files, read whole through their libraries (:mod:`sbg.io.cyclers`)
+_CYCLER_SUFFIXES = (".mpr", ".nda", ".ndax")
 _CLOCK_RE = re.compile(r"^\s*\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?\s*$")
 _NULLS = ("", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "null", "NULL", "None", "-nan", "#N/A")
 _SAMPLE_BYTES = 256 * 1024
@@ -148,6 +153,10 @@ class Schema:
     #: rows up to this many ns older than their entity's newest row are accepted, to be sorted
     #: (``--reorder``, :mod:`sbg.stream.reorder`); 0: any row going back in time is quarantined
     reorder_ns: int = 0
+    #: ``(canonical column, what it was made from)``: a cycler file's or a BDF header's mapping
+    mapping: tuple[tuple[str, str], ...] = ()
+    #: the library that read a binary cycler file (:mod:`sbg.io.cyclers`); None for text and Parquet
+    reader: str | None = None
 
     @property
     def name(self) -> str:
@@ -158,7 +167,7 @@ class Schema:
         if self.label is not None:
             return self.label
         name = Path(self.path).name
-        for suffix in (".gz", ".csv", ".parquet", ".pq", ".tsv", ".txt"):
+        for suffix in (".gz", ".csv", ".parquet", ".pq", ".tsv", ".txt", ".bdf", ".mpr", ".nda", ".ndax"):
             if name.lower().endswith(suffix):
                 name = name[: -len(suffix)]
         return name
@@ -172,9 +181,15 @@ class Schema:
             f"entity:    {self.entity!r}" if self.entity else f"entity:    none (wide format; entity is {self.name!r})",
             f"signals:   {', '.join(self.signals)}",
             f"carried:   {', '.join(self.carried) or 'none'} (kept, not analysed)",
-            f"delimiter: {self.delimiter!r}   encoding: {self.encoding}"
-            + ("   line ends: CR" if self.newline == "\r" else ""),
         ]
+        if self.reader is not None:
+            lines.append(f"reader:    {self.reader}, whole file in memory")
+        else:
+            lines.append(f"delimiter: {self.delimiter!r}   encoding: {self.encoding}"
+                         + ("   line ends: CR" if self.newline == "\r" else ""))
+        if self.mapping:
+            width = max(len(c) for c, _ in self.mapping)
+            lines.append("mapping:   " + "\n           ".join(f"{c:<{width}} <- {src}" for c, src in self.mapping))
         return "\n".join(lines)
 
     def as_dict(self):
@@ -185,6 +200,8 @@ class Schema:
             "encoding": self.encoding, "date": self.date,
             "line_ends": "CR" if self.newline == "\r" else "LF or CRLF",
             **({"reorder": str(pd.Timedelta(self.reorder_ns))} if self.reorder_ns else {}),
+            **({"mapping": dict(self.mapping)} if self.mapping else {}),
+            **({"reader": self.reader} if self.reader else {}),
         }
 
 
@@ -411,6 +428,8 @@ def infer_schema(
     path = Path(path)
     _check_options(encoding, delimiter, date, time_format)
     limit = signal_limit(max_signals)
+    if path.suffix.lower() in _CYCLER_SUFFIXES:
+        return _cycler_schema(path, time, entity, signals, limit, reorder)
     newline, too_long = "\n", None
     if path.suffix.lower() in (".parquet", ".pq"):
         header, rows = _parquet_sample(path)
@@ -426,9 +445,23 @@ def infer_schema(
     header = [h.strip() for h in header]
     if not any(header):
         raise SourceError(path, "has an empty header line", line=1)
+    mapping = ()
+    if time is None and not signals and (bdf := _bdf.match(header)) is not None:
+        # A Battery Data Format header: its columns take sbg's canonical names (sbg.io.bdf).
+        mapping = tuple((canon, name) for name, canon in bdf.items())
+        header = [bdf.get(h, h) for h in header]
+        time = "timestamp"
+        entity = False if entity is None else entity
+        signals = [h for h in header if h in _bdf.SIGNALS]
     dupes = sorted(h for h, n in Counter(header).items() if n > 1)
     if dupes:
         raise SourceError(path, f"duplicate column names in the header: {', '.join(map(repr, dupes))}", line=1)
+    taken = [(i + 1, h) for i, h in enumerate(header) if h in OUTPUT_COLUMNS]
+    if taken:  # the pipeline adds these columns: the file's own would be overwritten, or scored as signals
+        where = ", ".join(f"column {i} {h!r}" for i, h in taken)
+        raise SourceError(path, f"{where}: sbg writes a column of that name to its output (is this a file sbg "
+                          "wrote? score the original instead); rename the column to read this file", line=1,
+                          column=taken[0][0])
     if not rows:
         if too_long is not None:
             raise SourceError(path, "has no data row shorter than 10 MB to infer the schema from "
@@ -482,8 +515,32 @@ def infer_schema(
         path=str(path), columns=tuple(header), time=time_col, time_kind=kind, entity=entity_col,
         signals=sigs, carried=carried, delimiter=delimiter, encoding=encoding,
         date=date or DEFAULT_CLOCK_DATE, time_format=time_format, newline=newline,
-        reorder_ns=reorder_window(reorder),
+        reorder_ns=reorder_window(reorder), mapping=mapping,
     )
+
+
+def _cycler_schema(path: Path, time, entity, signals, limit: int, reorder) -> Schema:
+    """The schema of a binary cycler file: the canonical columns its reader makes (:mod:`sbg.io.cyclers`)."""
+    from .cyclers import CARRIED, SIGNALS, read_cycler
+
+    if time not in (None, "timestamp") or isinstance(entity, str):
+        raise SourceError(path, "a cycler file's columns are fixed (timestamp, voltage_v, current_a, ...): "
+                                "--time and --entity do not apply; its entity is the file's name")
+    read = read_cycler(path)
+    columns = tuple(read.frame.columns)
+    present = tuple(c for c in columns if c in SIGNALS)
+    if signals:
+        unknown = [s for s in signals if s not in present]
+        if unknown:
+            raise SourceError(path, f"no signal named {', '.join(map(repr, unknown))}; "
+                                    f"this file has {', '.join(present)}")
+        present = tuple(dict.fromkeys(signals))
+    if len(present) > limit:
+        raise SourceError(path, f"{len(present)} signal columns; sbg analyses at most {limit} per file")
+    carried = tuple(c for c in columns if c in CARRIED or (c in SIGNALS and c not in present))
+    return Schema(path=str(path), columns=columns, time="timestamp", time_kind="datetime", entity=None,
+                  signals=present, carried=carried, reorder_ns=reorder_window(reorder),
+                  mapping=read.mapping, reader=read.reader)
 
 
 def reorder_window(text) -> int:
@@ -1096,7 +1153,8 @@ class Source:
     Parameters
     ----------
     path : path-like
-        A ``.csv``, ``.csv.gz`` or ``.parquet`` file.
+        A ``.csv``, ``.csv.gz`` or ``.parquet`` file; or a cycler file (``.mpr``,
+        ``.nda``, ``.ndax``), which its library reads whole (:mod:`sbg.io.cyclers`).
     block_bytes : int
         Bytes read per block (rows per block for Parquet is derived from it).
     **schema_options
@@ -1110,6 +1168,8 @@ class Source:
         if self.block_bytes < 1:  # read(0) would end the stream at once, silently
             raise ValueError(f"block_bytes must be at least 1, not {block_bytes!r}")
         self.is_parquet = self.path.suffix.lower() in (".parquet", ".pq")
+        #: a binary cycler file, read whole by its library, then validated in blocks like Parquet
+        self.is_cycler = self.path.suffix.lower() in _CYCLER_SUFFIXES
         self._validator = _Validator(self.schema)
         self._total_rows: int | None = None
 
@@ -1120,7 +1180,11 @@ class Source:
     def count_rows(self) -> int:
         """Number of data records, counted by a fast pass over the file (cached)."""
         if self._total_rows is None:
-            if self.is_parquet:
+            if self.is_cycler:
+                from .cyclers import read_cycler
+
+                self._total_rows = len(read_cycler(self.path).frame)
+            elif self.is_parquet:
                 import pyarrow.parquet as pq
 
                 self._total_rows = pq.ParquetFile(self.path).metadata.num_rows
@@ -1150,7 +1214,12 @@ class Source:
 
     def time_span(self):
         """``(first_ns, last_ns)`` from the first and last data rows (approximate for unsorted files)."""
-        if self.is_parquet:
+        if self.is_cycler:
+            from .cyclers import read_cycler
+
+            col = read_cycler(self.path).frame["timestamp"]
+            heads, tails = col.head(100), col.tail(100)
+        elif self.is_parquet:
             import pyarrow.parquet as pq
 
             pf = pq.ParquetFile(self.path)
@@ -1191,20 +1260,39 @@ class Source:
     def batches(self) -> Iterator[Batch]:
         """Yield validated batches from the start of the file."""
         self._validator.reset()
-        if self.is_parquet:
+        if self.is_cycler:
+            yield from self._cycler_batches()
+        elif self.is_parquet:
             yield from self._parquet_batches()
         else:
             yield from self._csv_batches()
+
+    def _cycler_batches(self):
+        """A cycler file's canonical frame (read whole by its library), validated in blocks of rows.
+
+        A row's "line" is its record number in the file, from 1.
+        """
+        from .cyclers import read_cycler
+
+        whole = read_cycler(self.path).frame
+        if tuple(whole.columns) != self.schema.columns:
+            raise SourceError(self.path, "changed since its schema was read: its columns differ")
+        rows = max(1024, self.block_bytes // 64)
+        yield from self._frame_batches(whole.iloc[i:i + rows].reset_index(drop=True)
+                                       for i in range(0, len(whole), rows))
 
     def _parquet_batches(self):
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(self.path)
         rows = max(1024, self.block_bytes // 64)
-        row0 = 1
         cols = list(self.schema.columns)
-        for rb in pf.iter_batches(batch_size=rows, columns=cols):
-            frame = rb.to_pandas()
+        yield from self._frame_batches(rb.to_pandas() for rb in pf.iter_batches(batch_size=rows, columns=cols))
+
+    def _frame_batches(self, frames):
+        """Validated batches of typed frames holding the schema's columns, rows numbered from 1."""
+        row0 = 1
+        for frame in frames:
             lines = np.arange(row0, row0 + len(frame))
             row0 += len(frame)
 

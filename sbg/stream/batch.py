@@ -37,10 +37,11 @@ from .. import __version__
 from ..alerts.rules import AlertLog
 from ..config import Settings, describe
 from ..errors import OutputError, SbgError
+from ..io.bdf import BdfRenamer
 from ..io.csvsafe import neutralise_cell, neutralise_table
 from ..io.inputs import FileOrder, expand_inputs, open_inputs, source_name
 from ..io.outputs import AtomicFile, make_parent, output_errors, write_text_atomic
-from ..io.sources import load_reference
+from ..io.sources import OUTPUT_COLUMNS, load_reference
 from .metrics import Metrics
 from .pipeline import build_pipeline
 from .reorder import Reorder
@@ -94,7 +95,7 @@ def _output_table(schema, enriched, parquet: bool = False) -> pa.Table:
     cols.append(pa.array(enriched["is_anomaly"].to_numpy(dtype=bool)))
     cols.append(pa.array(enriched["reason"].to_numpy(dtype=object), type=pa.string()))
     cols.append(pa.array(enriched["quality"].to_numpy(dtype=object), type=pa.string()))
-    names += ["anomaly_score", "is_anomaly", "reason", "quality"]
+    names += list(OUTPUT_COLUMNS)
     return pa.Table.from_arrays(cols, names=names)
 
 
@@ -269,13 +270,19 @@ class FlagsWriter(TableWriter):
     header (CSV) or schema (Parquet) a file gets when no row came.
     """
 
-    def __init__(self, path: Path, schema, parquet: bool = False, example=None):
+    def __init__(self, path: Path, schema, parquet: bool = False, example=None, output_format: str = "csv"):
         super().__init__(path, parquet)
         self.schema, self.example = schema, example
         self.rows = 0
+        if output_format not in ("csv", "bdf"):
+            raise SbgError(f"unknown output format {output_format!r} (csv or bdf)")
+        # --format bdf: Battery Data Format column names (sbg.io.bdf)
+        self.renamer = BdfRenamer(schema) if output_format == "bdf" else None
 
     def write(self, enriched):
         table = _output_table(self.schema, enriched, self.parquet)
+        if self.renamer is not None:
+            table = self.renamer(table, enriched)
         if not self.parquet:  # a CSV is opened in spreadsheets: no cell may run as a formula
             table = neutralise_table(table)
         self.write_table(table)
@@ -290,13 +297,16 @@ class FlagsWriter(TableWriter):
 def _write_tables(tables: queue.Queue, writer: FlagsWriter):
     """The writer thread: write each enriched chunk until ``None``; errors in ``current_thread().error``."""
     me = threading.current_thread()
+    ended = False
     try:
         while (enriched := tables.get()) is not None:
             writer.write(enriched)
+        ended = True
         writer.finish()
     except BaseException as exc:
         me.error = exc
-        while tables.get() is not None:  # drain so the producer never blocks
+        # Drain so the producer never blocks; but not past the end marker already taken (a failed finish()).
+        while not ended and tables.get() is not None:
             pass
 
 
@@ -327,7 +337,7 @@ def quarantine_file(path, paths) -> tuple[AtomicFile, csv.writer]:
 
 def run_detect(path, output, baseline=None, settings: Settings | None = None, alerts_db=None,
                chunk_size: int = 65536, quarantine_path=None, summary_path=None,
-               schema_options: dict | None = None) -> dict:
+               schema_options: dict | None = None, output_format: str = "csv") -> dict:
     """Score ``path`` (a file, glob or directory, or a list of them) into ``output``.
 
     ``output`` is a CSV file, or a Parquet dataset directory (see
@@ -336,7 +346,8 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
     quarantine file get their new content only once the run has succeeded,
     and until then keep what they held. An output that cannot be written (a
     full disk, a read-only file system, an alert log that is not a
-    database) is an :class:`~sbg.errors.OutputError`.
+    database) is an :class:`~sbg.errors.OutputError`. ``output_format="bdf"``
+    names the columns as the Battery Data Format does (:mod:`sbg.io.bdf`).
     """
     t0 = time.perf_counter()
     settings = settings or Settings()
@@ -360,7 +371,8 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
                                   source=source_name(sources), metrics=metrics, log=log)
         engine = pipeline.engine
         # Finished by the writer thread; committed when the run has succeeded.
-        writer = outputs.enter_context(FlagsWriter(target, src.schema, parquet, example=pipeline.example))
+        writer = outputs.enter_context(FlagsWriter(target, src.schema, parquet, example=pipeline.example,
+                                                          output_format=output_format))
         qwriter = None
         if quarantine_path:
             qfile, qwriter = quarantine_file(quarantine_path, paths)

@@ -39,7 +39,7 @@ from ..config import Settings
 from ..detect.detectors import STALE_AFTER
 from ..errors import ConfigError, SbgError, SourceError
 from ..io.inputs import name_sources
-from ..io.sources import Batch, Source, load_reference
+from ..io.sources import OUTPUT_COLUMNS, Batch, Source, load_reference
 from .metrics import Metrics
 from .pipeline import build_pipeline
 from .replay import Replay, parse_speed
@@ -289,7 +289,7 @@ class Monitor:
         keep = ["timestamp", "entity", *self.signals, *self.carried]
         for s in self.signals:
             keep += [f"{s}__mean", f"{s}__std", f"{s}__lower", f"{s}__upper", f"{s}__score", f"{s}__quality"]
-        keep += ["interval_s", "anomaly_score", "is_anomaly", "reason", "quality"]
+        keep += ["interval_s", *OUTPUT_COLUMNS]
         return [c for c in keep if c in frame.columns]
 
     def _on_follow_event(self, event):

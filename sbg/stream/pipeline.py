@@ -44,13 +44,13 @@ import param
 from ..alerts.rules import AlertEngine, AlertLog
 from ..detect.detectors import Detector, default_detectors, is_flag
 from ..detect.features import Features, Stats
+from ..io.sources import OUTPUT_COLUMNS
 from .metrics import Metrics
 
 _log = logging.getLogger("sbg")
 
 __all__ = ["Pipeline", "OUTPUT_COLUMNS"]
 
-OUTPUT_COLUMNS = ("anomaly_score", "is_anomaly", "reason", "quality")
 
 
 class Pipeline(param.Parameterized):
