@@ -23,6 +23,15 @@ __all__ = ["RollingMoments", "RollingQuantiles", "EWM", "EWSpread", "Lag", "RunL
 _RESYNC = 4096  # rows between exact recomputations of the window sums
 
 
+def _grow_state(obj, codes, fills: dict):
+    """Give each per-entity array of ``obj`` named in ``fills`` a row for every entity code up to the largest
+    in ``codes``; new rows take the name's fill value."""
+    if len(codes):
+        n = int(codes.max()) + 1
+        for name, fill in fills.items():
+            setattr(obj, name, _grow_rows(getattr(obj, name), n, fill))
+
+
 def _grow_rows(arr, n, fill):
     if arr.shape[0] >= n:
         return arr
@@ -264,6 +273,17 @@ def _quantile_sorted(arr, m, q):
 
 
 @njit(cache=True, nogil=True)
+def _quantiles_out(srt, cnt, e, i, k, min_periods, out_med, out_q1, out_q3):
+    """Row ``i``'s median and quartiles from entity ``e``'s sorted window, once it holds ``min_periods`` values."""
+    for c in range(k):
+        m = cnt[e, c]
+        if m >= min_periods and m > 0:
+            out_med[i, c] = _quantile_sorted(srt[e, c], m, 0.5)
+            out_q1[i, c] = _quantile_sorted(srt[e, c], m, 0.25)
+            out_q3[i, c] = _quantile_sorted(srt[e, c], m, 0.75)
+
+
+@njit(cache=True, nogil=True)
 def _quantiles_kernel(codes, X, w, min_periods, prior, ring, lo, hi, srt, cnt, out_med, out_q1, out_q3):
     n, k = X.shape
     R = ring.shape[1]
@@ -282,12 +302,7 @@ def _quantiles_kernel(codes, X, w, min_periods, prior, ring, lo, hi, srt, cnt, o
                     cnt[e, c] = m - 1
             lo[e] += 1
         if prior:
-            for c in range(k):
-                m = cnt[e, c]
-                if m >= min_periods and m > 0:
-                    out_med[i, c] = _quantile_sorted(srt[e, c], m, 0.5)
-                    out_q1[i, c] = _quantile_sorted(srt[e, c], m, 0.25)
-                    out_q3[i, c] = _quantile_sorted(srt[e, c], m, 0.75)
+            _quantiles_out(srt, cnt, e, i, k, min_periods, out_med, out_q1, out_q3)
         slot = hi[e] % R
         for c in range(k):
             x = X[i, c]
@@ -301,12 +316,7 @@ def _quantiles_kernel(codes, X, w, min_periods, prior, ring, lo, hi, srt, cnt, o
                 cnt[e, c] = m + 1
         hi[e] += 1
         if not prior:
-            for c in range(k):
-                m = cnt[e, c]
-                if m >= min_periods and m > 0:
-                    out_med[i, c] = _quantile_sorted(srt[e, c], m, 0.5)
-                    out_q1[i, c] = _quantile_sorted(srt[e, c], m, 0.25)
-                    out_q3[i, c] = _quantile_sorted(srt[e, c], m, 0.75)
+            _quantiles_out(srt, cnt, e, i, k, min_periods, out_med, out_q1, out_q3)
 
 
 class RollingQuantiles:
@@ -329,13 +339,7 @@ class RollingQuantiles:
         """Return ``(median, q25, q75)``, each shaped like ``X``."""
         X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
         codes = np.ascontiguousarray(codes, dtype=np.int64)
-        if len(codes):
-            n = int(codes.max()) + 1
-            self.ring = _grow_rows(self.ring, n, np.nan)
-            self.lo = _grow_rows(self.lo, n, 0)
-            self.hi = _grow_rows(self.hi, n, 0)
-            self.srt = _grow_rows(self.srt, n, 0.0)
-            self.cnt = _grow_rows(self.cnt, n, 0)
+        _grow_state(self, codes, {"ring": np.nan, "lo": 0, "hi": 0, "srt": 0.0, "cnt": 0})
         outs = [np.full(X.shape, np.nan) for _ in range(3)]
         _quantiles_kernel(codes, X, self.w, self.min_periods, self.prior, self.ring, self.lo,
                           self.hi, self.srt, self.cnt, *outs)
@@ -389,12 +393,7 @@ class EWM:
     def update(self, codes, X):
         X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
         codes = np.ascontiguousarray(codes, dtype=np.int64)
-        if len(codes):
-            n = int(codes.max()) + 1
-            self.weighted = _grow_rows(self.weighted, n, np.nan)
-            self.old_wt = _grow_rows(self.old_wt, n, 0.0)
-            self.nobs = _grow_rows(self.nobs, n, 0)
-            self.started = _grow_rows(self.started, n, False)
+        _grow_state(self, codes, {"weighted": np.nan, "old_wt": 0.0, "nobs": 0, "started": False})
         out = np.full(X.shape, np.nan)
         _ewm_kernel(codes, X, self.alpha, self.min_periods, self.weighted, self.old_wt,
                     self.nobs, self.started, out)
@@ -440,12 +439,7 @@ class Lag:
         """Return ``(dt_ns, previous_values, resolution)``; ``dt_ns`` is -1 for an entity's first row."""
         X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
         codes = np.ascontiguousarray(codes, dtype=np.int64)
-        if len(codes):
-            n = int(codes.max()) + 1
-            self.last_t = _grow_rows(self.last_t, n, 0)
-            self.has_t = _grow_rows(self.has_t, n, False)
-            self.last_x = _grow_rows(self.last_x, n, np.nan)
-            self.quantum = _grow_rows(self.quantum, n, np.nan)
+        _grow_state(self, codes, {"last_t": 0, "has_t": False, "last_x": np.nan, "quantum": np.nan})
         dt = np.full(len(codes), -1, dtype=np.int64)
         prev = np.full(X.shape, np.nan)
         quantum = np.full(X.shape, np.nan)
@@ -502,13 +496,7 @@ class RunLength:
     def update(self, codes, X):
         X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
         codes = np.ascontiguousarray(codes, dtype=np.int64)
-        if len(codes):
-            n = int(codes.max()) + 1
-            self.last = _grow_rows(self.last, n, np.nan)
-            self.run = _grow_rows(self.run, n, 0)
-            self.longest = _grow_rows(self.longest, n, 0)
-            self.sign = _grow_rows(self.sign, n, 0)
-            self.jitter = _grow_rows(self.jitter, n, 0.0)
+        _grow_state(self, codes, {"last": np.nan, "run": 0, "longest": 0, "sign": 0, "jitter": 0.0})
         run = np.zeros(X.shape, dtype=np.int64)
         longest = np.zeros(X.shape, dtype=np.int64)
         jitter = np.zeros(X.shape)
@@ -567,11 +555,7 @@ class EWSpread:
         """Return ``(std, low envelope, high envelope)`` before each row."""
         X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
         codes = np.ascontiguousarray(codes, dtype=np.int64)
-        if len(codes):
-            n = int(codes.max()) + 1
-            for name in ("mean", "var", "lo", "hi"):
-                setattr(self, name, _grow_rows(getattr(self, name), n, 0.0))
-            self.nobs = _grow_rows(self.nobs, n, 0)
+        _grow_state(self, codes, {"mean": 0.0, "var": 0.0, "lo": 0.0, "hi": 0.0, "nobs": 0})
         outs = [np.full(X.shape, np.nan) for _ in range(3)]
         _ewvar_kernel(codes, X, self.alpha, self.env_alpha, self.min_periods, self.mean, self.var, self.lo,
                       self.hi, self.nobs, *outs)
@@ -638,11 +622,7 @@ class UsualInterval:
     def update(self, codes, ts):
         """Return ``(dt_seconds, usual_seconds_before_row)``; NaN where unknown."""
         codes = np.ascontiguousarray(codes, dtype=np.int64)
-        if len(codes):
-            n = int(codes.max()) + 1
-            self.last_t = _grow_rows(self.last_t, n, 0)
-            self.has_t = _grow_rows(self.has_t, n, False)
-            self.usual = _grow_rows(self.usual, n, np.nan)
+        _grow_state(self, codes, {"last_t": 0, "has_t": False, "usual": np.nan})
         dt = np.full(len(codes), np.nan)
         usual = np.full(len(codes), np.nan)
         _interval_kernel(codes, np.ascontiguousarray(ts, dtype=np.int64), self.eta, self.last_t, self.has_t,
@@ -966,13 +946,8 @@ class Likelihood:
         """Return ``(tail probability, raw surprise)`` per row and column."""
         X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
         codes = np.ascontiguousarray(codes, dtype=np.int64)
-        if len(codes):
-            n = int(codes.max()) + 1
-            self.nobs = _grow_rows(self.nobs, n, 0)
-            for name in ("level", "trend", "dev", "dev_slow", "ring", "hist", "hist_w", "hist_sum", "last"):
-                setattr(self, name, _grow_rows(getattr(self, name), n, 0.0))
-            self.run = _grow_rows(self.run, n, 0)
-            self.hist_top = _grow_rows(self.hist_top, n, 0)
+        _grow_state(self, codes, {"nobs": 0, "run": 0, "hist_top": 0, **dict.fromkeys(
+            ("level", "trend", "dev", "dev_slow", "ring", "hist", "hist_w", "hist_sum", "last"), 0.0)})
         p = np.ones(X.shape)
         raw = np.zeros(X.shape)
         _likelihood_kernel(codes, X, np.ascontiguousarray(quantum, dtype=np.float64), self.a_level, self.b_trend,
@@ -1117,24 +1092,9 @@ class JointReference:
         """
         X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
         codes = np.ascontiguousarray(codes, dtype=np.int64)
-        if len(codes):
-            n = int(codes.max()) + 1
-            self.count = _grow_rows(self.count, n, 0)
-            self.post = _grow_rows(self.post, n, 0)
-            self.over = _grow_rows(self.over, n, 0)
-            self.off = _grow_rows(self.off, n, False)
-            self.thr2 = _grow_rows(self.thr2, n, np.inf)
-            self.ready = _grow_rows(self.ready, n, False)
-            self.buf = _grow_rows(self.buf, n, 0.0)
-            self.center = _grow_rows(self.center, n, 0.0)
-            self.scale = _grow_rows(self.scale, n, 1.0)
-            self.prec = _grow_rows(self.prec, n, 0.0)
-            self.clip2 = _grow_rows(self.clip2, n, 0.0)
-            self.smooth = _grow_rows(self.smooth, n, 0.0)
-            self.g = _grow_rows(self.g, n, 1.0)
-            self.h = _grow_rows(self.h, n, 1.0)
-            self.streak = _grow_rows(self.streak, n, 0)
-            self.latched = _grow_rows(self.latched, n, False)
+        _grow_state(self, codes, {"count": 0, "post": 0, "over": 0, "off": False, "thr2": np.inf, "ready": False,
+                                  "buf": 0.0, "center": 0.0, "scale": 1.0, "prec": 0.0, "clip2": 0.0, "smooth": 0.0,
+                                  "g": 1.0, "h": 1.0, "streak": 0, "latched": False})
         held = np.zeros(len(codes), dtype=np.int8)
         d2 = np.full(len(codes), np.nan)
         top = np.zeros(len(codes), dtype=np.int64)
@@ -1299,12 +1259,7 @@ class ReferenceFit:
         """
         X = np.ascontiguousarray(X, dtype=np.float64).reshape(len(codes), self.k)
         codes = np.ascontiguousarray(codes, dtype=np.int64)
-        if len(codes):
-            n = int(codes.max()) + 1
-            self.count = _grow_rows(self.count, n, 0)
-            self.state = _grow_rows(self.state, n, 0)
-            self.offset = _grow_rows(self.offset, n, 0.0)
-            self.buf = _grow_rows(self.buf, n, 0.0)
+        _grow_state(self, codes, {"count": 0, "state": 0, "offset": 0.0, "buf": 0.0})
         state = np.zeros(X.shape, dtype=np.int64)
         offset = np.zeros(X.shape)
         decided = np.zeros(X.shape, dtype=np.bool_)

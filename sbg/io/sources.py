@@ -1148,6 +1148,8 @@ class _LineMap:
 
 
 class Source:
+    # One class of ~450 lines: reading blocks, cutting whole records and validating them share the
+    # file's schema and validator state; the CSV, Parquet and cycler paths differ only in how bytes come in.
     """A file read in blocks, validated row by row, never loaded whole.
 
     Parameters

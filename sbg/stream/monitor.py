@@ -50,6 +50,8 @@ _log = logging.getLogger(__name__)
 
 
 class Monitor:
+    # One class of ~500 lines: it owns the run's state (replay position, pipeline state, alerts,
+    # history, metrics) and its checkpoint, which must be written together in one transaction.
     """Replay one or more files through the pipeline, keeping history, metrics and alerts.
 
     Parameters

@@ -150,6 +150,8 @@ class _Cursor:
 
 
 class Replay(param.Parameterized):
+    # One class of ~400 lines: the clock, the transport controls, the cursors and the position are one
+    # state machine (a seek or a restore moves all of them at once).
     """Replay sources as chunks on a simulated clock, with transport controls."""
 
     speed = param.Parameter(default="max", doc="Speed factor over wall time, or 'max'.")
