@@ -349,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="follow FILE (or a quoted glob) as it grows, like sbg watch, instead of replaying it")
     p.add_argument("--print-command", action="store_true", help="print the panel serve command and exit")
     _notify_args(p)
+    _log_args(p)
     _dask_args(p, "entity partitions, each with its state on one worker (default: one per worker)")
 
     p = sub.add_parser("data", help="sample datasets", description="Manage the bundled sample datasets.")
@@ -921,6 +922,7 @@ def serve_command(args) -> tuple[list[str], dict]:
     env = {"SBG_DATA_DIR": str(data_dir), "SBG_SPEED": args.speed, "SBG_FILES": os.pathsep.join(files),
            "SBG_LOOP": "1" if args.loop else "", "SBG_AUTOSTART": "1" if args.autostart else "",
            "SBG_FOLLOW": "1" if args.follow else "",
+           "SBG_LOG_LEVEL": args.log_level, "SBG_LOG_FORMAT": args.log_format,
            "SBG_NOTIFY": json.dumps({"alertmanager": args.alertmanager, "webhook": args.webhook}),
            "SBG_BASELINE": str(Path(args.baseline).resolve()) if args.baseline else "",
            "SBG_CONFIG": str(args.config.resolve()) if args.config else "",

@@ -107,7 +107,7 @@ def headless(tmp_path, *args, env=None):
 
 def test_autostart_counts_with_no_page_and_probes_need_no_login(tmp_path, sample_csv):
     with headless(tmp_path, sample_csv, "--speed", "20x", "--basic-auth", "secret-pw",
-                  "--cookie-secret", "x" * 40) as (proc, base, _):
+                  "--cookie-secret", "x" * 40, "--log-format", "json") as (proc, base, _):
         # Only /metrics and the probes are asked: the counters must move on their own.
         first = wait_for(lambda: rows_in(base, "prometheus:secret-pw") > 0, 60, "rows counted with no page open")
         wait_for(lambda: rows_in(base, "prometheus:secret-pw") > first, 60, "the count to rise")
@@ -118,6 +118,8 @@ def test_autostart_counts_with_no_page_and_probes_need_no_login(tmp_path, sample
             assert http(base + path)[0] == 401, path
         status = json.loads(http(base + "/api/status", "u:secret-pw")[1])
         assert status["replay"]["state"] == "running" and status["metrics"]["rows_in"] > 0
+    logged = [json.loads(ln) for ln in (tmp_path / "serve.log").read_text().splitlines() if ln.startswith("{")]
+    assert any(r["logger"] == "sbg.serve" and r["message"].startswith("autostart: replaying") for r in logged)
 
 
 def test_readyz_waits_for_a_monitor(tmp_path, sample_csv):

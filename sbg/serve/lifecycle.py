@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 
 from .registry import ServeConfig, close_monitor, default_monitor, monitors
 
@@ -31,6 +32,10 @@ def prepare(serve: ServeConfig | None = None) -> None:
         return
     _PREPARED = True
     serve = serve or ServeConfig.from_env()
+    if os.environ.get("SBG_LOG_FORMAT"):  # sbg serve --log-format/--log-level: sbg's own log on stderr
+        from .watch import configure_logging
+
+        configure_logging(os.environ.get("SBG_LOG_LEVEL", "info"), os.environ["SBG_LOG_FORMAT"])
     atexit.register(close_all)
     if serve.autostart:
         from tornado.ioloop import IOLoop
