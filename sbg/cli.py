@@ -910,6 +910,10 @@ def serve_command(args) -> tuple[list[str], dict]:
     from .io.datasets import DATA_DIR
 
     app = Path(__file__).resolve().parent / "ui" / "apps" / "monitor.py"
+    if args.data_dir is None and not args.files:  # an installed sbg: its samples, made once
+        from .io.datasets import ensure_samples
+
+        ensure_samples(DATA_DIR, echo=lambda message: print(message, file=sys.stderr))
     data_dir = (args.data_dir or DATA_DIR).resolve()
     if not data_dir.is_dir():
         raise SbgError(f"{data_dir}: --data-dir is not a directory")
@@ -1035,6 +1039,7 @@ def cmd_data(args) -> int:
         print(f"generated {len(paths)} files with seed {seed} in {time.monotonic() - t0:.1f}s")
         return 0
     if args.data_command == "list":
+        datasets.ensure_samples(datasets.DATA_DIR, echo=lambda message: print(message, file=sys.stderr))
         for p in sorted(datasets.DATA_DIR.glob("*")):
             if p.is_file():
                 print(f"{p}  {p.stat().st_size:>10,} bytes")

@@ -485,3 +485,16 @@ def test_gzip_reader_round_trip(out_dir):
     with gzip.open(out_dir / "site_power_24h.csv.gz", "rb") as fh:
         header = io.TextIOWrapper(fh, encoding="ascii").readline().strip()
     assert header.split(",") == SITE_COLUMNS
+
+
+def test_an_installed_sbg_makes_its_samples_once(tmp_path):
+    """A wheel ships no data/: sbg serve with no file and sbg data list generate the samples, once."""
+    from sbg.io.datasets import ensure_samples
+
+    messages = []
+    where = ensure_samples(tmp_path / "share" / "sbg" / "data", echo=messages.append)
+    fleet = where / "battery_fleet.csv.gz"
+    assert fleet.exists() and len(messages) == 1 and str(where) in messages[0]
+    before = fleet.stat().st_mtime_ns
+    ensure_samples(where, echo=messages.append)
+    assert fleet.stat().st_mtime_ns == before and len(messages) == 1

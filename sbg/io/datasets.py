@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +45,20 @@ import pandas as pd
 from scipy.interpolate import CubicSpline, PchipInterpolator
 from scipy.signal import lfilter
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+
+def _data_dir() -> Path:
+    """A source checkout's ``data/``; for an installed sbg, which ships no data, a folder of the user's."""
+    checkout = Path(__file__).resolve().parents[2] / "data"
+    if checkout.is_dir() and (checkout.parent / "pyproject.toml").is_file():
+        return checkout
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "sbg" / "data"
+
+
+DATA_DIR = _data_dir()
 DEFAULT_SEED = 20240603
 
-__all__ = ["DATA_DIR", "DEFAULT_SEED", "battery_fleet", "generate", "machine", "site_power"]
+__all__ = ["DATA_DIR", "DEFAULT_SEED", "battery_fleet", "ensure_samples", "generate", "machine", "site_power"]
 
 FLEET_FILE = "battery_fleet.csv.gz"
 FLEET_LABELS_FILE = "battery_fleet_labels.csv"
@@ -785,3 +796,17 @@ def generate(out_dir: str | Path = DATA_DIR, seed: int = DEFAULT_SEED) -> list[P
         _write(monitor, out / MACHINE_MONITOR_FILE, _MACHINE_DECIMALS),
         _write(machine_labels, out / MACHINE_LABELS_FILE),
     ]
+
+
+def ensure_samples(data_dir: str | Path = DATA_DIR, echo=None) -> Path:
+    """``data_dir`` with the sample datasets in it: generated once (seeded, a few seconds) if missing.
+
+    An installed sbg ships no data files; ``sbg serve`` with no file, and
+    ``sbg data list``, make them here the first time.
+    """
+    data_dir = Path(data_dir)
+    if not (data_dir / "battery_fleet.csv.gz").exists():
+        if echo is not None:
+            echo(f"sbg: generating the sample data in {data_dir} (once, a few seconds)")
+        generate(data_dir, DEFAULT_SEED)
+    return data_dir
