@@ -936,7 +936,7 @@ def serve_command(args) -> tuple[list[str], dict]:
            "SBG_SCHEDULER": args.scheduler or "", "SBG_WORKERS": "" if args.workers is None else str(args.workers),
            "SBG_PARTITIONS": "" if args.partitions is None else str(args.partitions)}
     # One process (the monitor lives in it). A closed tab asks for its session to go (see
-    # Dashboard._tick) and is freed at the next check, 2 s. A page not yet connected keeps its session
+    # Session.tick) and is freed at the next check, 2 s. A page not yet connected keeps its session
     # for 60 s: with a shorter lifetime a page slow to load on a busy server found its session gone,
     # and the one Bokeh made again on connect pointed the page's stylesheets at a CDN.
     # The setup script loads the compiled kernels and the dashboard's imports before the first request.

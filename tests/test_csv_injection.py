@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-from types import SimpleNamespace
 
 import pandas as pd
 import pyarrow as pa
@@ -94,7 +93,7 @@ def test_detect_csv_and_quarantine_neutralise_formulas(hostile, tmp_path):
 
 
 def test_alert_log_csv_and_dashboard_export_neutralise_formulas(hostile, tmp_path):
-    from sbg.ui.dashboard import Dashboard
+    from sbg.ui.export import alerts_csv
 
     db = tmp_path / "alerts.sqlite"
     detect(hostile, tmp_path / "flags.csv", "--alerts-db", db)
@@ -105,8 +104,8 @@ def test_alert_log_csv_and_dashboard_export_neutralise_formulas(hostile, tmp_pat
     finally:
         log.close()
     assert set(alerts["entity"]) >= {'=HYPERLINK("http://x","click")', "@SUM(1)", "-2+3"}
-    # The dashboard's "Alerts CSV" button, on the same alerts.
-    exported = Dashboard._alerts_csv(SimpleNamespace(monitor=SimpleNamespace(alerts=alerts))).getvalue()
+    # The dashboard's "Alerts CSV" button (Export.alerts_csv), on the same alerts.
+    exported = alerts_csv(alerts).getvalue()
     for text in (tmp_path / "alerts.csv").read_text(encoding="utf-8"), exported:
         rows = cells(text)
         assert_safe(rows)

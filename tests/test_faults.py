@@ -65,8 +65,7 @@ STEPS = {
 
 def tick(view):
     """One run of the session's periodic callback, with the plots due."""
-    view._last_plot = 0.0
-    view._tick()
+    view.session.tick(draw=True)
 
 
 def check_survived(monitor, where, view):
@@ -78,10 +77,10 @@ def check_survived(monitor, where, view):
     assert status["metrics"]["errors"] == m.errors and status["metrics"]["last_error"].startswith(where)
     errors = [e for e in monitor.events if e["kind"] == "error"]
     assert errors and any(e["message"].startswith(where) for e in errors), errors[-3:]
-    view._update_fast(force=True)
-    view._update_slow()
-    assert 'class="sbg-live error"' in view.live_indicator.object
-    assert "injected fault" in view.feed.object
+    view.refresh_status()
+    view.refresh_fleet()
+    assert 'class="sbg-live error"' in view.status.live_indicator.object
+    assert "injected fault" in view.alerts.feed.object
 
 
 def replay_survives(where) -> Monitor:
@@ -145,8 +144,8 @@ def test_a_failing_replay_task_stops_visibly(monkeypatch):
         assert monitor.metrics.errors == 1 and monitor.metrics.last_error.startswith("replay")
         assert any(e["message"].startswith("replay failed") for e in monitor.events)
         view = Dashboard(monitor=monitor)
-        view._update_fast(force=True)
-        assert 'class="sbg-live error"' in view.live_indicator.object
+        view.refresh_status()
+        assert 'class="sbg-live error"' in view.status.live_indicator.object
     finally:
         monitor.close()
 
@@ -158,9 +157,9 @@ def test_a_failing_report_is_shown_and_the_replay_goes_on(monkeypatch):
         view = Dashboard(monitor=monitor)
         monitor.run_to_end()
         with pytest.raises(Injected):  # raised on to the server's log, after it is counted and shown
-            asyncio.run(view._report_file())
+            asyncio.run(view.export.report())
         check_survived(monitor, "report", view)
-        assert "could not be made" in view.report_status.object
+        assert "could not be made" in view.export.report_status.object
     finally:
         monitor.close()
 
@@ -170,9 +169,9 @@ def test_without_faults_the_indicator_is_not_red():
     try:
         view = Dashboard(monitor=monitor)
         monitor.run_to_end()
-        view._update_fast(force=True)
+        view.refresh_status()
         assert monitor.metrics.errors == 0
-        assert "sbg-live error" not in view.live_indicator.object
+        assert "sbg-live error" not in view.status.live_indicator.object
         assert monitor.metrics.rows_in == ROWS
         assert isinstance(monitor.alerts, pd.DataFrame)
     finally:
@@ -208,8 +207,8 @@ def test_a_source_that_stops_delivering_is_stale_not_normal(tmp_path):
         assert "live" not in seen[first_partly:]
         assert status_payload(monitor)["data"]["stale_entities"] == ["b02"]
         view = Dashboard(monitor=monitor)
-        view._update_slow()
-        view._update_fast(force=True)
-        assert "stale" in view.live_indicator.object.lower()
+        view.refresh_fleet()
+        view.refresh_status()
+        assert "stale" in view.status.live_indicator.object.lower()
     finally:
         monitor.close()

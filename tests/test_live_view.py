@@ -308,7 +308,7 @@ def test_rows_handed_out_but_not_yet_processed_are_behind_not_stale(fleet_with_a
 
     def look(event):  # the replay's clock has just moved to rows it hands out now
         view.refresh_status()
-        seen.append((monitor.data_state(), view.live_indicator.object))
+        seen.append((monitor.data_state(), view.status.live_indicator.object))
 
     monitor.replay.param.watch(look, "sim_time")
     try:
@@ -360,7 +360,7 @@ def test_a_source_with_nothing_due_is_stale_at_any_speed(tmp_path):
         state = monitor.data_state()
         assert state["state"] == "stale" and state["behind_s"] == 0 and state["silent_s"] == 256
         view.refresh_status()
-        label = view.live_indicator.object
+        label = view.status.live_indicator.object
         assert re.sub(r"<[^>]+>", "", label) == "Live · no data for 4:16"
         assert 'class="sbg-live stale"' in label and 'data-data="stale"' in label
     finally:
@@ -422,7 +422,8 @@ def test_a_data_file_deleted_under_a_running_page_is_one_clear_error(data_dir, c
     caplog.set_level(logging.INFO, logger="sbg")
 
     def shown():
-        return view.status.banner.object + view.status.empty_state.object + view.live_indicator.object + view.feed.object
+        return (view.status.banner.object + view.status.empty_state.object + view.status.live_indicator.object
+                + view.alerts.feed.object)
 
     async def press_start_and_wait():
         view.controls.control("start")
@@ -483,7 +484,7 @@ def test_page_events_handled_on_a_subshell_thread_act_on_the_notebooks_own_loop(
     steps, changes = [], []
     step = monitor.replay.step
     monitor.replay.step = lambda *a, **k: (steps.append(threading.current_thread()), step(*a, **k))[1]
-    view.live_indicator.param.watch(lambda e: changes.append(threading.current_thread()), "object")
+    view.status.live_indicator.param.watch(lambda e: changes.append(threading.current_thread()), "object")
 
     def from_a_subshell(client, message):
         thread = threading.Thread(target=asyncio.run, args=(_handle(client, message),), name="subshell")

@@ -181,7 +181,7 @@ def _small_history(tmp_path):
 def test_a_stalled_browser_gets_no_backlog_and_catches_up(tmp_path, browser):
     """A browser that stops reading (frozen laptop, dead link) must not make the server hoard its updates.
 
-    Without the check in ``Dashboard._tick`` the server queued 38,660 websocket frames and grew by
+    Without the check in ``Session.tick`` the server queued 38,660 websocket frames and grew by
     220 MB in one minute for one stopped tab at ``--speed max``.
     """
     config = _small_history(tmp_path)

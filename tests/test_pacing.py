@@ -69,12 +69,12 @@ def test_a_paced_session_says_so_on_its_live_indicator(monkeypatch):
 
     view = app.Dashboard(Monitor([DATA_DIR / "battery_fleet.csv.gz"]))
     try:
-        view._update_fast()
-        assert "plots update every" not in view.live_indicator.object
-        monkeypatch.setattr(app.Dashboard, "_served", staticmethod(lambda: True))
+        view.refresh_status()
+        assert "plots update every" not in view.status.live_indicator.object
+        monkeypatch.setattr(app, "served", lambda: True)  # as under `panel serve`
         monkeypatch.setattr(PACER, "stretch", 3.0)
-        view._update_fast()
-        assert "plots update every 0.3 s to keep the busy server responsive" in view.live_indicator.object
+        view.refresh_status()
+        assert "plots update every 0.3 s to keep the busy server responsive" in view.status.live_indicator.object
     finally:
         view.close()
 

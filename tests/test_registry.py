@@ -52,8 +52,8 @@ def test_switching_the_source_in_the_page_keeps_the_settings_alert_log_and_loop(
     try:
         first = view.monitor
         assert first.paths[0].name == "first.csv"
-        view._sidebar()
-        view.source_select.value = "second.csv"
+        view.sources.items()  # laid out in the sidebar, as a page does
+        view.sources.source_select.value = "second.csv"
         second = view.monitor
         assert second is not first and second.paths[0].name == "second.csv"
         for m in (first, second):

@@ -47,7 +47,7 @@ from ..stream.monitor import Monitor
 from .alerts_feed import AlertsFeed
 from .baseline import Baseline
 from .controls import Controls
-from .export import Export, alerts_csv
+from .export import Export
 from .health import HealthGrid
 from .session import Session, served
 from .settings import SettingsPanel
@@ -147,13 +147,6 @@ class Dashboard(pn.viewable.Viewer):
         session.attach(session.monitor)
         self.plots.reset()
 
-    # The panes the live indicator, the event feed and the report status are read from most.
-    live_indicator = property(lambda self: self.status.live_indicator)
-    feed = property(lambda self: self.alerts.feed)
-    report_status = property(lambda self: self.export.report_status)
-    source_select = property(lambda self: self.sources.source_select)
-    rows_sent = property(lambda self: self.session.rows_sent)
-
     # ---- what one view does to the others ------------------------------
     def switch(self, monitor: Monitor):
         """Show ``monitor`` (a source chosen in the page): new plots for its signals, its settings."""
@@ -182,7 +175,7 @@ class Dashboard(pn.viewable.Viewer):
 
     def refresh_status(self):
         """The live indicator, cards, banner, progress and buttons (every ``update_ms``)."""
-        self.status.refresh(served=self._served())
+        self.status.refresh(served=served())
         self.controls.refresh()
         self.plots.show_waiting()
 
@@ -206,10 +199,6 @@ class Dashboard(pn.viewable.Viewer):
         self.session.close()
         self.settings.unlink()
         self.plots.live = None
-
-    @staticmethod
-    def _served() -> bool:
-        return served()
 
     # ---- layout ---------------------------------------------------------
     def _main(self):
@@ -283,31 +272,6 @@ class Dashboard(pn.viewable.Viewer):
 
         pn.state.on_session_destroyed(on_destroyed)
         return template.servable(**kwargs)
-
-    # ---- kept for tests that drive a dashboard by its old private names ----------
-    # (tests/test_faults.py, test_pacing.py, test_registry.py and test_csv_injection.py, owned elsewhere)
-    def _update_fast(self, force=False):
-        self.refresh_status()
-
-    def _update_slow(self):
-        self.refresh_fleet()
-
-    def _tick(self):
-        self.session.tick()
-
-    @property
-    def _last_plot(self):
-        return self.session._last_plot
-
-    @_last_plot.setter
-    def _last_plot(self, value):
-        self.session._last_plot = value
-
-    def _report_file(self):
-        return self.export.report()
-
-    def _alerts_csv(self):
-        return alerts_csv(self.monitor.alerts)
 
 
 def _quiet_closed_sockets():
