@@ -90,7 +90,7 @@ class Settings:
         ``stats``, ``history`` and ``replay``. The same declarations check them as the settings file's.
 
         >>> Settings().with_overrides(["zscore.threshold=5"]).make_detectors()[3].threshold
-        5.0
+        5
         """
         pairs = list(pairs or [])
         if not pairs:

@@ -527,7 +527,7 @@ def test_status_names_files_without_paths_or_pid_for_remote_callers_without_a_lo
 
         # The handler: names only to a remote caller of a server without a login; everything to a caller
         # on this machine or one who has logged in.
-        monkeypatch.setitem(registry.monitors(), ("test",), monitor)
+        monkeypatch.setattr(registry, "_MONITORS", {("test",): monitor})  # only this one, whatever ran before
         for ip, user, shows in [("192.0.2.7", None, False), ("2001:db8::7", None, False),
                                 ("127.0.0.1", None, True), ("::1", None, True), ("192.0.2.7", "alice", True)]:
             got = _status_request(monkeypatch, ip, user)

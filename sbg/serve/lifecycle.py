@@ -61,13 +61,13 @@ def close_all() -> None:
             log.error("closing %s: %s", getattr(monitor, "source_key", key), exc)
 
 
-def readiness() -> tuple[bool, str]:
-    """``(ready, word)``: ready once a monitor is running (or has run) and has read data.
+def readiness(found=None) -> tuple[bool, str]:
+    """``(ready, word)``: ready once a monitor (of this process, or ``found``) is running and has read data.
 
-    >>> readiness()
+    >>> readiness([])
     (False, 'starting')
     """
-    found = list(monitors().values())
+    found = list(monitors().values()) if found is None else list(found)
     if not found:
         return False, "starting"
     for monitor in found:
