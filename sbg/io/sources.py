@@ -53,6 +53,11 @@ from ..errors import ConfigError, SbgError, SourceError
 from . import bdf as _bdf
 from .entities import EntityIndex
 
+# pyarrow cancels a long read when SIGINT or SIGTERM arrives while a Python handler is set. sbg's
+# stops (Bokeh's SIGTERM handler, sbg watch's) act between two chunks, and a read cancelled in the
+# middle was quarantined as a block the reader failed on. A stop waits for the block (4 MB at most).
+pa.lib.enable_signal_handlers(False)
+
 __all__ = [
     "load_reference",
     "Schema",
