@@ -174,6 +174,40 @@ def test_joint_is_chunk_invariant():
     np.testing.assert_array_equal(whole, parts)
 
 
+def wandering_frame(seed=0, n=2400, jump_at=None):
+    """A rig: three noisy signals at fixed levels and a temperature whose level wanders slowly (a random walk
+    seen through noise), as a water temperature under a thermostat does; optionally a sudden 3 °C jump."""
+    rng = np.random.default_rng(seed)
+    temp = 70 + np.cumsum(rng.normal(0, 0.05, n)) + rng.normal(0, 0.05, n)
+    temp[400:1200] -= np.linspace(0, 4, 800)  # after the reference it drifts 4 °C down, smoothly
+    temp[1200:] -= 4
+    if jump_at is not None:
+        temp[jump_at:] += 3.0
+    t = pd.date_range("2024-01-01", periods=n, freq="1s")
+    return pd.DataFrame({"timestamp": t, "entity": "rig", "temp": temp,
+                         **{f"s{j}": rng.normal(0, 1, n) for j in range(3)}})
+
+
+def test_a_wandering_level_is_judged_by_how_it_moves_not_where_it_is():
+    df = wandering_frame()
+    drift = wandering_frame()["temp"]
+    assert drift.iloc[1200:].mean() < drift.iloc[:400].mean() - 3  # far outside what the reference saw
+    # (with every level held fixed, as before the level model, 11 % of these rows were flagged)
+    assert (Joint().score(df).to_numpy().max(axis=1)[400:] >= 0.5).mean() < 0.01
+    jumped = wandering_frame(jump_at=1600)
+    flagged = Joint().score(jumped).to_numpy().max(axis=1) >= 0.5
+    assert flagged[1600:1610].any()  # a sudden jump in the wandering signal is still a change
+    assert flagged[1700:].mean() < 0.05  # and its new level is followed, not flagged for ever
+
+
+def test_the_gain_of_a_wandering_level_is_chunk_invariant():
+    df = wandering_frame(jump_at=1600)
+    whole = Joint().score(df).to_numpy()
+    det = Joint()
+    parts = np.vstack([det.score(df.iloc[a:b]).to_numpy() for a, b in chunkings(len(df), [1, 399, 400, 401, 1601])])
+    np.testing.assert_array_equal(whole, parts)
+
+
 @pytest.mark.parametrize("name,make", [
     ("daily cycle", lambda r, n: 10 * np.sin(2 * np.pi * np.arange(n) / 1440) + r.normal(0, 1, n)),
     ("slow drift", lambda r, n: 0.01 * np.arange(n) + r.normal(0, 1, n)),

@@ -959,7 +959,7 @@ class Likelihood:
 
 
 @njit(cache=True, nogil=True)
-def _joint_kernel(codes, X, start, rows, count, ready, buf, center, scale, prec, clip2, smooth, a_smooth, a_follow,
+def _joint_kernel(codes, X, start, rows, count, ready, buf, center, scale, prec, clip2, smooth, a_smooth, rate,
                   thr2, post, over, off, out_d2, out_top, out_unfit, hold, streak, latched, out_latch):
     """Mahalanobis distance of each row from its entity's reference; returns the row that completes a reference.
 
@@ -1025,11 +1025,40 @@ def _joint_kernel(codes, X, start, rows, count, ready, buf, center, scale, prec,
                 out_d2[i] = np.nan
                 continue
             over[e] = 0
-        if a_follow > 0 and not latched[e]:
+        if not latched[e]:
             w = 1.0 if d2 <= clip2[e] else np.sqrt(clip2[e] / d2)
             for c in range(k):
-                center[e, c] += a_follow * w * z[c] * scale[e, c]
+                center[e, c] += rate[e, c] * w * z[c] * scale[e, c]
     return -1
+
+
+def _level_gain(B):
+    """Per column of the reference rows ``B``: the gain with which a level that follows the signal predicts it.
+
+    A column whose mean squared change over an eighth of the reference is more than twice its mean
+    squared change from one row to the next has a level that wanders (a temperature, a pressure under
+    slow control): it is modelled as a random walk seen through noise (the local level model), and
+    the variogram ``V(h) = h * q * s2 + 2 * s2`` between those two lags gives its signal-to-noise
+    ratio ``q``, hence the steady-state Kalman gain ``(sqrt(q^2 + 4q) - q) / 2`` of the exponentially
+    weighted level that predicts it best. Other columns (noise around a fixed level) get 0.
+
+    >>> rng = np.random.default_rng(0)
+    >>> walk = np.cumsum(rng.normal(0, 0.3, 400)) + rng.normal(0, 1, 400)
+    >>> gain = _level_gain(np.c_[rng.normal(0, 1, 400), walk])
+    >>> float(gain[0]), 0.1 < float(gain[1]) < 0.5
+    (0.0, True)
+    """
+    med = np.nanmedian(B, axis=0)
+    B = np.where(np.isfinite(B), B, np.where(np.isfinite(med), med, 0.0))
+    lag = max(2, len(B) // 8)
+    if len(B) <= lag:
+        return np.zeros(B.shape[1])
+    v1 = np.mean(np.diff(B, axis=0) ** 2, axis=0)
+    vh = np.mean((B[lag:] - B[:-lag]) ** 2, axis=0)
+    walk = np.maximum(vh - v1, 0.0) / (lag - 1)
+    noise = np.maximum((v1 - walk) / 2, 1e-12)
+    q = np.where(vh > 2 * v1, walk / noise, 0.0)
+    return (np.sqrt(q * q + 4 * q) - q) / 2
 
 
 class JointReference:
@@ -1067,6 +1096,7 @@ class JointReference:
         self.rows = int(rows)
         self.a_smooth = 2.0 / (float(smooth_span) + 1.0)
         self.a_follow = 2.0 / (float(follow_span) + 1.0) if follow_span else 0.0
+        self.rate = np.zeros((0, self.k))
         self.shrink = float(shrink)
         self.tail = float(tail)
         self.count = np.zeros(0, dtype=np.int64)
@@ -1094,7 +1124,8 @@ class JointReference:
         codes = np.ascontiguousarray(codes, dtype=np.int64)
         _grow_state(self, codes, {"count": 0, "post": 0, "over": 0, "off": False, "thr2": np.inf, "ready": False,
                                   "buf": 0.0, "center": 0.0, "scale": 1.0, "prec": 0.0, "clip2": 0.0, "smooth": 0.0,
-                                  "g": 1.0, "h": 1.0, "streak": 0, "latched": False})
+                                  "g": 1.0, "h": 1.0, "streak": 0, "latched": False,
+                                  "rate": self.a_follow})
         held = np.zeros(len(codes), dtype=np.int8)
         d2 = np.full(len(codes), np.nan)
         top = np.zeros(len(codes), dtype=np.int64)
@@ -1102,7 +1133,7 @@ class JointReference:
         start = 0
         while start < len(codes):
             i = _joint_kernel(codes, X, start, self.rows, self.count, self.ready, self.buf, self.center,
-                              self.scale, self.prec, self.clip2, self.smooth, self.a_smooth, self.a_follow,
+                              self.scale, self.prec, self.clip2, self.smooth, self.a_smooth, self.rate,
                               self.thr2, self.post, self.over, self.off, d2, top, unfit,
                               self.hold, self.streak, self.latched, held)
             if i < 0:
@@ -1150,19 +1181,40 @@ class JointReference:
 
     def _fit(self, e):
         B = self.buf[e].copy()
-        half = len(B) // 2
-        sm = self._smoothed(self._distances(B[half:], *self._model(B[:half])))
+        gain = _level_gain(B)
+        R, level = _innovations(B, gain)
+        half = len(R) // 2
+        sm = self._smoothed(self._distances(R[half:], *self._model(R[:half])))
         m, v = float(sm.mean()), max(float(sm.var()), 1e-12)
         self.g[e], self.h[e] = v / (2 * m), max(2 * m * m / v, 0.5)
         from scipy.stats import chi2
 
         self.thr2[e] = self.g[e] * chi2.isf(self.tail, self.h[e])
-        center, scale, P = self._model(B)
-        self.clip2[e] = float(np.quantile(self._distances(B, center, scale, P), 0.99))
-        self.center[e], self.scale[e], self.prec[e] = center, scale, P
+        center, scale, P = self._model(R)
+        self.clip2[e] = float(np.quantile(self._distances(R, center, scale, P), 0.99))
+        self.center[e], self.scale[e], self.prec[e] = center + level, scale, P
+        self.rate[e] = np.where(gain > 0, gain, self.a_follow)
         self.smooth[e] = m
         self.ready[e] = True
         self.buf[e] = 0.0
+
+
+def _innovations(B, gain):
+    """``B`` with each column of positive ``gain`` replaced by its one-step prediction errors, and the last levels."""
+    R = B.copy()
+    level = np.zeros(B.shape[1])
+    for c in np.flatnonzero(gain > 0):
+        x = B[:, c]
+        ok = np.isfinite(x)
+        if not ok.any():
+            continue
+        lvl = float(x[ok][0])
+        for t in range(len(x)):
+            if ok[t]:
+                R[t, c] = x[t] - lvl
+                lvl += gain[c] * R[t, c]
+        level[c] = lvl
+    return R, level
 
 
 class LimitArming:
