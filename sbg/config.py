@@ -14,6 +14,7 @@ YAML keys, its dashboard widgets and its row in the "settings used" table.
     rules:                 # given rules replace the defaults
       - {name: hot, detectors: [limits], severity: critical, pending_rows: 3}
     history: {max_rows: 500000}
+    health: {nameplate_ah: 5.0, capacity_weight: 0.4}   # sbg.battery.health.HealthScore
 
 >>> s = Settings.from_dict({"detectors": {"zscore": {"threshold": 4.5}}})
 >>> [d.threshold for d in s.make_detectors() if d.label == "zscore"]
@@ -30,6 +31,7 @@ import param
 import yaml
 
 from .alerts.rules import Rule, default_rules
+from .battery.health import HealthScore
 from .detect.detectors import Baseline, default_detectors, detector_classes, for_schema
 from .detect.features import Stats
 from .errors import ConfigError
@@ -37,7 +39,7 @@ from .stream.history import History
 
 __all__ = ["Settings", "settings_table"]
 
-_SECTIONS = ("stats", "detectors", "rules", "history", "replay", "notify")
+_SECTIONS = ("stats", "detectors", "rules", "history", "replay", "notify", "health")
 
 
 class Settings:
@@ -58,6 +60,7 @@ class Settings:
         self.make_detectors()
         self.make_rules()
         self.make_history()
+        self.make_health()
         self.replay_options()
         if self.data.get("notify") is not None:  # where alerts go: checked now, started by the commands
             from .alerts.notify import notify_specs
@@ -106,13 +109,13 @@ class Settings:
                 value = yaml.safe_load(raw) if raw.strip() else None
             except yaml.YAMLError as exc:
                 raise ConfigError(f"--set {text!r}: the value is not YAML ({getattr(exc, 'problem', exc)})") from None
-            if head in ("stats", "history", "replay"):
+            if head in ("stats", "history", "replay", "health"):
                 section = data.setdefault(head, {})
             elif head in labels:
                 section = data.setdefault("detectors", {}).setdefault(head, {})
             else:
                 raise ConfigError(f"--set {text!r}: {head!r} is neither a detector nor a section; detectors: "
-                                  f"{', '.join(sorted(labels))}; sections: stats, history, replay")
+                                  f"{', '.join(sorted(labels))}; sections: stats, history, replay, health")
             if not isinstance(section, dict):
                 raise ConfigError(f"--set {text!r}: {head} in {self.origin} is not a mapping")
             section[name] = value
@@ -179,6 +182,10 @@ class Settings:
     def make_history(self) -> History:
         return self._build(History, "history", self.data.get("history"))
 
+    def make_health(self) -> HealthScore:
+        """The per-battery health score with these settings (its weights and references)."""
+        return self._build(HealthScore, "health", self.data.get("health"))
+
     def replay_options(self) -> dict:
         """Options of the replay (``tick``, ``max_chunk_rows``), checked; speed and loop are the caller's."""
         values = self.data.get("replay") or {}
@@ -229,7 +236,7 @@ def _plain(value):
 def describe(settings: Settings) -> dict:
     """A JSON-ready summary of the settings in force."""
     return {"origin": settings.origin, "rows": settings_table(
-        [settings.make_stats(), *settings.make_detectors(), *settings.make_rules()])}
+        [settings.make_stats(), *settings.make_detectors(), *settings.make_rules(), settings.make_health()])}
 
 
 param.parameterized.docstring_signature = False

@@ -227,7 +227,8 @@ def test_describe_marks_exactly_what_changed():
     assert all(r["doc"] for r in rows)
     assert json.loads(json.dumps(summary)) == summary
     objects = list(dict.fromkeys(r["object"] for r in rows))
-    assert objects == ["Stats", *[d.label for d in default_detectors()], *[f"rule {r.name}" for r in default_rules()]]
+    assert objects == ["Stats", *[d.label for d in default_detectors()], *[f"rule {r.name}" for r in default_rules()],
+                       "HealthScore"]
 
 
 def test_describe_compares_a_default_rule_with_its_own_defaults():

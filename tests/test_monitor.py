@@ -210,7 +210,7 @@ def test_status_data_state_and_health_after_a_run(tmp_path, limits):
     assert set(m.health(stale_after="10min")["state"]) == {0, 2}
 
     status = m.status()
-    assert set(status) == {"source", "files", "baseline", "metrics", "replay", "data"}
+    assert set(status) == {"source", "files", "baseline", "metrics", "replay", "data", "health"}
     assert status["source"] == "cells" and status["files"] == [str(path)] and status["baseline"] is None
     assert status["data"] == state
     metrics = status["metrics"]

@@ -58,7 +58,8 @@ def _data_dir() -> Path:
 DATA_DIR = _data_dir()
 DEFAULT_SEED = 20240603
 
-__all__ = ["DATA_DIR", "DEFAULT_SEED", "battery_fleet", "ensure_samples", "generate", "machine", "site_power"]
+__all__ = ["DATA_DIR", "DEFAULT_SEED", "aged_cell", "battery_fleet", "ensure_samples", "generate", "machine",
+           "site_power"]
 
 FLEET_FILE = "battery_fleet.csv.gz"
 FLEET_LABELS_FILE = "battery_fleet_labels.csv"
@@ -567,6 +568,55 @@ def battery_fleet(seed: int = DEFAULT_SEED) -> tuple[pd.DataFrame, pd.DataFrame]
         }
     )
     return data, label_frame
+
+
+def aged_cell(seed: int = DEFAULT_SEED, fade: float = 0.0, resistance_growth: float = 0.0, hours: float = 6.0,
+              entity: str = "A01") -> tuple[pd.DataFrame, dict]:
+    """One cell of the fleet's kind, aged by a known capacity fade and resistance growth: ``(data, truth)``.
+
+    The cell is drawn as the fleet's are (same model, schedule and sensor
+    front end, no fault), then aged: its capacity is multiplied by
+    ``1 - fade`` and both resistances of its Thevenin model by
+    ``1 + resistance_growth``. The same ``seed`` with other ageing gives the
+    same cell, so a fresh and an aged run can be compared. The BMS state of
+    charge counts against the aged capacity (a BMS that has learnt it).
+
+    ``truth`` has the fresh and aged capacity (Ah) and the fresh and aged
+    one-second DC resistance ``r0 + r1 (1 - exp(-1/tau))`` (ohm): what
+    ``ΔV/ΔI`` between two rows a second apart measures.
+
+    >>> data, truth = aged_cell(fade=0.2, resistance_growth=0.5, hours=0.1)
+    >>> list(data.columns), round(truth["aged_capacity_ah"] / truth["capacity_ah"], 6)
+    (['timestamp', 'battery_id', 'voltage_v', 'current_a', 'temperature_c', 'soc_pct'], 0.8)
+    """
+    if not 0.0 <= fade < 1.0:
+        raise ValueError(f"fade must be from 0 to less than 1, not {fade!r}")
+    if resistance_growth < 0.0:
+        raise ValueError(f"resistance_growth must be 0 or more, not {resistance_growth!r}")
+    n = int(round(hours * 3600))
+    # A fourth stream of the seed: the three datasets above are not touched.
+    params_rng, sim_rng, sensor_rng = (np.random.default_rng(s)
+                                       for s in np.random.SeedSequence(seed, spawn_key=(3,)).spawn(3))
+    fresh = _cell_params(params_rng)
+    grow = 1.0 + resistance_growth
+    aged = dict(fresh, cap=fresh["cap"] * (1.0 - fade), r0=fresh["r0"] * grow, r1=fresh["r1"] * grow)
+    sim = _simulate_cell(sim_rng, aged, {}, n)
+
+    def one_second_resistance(p):
+        return p["r0"] + p["r1"] * (1.0 - math.exp(-1.0 / p["tau"]))
+
+    data = pd.DataFrame({
+        "timestamp": _stamps(_FLEET_START, n, 1),
+        "battery_id": entity,
+        "voltage_v": _rounded(sim["v"] + sensor_rng.normal(0.0, 0.001, n), 3),
+        "current_a": _rounded(sim["i_meas"], 3),
+        "temperature_c": _rounded(sim["t"] + sensor_rng.normal(0.0, 0.05, n), 2),
+        "soc_pct": _rounded(sim["soc_bms"] * 100.0, 2),
+    })
+    truth = {"fade": fade, "resistance_growth": resistance_growth, "capacity_ah": fresh["cap"],
+             "aged_capacity_ah": aged["cap"], "resistance_ohm": one_second_resistance(fresh),
+             "aged_resistance_ohm": one_second_resistance(aged)}
+    return data, truth
 
 
 def _segments_of(segments: list, mode: int, n: int) -> list[tuple[int, int]]:

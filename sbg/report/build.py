@@ -49,8 +49,8 @@ __all__ = ["ReportOptions", "Snapshot", "build_report", "write_report", "check_o
            "SECTIONS"]
 
 #: Section anchors and titles, in page order.
-SECTIONS = {"summary": "Summary", "signals": "Signals", "alerts": "Alerts", "baseline": "Baseline",
-            "quality": "Data quality", "settings": "Settings used"}
+SECTIONS = {"summary": "Summary", "signals": "Signals", "alerts": "Alerts", "health": "Battery health",
+            "baseline": "Baseline", "quality": "Data quality", "settings": "Settings used"}
 _SEV_RANK = {"normal": 0, "stale": 1, **{s: i + 2 for i, s in enumerate(SEVERITIES)}}
 #: Parameters that are running state or input, not settings: left out of "settings used".
 _STATE_PARAMS = {"Replay": ("state", "rows_emitted", "rows_total", "sim_time", "loops"), "Stats": ("signals",)}
@@ -121,6 +121,8 @@ class Snapshot:
     gap: dict = field(default_factory=dict)
     band_k: float = 3.0
     version: str = __version__
+    #: Per-battery health at the snapshot (:meth:`sbg.battery.health.HealthScore.table`); None: not battery data.
+    health: pd.DataFrame | None = None
 
     @classmethod
     def of(cls, monitor, title: str | None = None) -> Snapshot:
@@ -129,6 +131,8 @@ class Snapshot:
         records = [a.as_record() for a in list(engine.alerts.values())]
         gap = next((d for d in pipeline.detectors if d.label == "gap"), None)
         objects = [pipeline.stats, *pipeline.detectors, *engine.rules, monitor.history, monitor.replay]
+        if pipeline.health is not None:
+            objects.append(pipeline.health)
         settings = [r for r in settings_table(objects) if r["parameter"] not in _STATE_PARAMS.get(r["object"], ())]
         files = []
         for p in monitor.paths:
@@ -156,6 +160,7 @@ class Snapshot:
             gap={"enabled": bool(gap and gap.enabled), "factor": gap.factor if gap else 10.0,
                  "min_gap": gap.min_gap if gap else "0s"},
             band_k=float(pipeline.stats.band_k),
+            health=None if pipeline.health is None else pipeline.health.table(),
         )
 
 
@@ -198,7 +203,8 @@ def render(snap: Snapshot, options: ReportOptions | None = None) -> str:
     opts = options or ReportOptions()
     run = _Run(snap, opts)
     ctx = {
-        "snap": snap, "run": run, "opts": opts, "sections": SECTIONS, "state_colors": STATE_COLORS,
+        "snap": snap, "run": run, "opts": opts, "state_colors": STATE_COLORS,
+        "sections": {k: v for k, v in SECTIONS.items() if k != "health" or snap.health is not None},
         "severities": SEVERITIES[::-1], "css": Markup((_TEMPLATES / "report.css").read_text(encoding="utf-8")),
     }
     ctx.update(run.header())
@@ -207,6 +213,7 @@ def render(snap: Snapshot, options: ReportOptions | None = None) -> str:
     ctx["baseline_colour"] = ENTITY_COLORS[0]
     ctx.update(run.quality())
     ctx.update(run.settings_groups())
+    ctx.update(health_section(snap.health))
     figures = _Figures(run, ENTITY_COLORS, STATE_COLORS)
     plots = {}
     plots.update(figures.signal_plots())
@@ -233,6 +240,31 @@ def render(snap: Snapshot, options: ReportOptions | None = None) -> str:
         ctx["divs"] = {}
     ctx["plot_count"] = sum(1 for _ in doc.select({"type": Plot})) if plots else 0
     return _environment().get_template("report.html").render(**ctx)
+
+
+def health_section(health: pd.DataFrame | None) -> dict:
+    """The "Battery health" section: a row per battery, worst first, and the components with their sources.
+
+    >>> health_section(None)["health_rows"]
+    []
+    """
+    from ..battery.health import COMPONENTS
+
+    components = [{"name": n, "title": t, "source": src} for n, t, src in COMPONENTS]
+    if health is None or health.empty:
+        return {"health_rows": [], "health_components": components, "health_applies": health is not None}
+    rows = []
+    for rec in health.sort_values("health", na_position="last", kind="stable").to_dict("records"):
+        rows.append({"entity": str(rec["entity"]), "health": _one_decimal(rec["health"]), "weights": rec["weights"],
+                     "current_sign": rec["current_sign"],
+                     "parts": [{"score": _one_decimal(rec[c["name"]]), "status": rec[f"{c['name']}_status"]}
+                               for c in components]})
+    return {"health_rows": rows, "health_components": components, "health_applies": True}
+
+
+def _one_decimal(x):
+    x = float(x)
+    return round(x, 1) if np.isfinite(x) else None
 
 
 def _environment():

@@ -1,9 +1,11 @@
 """Status endpoints served beside the dashboard: ``panel serve ... --plugins sbg.serve.api``.
 
-* ``GET /api/status``  metrics, replay state and progress, source and start time (JSON);
+* ``GET /api/status``  metrics, replay state and progress, source and start time, and each
+  battery's health score with its components (``health``; JSON);
   ``?sessions=1`` adds the rows each open session has sent to its browser
 * ``GET /api/alerts?limit=N``  the newest alerts (JSON)
-* ``GET /metrics``  the same counters in the Prometheus text format
+* ``GET /metrics``  the same counters in the Prometheus text format, with
+  ``sbg_health_score{entity=...}`` and ``sbg_health_<component>_score`` per battery
 * ``GET /healthz``  200 ``ok`` while the event loop turns (it answers from the loop)
 * ``GET /readyz``  200 ``ready`` once a monitor is running and has read data, 503 before
 

@@ -53,6 +53,31 @@ def _gauge(name: str, doc: str, value) -> list[str]:
     return [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {value}"]
 
 
+def _health_lines(monitors) -> list[str]:
+    """``sbg_health_score{entity=...}`` and one gauge per component, for every battery of every monitor.
+
+    A score or component without data is left out (Prometheus has no "no data" value but absence).
+    """
+    tables = [(m, m.health_scores()) for m in monitors if hasattr(m, "health_scores")]
+    tables = [(m, t) for m, t in tables if len(t)]
+    if not tables:
+        return []
+    from ..battery.health import COMPONENTS
+
+    gauges = [("sbg_health_score", "health", "Battery health score, 0-100 (sbg.battery.health).")]
+    gauges += [(f"sbg_health_{name}_score", name, f"Health component: {title.lower()}, 0-100.")
+               for name, title, _ in COMPONENTS]
+    lines = []
+    for full, column, doc in gauges:
+        lines += [f"# HELP {full} {doc}", f"# TYPE {full} gauge"]
+        for m, table in tables:
+            source = _escape_label(m.source_key)
+            for entity, value in zip(table["entity"], table[column], strict=True):
+                if value == value:  # not NaN
+                    lines.append(f'{full}{{source="{source}",entity="{_escape_label(entity)}"}} {float(value):.6g}')
+    return lines
+
+
 def prometheus_text(monitors, display: bool = False, notifiers=()) -> str:
     """Prometheus exposition (text format 0.0.4) of every monitor's counters.
 
@@ -87,6 +112,7 @@ def prometheus_text(monitors, display: bool = False, notifiers=()) -> str:
             d["sessions"] = m.subscriber_count
             state = m.replay.state
             lines.append(f'{full}{{source="{_escape_label(m.source_key)}",state="{state}"}} {float(d[name]):.6g}')
+    lines += _health_lines(monitors)
     rss = rss_bytes()
     if rss is not None:
         lines += _gauge("process_resident_memory_bytes", "Resident memory size in bytes.", rss)

@@ -424,10 +424,13 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
         "pipeline_errors": metrics.errors, "chunk_size": chunk_size,
         "schema": src.schema.as_dict(), "baseline": str(baseline) if baseline else None,
         "settings": describe(settings),
+        # Per-battery health at the end of the data, as the live monitor has it there (sbg.battery.health).
+        "health": None if pipeline.health is None else pipeline.health.as_dict(),
     }
     if summary_path:
         write_text_atomic(summary_path, json.dumps(summary, indent=1, default=str))
-    return {"summary": summary, "alerts": alerts, "seconds": time.perf_counter() - t0}
+    return {"summary": summary, "alerts": alerts, "health": None if pipeline.health is None else pipeline.health.table(),
+            "seconds": time.perf_counter() - t0}
 
 
 def check_output(output: Path, paths):

@@ -277,6 +277,14 @@ class Monitor:
                 rows.append((str(entity), s, state, score, rec["timestamp"]))
         return pd.DataFrame(rows, columns=["entity", "signal", "state", "score", "last_seen"])
 
+    def health_scores(self) -> pd.DataFrame:
+        """Per-battery health, 0-100, with its components (:meth:`sbg.battery.health.HealthScore.table`).
+
+        Empty when the data is not battery telemetry (the score does not apply).
+        """
+        health = self.pipeline.health
+        return health.table() if health is not None else pd.DataFrame(columns=["entity", "health"])
+
     def activity_frame(self, minutes: int = 10) -> pd.DataFrame:
         """Rows ingested and alerts raised per wall-clock minute, for the last ``minutes`` minutes."""
         now = int(time.time() // 60)
@@ -402,6 +410,7 @@ class Monitor:
             "metrics": self.metrics.as_dict(),
             "replay": self.replay.progress,
             "data": self.data_state(),
+            "health": None if self.pipeline.health is None else self.pipeline.health.as_dict(),
         }
 
     def _clock(self) -> pd.Timestamp:
@@ -509,9 +518,14 @@ class Monitor:
 
     def _checkpoint(self) -> dict:
         features, arrays = self.pipeline.features.state_dict()
+        health = self.pipeline.health
+        if health is not None:
+            health_meta, health_arrays = health.state_dict()
+            arrays = {**arrays, **{f"{_HEALTH_PREFIX}{k}": v for k, v in health_arrays.items()}}
         m = self.metrics
         state = {
             "engine": self.engine.state(), "features": features,
+            "health": None if health is None else health_meta,
             "metrics": {**{k: getattr(m, k) for k in _COUNTERS},
                         "sim_time": None if m.sim_time is None else pd.Timestamp(m.sim_time).isoformat()},
         }
@@ -541,7 +555,11 @@ class Monitor:
                            "run without --resume to start over") from None
         self._check_identity(saved)
         try:
-            self.pipeline.features.load_state_dict(state["features"], arrays)
+            ours = {k: v for k, v in arrays.items() if not k.startswith(_HEALTH_PREFIX)}
+            self.pipeline.features.load_state_dict(state["features"], ours)
+            if self.pipeline.health is not None and state.get("health") is not None:
+                self.pipeline.health.load_state_dict(state["health"], {
+                    k[len(_HEALTH_PREFIX):]: v for k, v in arrays.items() if k.startswith(_HEALTH_PREFIX)})
             self.engine.restore(state["engine"])
             metrics = state["metrics"]
             with param.parameterized.batch_call_watchers(self.metrics):
@@ -574,6 +592,8 @@ class Monitor:
 
 #: Alerts of a looped replay's earlier passes kept in memory (the newest).
 PAST_ALERTS = 5000
+#: Prefix of the health score's arrays among a checkpoint's (the features' are numbered).
+_HEALTH_PREFIX = "health."
 #: Metrics counters a checkpoint carries over.
 _COUNTERS = ("rows_in", "rows_ok", "rows_quarantined", "rows_skipped", "analyses", "errors", "entities",
              "alerts_total", "alerts_firing")

@@ -42,6 +42,7 @@ import pandas as pd
 import param
 
 from ..alerts.rules import AlertEngine, AlertLog
+from ..battery.health import HealthScore
 from ..detect.detectors import Detector, default_detectors, is_flag
 from ..detect.features import Features, Stats
 from ..io.sources import OUTPUT_COLUMNS
@@ -61,8 +62,10 @@ class Pipeline(param.Parameterized):
 
     def __init__(self, stats: Stats | None = None, detectors: list[Detector] | None = None,
                  engine: AlertEngine | None = None, metrics: Metrics | None = None,
-                 log: AlertLog | None = None, **params):
+                 log: AlertLog | None = None, health: HealthScore | None = None, **params):
         super().__init__(**params)
+        #: Per-battery health score (:mod:`sbg.battery.health`), advanced on every scored chunk; None: not kept.
+        self.health = health
         self.features = Features(self.signals)
         stats_params = {} if stats is None else {k: v for k, v in stats.param.values().items()
                                                   if k not in ("name", "signals")}
@@ -85,6 +88,8 @@ class Pipeline(param.Parameterized):
         for d in self.detectors:
             d.reset()
         self.engine.reset()
+        if self.health is not None:
+            self.health.reset()
 
     def subscribe_events(self, callback: Callable) -> Callable:
         """``callback(event_dict)`` for alert changes, quarantined rows and errors."""
@@ -258,6 +263,8 @@ class Pipeline(param.Parameterized):
     def account(self, result: pd.DataFrame, S: np.ndarray, chunk):
         """Advance the alert rules over a scored chunk and count it in the metrics."""
         self._guard("alerts", lambda: self._alerts(result, self.pairs, S, chunk), lambda: None)
+        if self.health is not None:  # here, on the client, so a Dask fan-out keeps it too
+            self._guard("health score", lambda: self.health.update(result), lambda: None)
         self._guard("quality events", lambda: self._finding_events(result), lambda: None)
         self.metrics.analyses += 1
         self.metrics.entities = len(self.features.index)
@@ -350,5 +357,7 @@ def build_pipeline(settings, signals, carried=(), entity_column: str | None = No
     """
     engine = AlertEngine(settings.make_rules(), source=source)
     kwargs.setdefault("metrics", Metrics())
+    health = settings.make_health()
     return (factory or Pipeline)(stats=settings.make_stats(), detectors=settings.make_detectors(reference, entity_column),
-                                 engine=engine, signals=list(signals), carried=list(carried), **kwargs)
+                                 engine=engine, signals=list(signals), carried=list(carried),
+                                 health=health if health.applies_to(signals, entity_column) else None, **kwargs)

@@ -1,4 +1,5 @@
-"""The fleet at a glance: the health grid (entity by signal, coloured by state) and activity per minute."""
+"""The fleet at a glance: the health grid (entity by signal, coloured by state), the battery health
+scores (a table sortable by health, each row opening on its components) and activity per minute."""
 
 from __future__ import annotations
 
@@ -20,7 +21,28 @@ from .plots import (
 from .session import Session, served
 from .style import CSS, HTML, title
 
-__all__ = ["HealthGrid"]
+__all__ = ["HealthGrid", "HEALTH_COLUMNS", "health_rows"]
+
+#: The battery-health table's columns: the total, then each component (sbg.battery.health.COMPONENTS).
+HEALTH_COLUMNS = ["entity", "health", "capacity", "resistance", "thermal", "anomalies", "data_quality", "soh",
+                  "resistance_growth"]
+
+
+def health_rows(scores: pd.DataFrame) -> pd.DataFrame:
+    """The battery-health table as shown: scores to one decimal, SOH and growth in percent, worst first.
+
+    >>> health_rows(pd.DataFrame({"entity": ["a", "b"], "health": [90.04, 50.0], "capacity": [1.0, 2.0],
+    ...     "resistance": 1.0, "thermal": 1.0, "anomalies": 1.0, "data_quality": 1.0, "soh": 0.9,
+    ...     "resistance_growth": 0.1}))[["entity", "health", "soh"]].values.tolist()
+    [['b', 50.0, 90.0], ['a', 90.0, 90.0]]
+    """
+    if scores is None or scores.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object if c == "entity" else float) for c in HEALTH_COLUMNS})
+    table = scores[HEALTH_COLUMNS].copy()
+    table["entity"] = pd.Series(table["entity"].astype(str).to_numpy(dtype=object), dtype=object)
+    table[["soh", "resistance_growth"]] = table[["soh", "resistance_growth"]] * 100.0
+    table[HEALTH_COLUMNS[1:]] = table[HEALTH_COLUMNS[1:]].astype(float).round(1)
+    return table.sort_values("health", na_position="last", kind="stable").reset_index(drop=True)
 
 #: When the next served session may draw a new health grid (``time.monotonic()``).
 _GRID_BUILDS = {"free_at": 0.0}
@@ -57,9 +79,21 @@ class HealthGrid(pn.viewable.Viewer):
                 f'<span style="--c:{STATE_COLORS[k]}">{k}</span>'
                 for k in ("normal", "warning", "critical", "stale", "data quality"))
             + "</div>")
+        self._scores = None  # the last full health table, for the drill-down
+        self.scores_table = pn.widgets.Tabulator(
+            health_rows(None), disabled=True, show_index=False, sizing_mode="stretch_width", height=260,
+            layout="fit_data_stretch", sorters=[{"field": "health", "dir": "asc"}],
+            titles={"health": "health", "data_quality": "data quality", "soh": "SOH %",
+                    "resistance_growth": "R growth %"},
+            row_content=self._components, embed_content=False, stylesheets=css)
+        self.scores_box = pn.Column(
+            title("Battery health", margin=(10, 10, 0, 10)),
+            HTML('<div class="sbg-note">0-100 per battery, worst first; click a column to sort, a row\'s arrow for '
+                 'its components.</div>', stylesheets=css),
+            self.scores_table, sizing_mode="stretch_width", visible=False, margin=0)
 
     def __panel__(self):
-        return pn.Column(title("Fleet health"), self.legend, self.health_empty, self.health_box,
+        return pn.Column(title("Fleet health"), self.legend, self.health_empty, self.health_box, self.scores_box,
                          title("Activity per minute", margin=(10, 10, 0, 10)),
                          self.activity_pane, sizing_mode="stretch_width")
 
@@ -67,7 +101,36 @@ class HealthGrid(pn.viewable.Viewer):
         """The grid and the activity chart as the monitor stands now."""
         m = self.session.monitor
         self._refresh_grid(m.health())
+        self._refresh_scores(m.health_scores())
         update_activity(self.activity_pane, self.activity_pipe, m.activity_frame(10))
+
+    def _refresh_scores(self, scores: pd.DataFrame):
+        """The battery-health table; patched only when a shown value changed (sorting stays the user's)."""
+        self._scores = scores
+        rows = health_rows(scores)
+        self.scores_box.visible = not rows.empty
+        if not rows.empty and not rows.equals(self.scores_table.value):
+            self.scores_table.value = rows
+
+    def _components(self, row) -> pn.viewable.Viewable:
+        """The drill-down of one battery: each component's score, weight and what it measured."""
+        scores = self._scores
+        found = scores[scores["entity"].astype(str) == str(row["entity"])] if scores is not None else scores
+        if found is None or found.empty:
+            return pn.pane.Markdown("No data.")
+        rec = found.iloc[0]
+        from ..battery.health import COMPONENTS
+
+        table = pd.DataFrame({
+            "component": pd.Series([t for _, t, _ in COMPONENTS], dtype=object),
+            "score": [round(float(rec[c]), 1) for c, _, _ in COMPONENTS],
+            "status": pd.Series([str(rec[f"{c}_status"]) for c, _, _ in COMPONENTS], dtype=object),
+            "source": pd.Series([src for _, _, src in COMPONENTS], dtype=object),
+        })
+        # pandas' to_html escapes every cell: entity-derived text stays text.
+        return pn.Column(pn.pane.DataFrame(table, index=False, sizing_mode="stretch_width"),
+                         pn.pane.Str(f"weights: {rec['weights']}; current sign: {rec['current_sign']}"),
+                         sizing_mode="stretch_width")
 
     def _refresh_grid(self, health):
         """The fleet health grid: drawn anew when the fleet outgrows it, otherwise patched."""
