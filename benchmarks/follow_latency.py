@@ -18,20 +18,21 @@ import argparse
 import os
 import select
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.served import free_port, metric_total  # noqa: E402
+
 CONFIG = """
 detectors:
   limits: {limits: {v: [0, 10]}, preset: none}
@@ -40,19 +41,8 @@ rules:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def alerts_total(port) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return -1
-    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith("sbg_alerts_total{"))
+    return metric_total(port, "sbg_alerts_total")
 
 
 def log_count(db) -> int:

@@ -68,6 +68,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def metric_total(base, name, auth=None) -> float:
+    """The sum of a counter or gauge over its label sets on ``base``'s ``/metrics``; -1 while it does not answer.
+
+    ``base`` is a URL (``http://host:port``) or a local port number; ``auth`` is ``"user:password"``.
+    """
+    if isinstance(base, int):
+        base = f"http://127.0.0.1:{base}"
+    request = urllib.request.Request(base + "/metrics")
+    if auth:
+        import base64
+
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return -1.0
+    prefix = name + "{"
+    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(prefix) or
+               x.startswith(name + " "))
+
+
 def get(url, timeout=5):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.status, r.read().decode()

@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -244,12 +243,9 @@ def _alert_table(db) -> pd.DataFrame:
 
 
 def _rows_in(port) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-    except OSError:
-        return -1
-    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith("sbg_rows_in_total{"))
+    from tests.served import metric_total
+
+    return metric_total(port, "sbg_rows_in_total")
 
 
 def _fault_file(n=4000) -> list[str]:

@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.served import free_port
+from tests.served import free_port, metric_total
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -68,10 +68,7 @@ def http(url, auth=None, timeout=10):
 
 
 def rows_in(base, auth=None) -> float:
-    code, text = http(base + "/metrics", auth)
-    if code != 200:
-        return -1.0
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("sbg_rows_in_total{"))
+    return metric_total(base, "sbg_rows_in_total", auth)
 
 
 def port_free(port: int) -> bool:
@@ -262,11 +259,6 @@ class _Receiver:
         self.httpd.server_close()
 
 
-def _metric(port, name) -> float:
-    code, text = http(f"http://127.0.0.1:{port}/metrics")
-    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(name + "{")) if code == 200 else -1
-
-
 def test_watch_sends_to_a_real_alertmanager_and_a_signed_webhook_and_a_hung_one_stalls_nothing(tmp_path):
     from tests import alertmanager as am
 
@@ -291,7 +283,7 @@ def test_watch_sends_to_a_real_alertmanager_and_a_signed_webhook_and_a_hung_one_
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, "SBG_WEBHOOK_SECRET": "s3cret"})
         try:
-            wait_for(lambda: _metric(port, "sbg_rows_in_total") >= 100, 90, "the first rows")
+            wait_for(lambda: metric_total(port, "sbg_rows_in_total") >= 100, 90, "the first rows")
             with open(log, "a") as fh:
                 fh.write(rows(100, 2, value=50))
             firing = wait_for(lambda: am.alerts(am_url, alertname="over"), 60, "the alert in Alertmanager")[0]
@@ -307,8 +299,8 @@ def test_watch_sends_to_a_real_alertmanager_and_a_signed_webhook_and_a_hung_one_
             receiver.hang.set()
             with open(log, "a") as fh:
                 fh.write(rows(112, 1, value=50) + rows(113, 300))
-            wait_for(lambda: _metric(port, "sbg_rows_in_total") >= 413, 60, "rows past a hung webhook")
-            assert _metric(port, "sbg_notifications_sent_total") >= 4  # 2 to each
+            wait_for(lambda: metric_total(port, "sbg_rows_in_total") >= 413, 60, "rows past a hung webhook")
+            assert metric_total(port, "sbg_notifications_sent_total") >= 4  # 2 to each
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()[-2000:]
         finally:
