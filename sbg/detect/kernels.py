@@ -23,6 +23,60 @@ __all__ = ["RollingMoments", "RollingQuantiles", "EWM", "EWSpread", "Lag", "RunL
 _RESYNC = 4096  # rows between exact recomputations of the window sums
 
 
+@njit(cache=True, nogil=True)
+def _combine_kernel(S, kinds, k, flag_at, per_signal, q_signal, best, top, nflag):
+    n, m = S.shape
+    for i in range(n):
+        bi = -1
+        bv = -1.0
+        cnt = 0
+        a = 0
+        for j in range(m):
+            v = S[i, j]
+            c = j % k
+            if kinds[j]:
+                if v > per_signal[i, c]:
+                    per_signal[i, c] = v
+                if v > bv:
+                    bv = v
+                    bi = a
+                if v >= flag_at:
+                    cnt += 1
+                a += 1
+            elif v > q_signal[i, c]:
+                q_signal[i, c] = v
+        best[i] = bi
+        top[i] = bv if bi >= 0 else 0.0
+        nflag[i] = cnt
+
+
+def combine_scores(S, kinds, k, flag_at):
+    """One pass over a chunk's score matrix ``S`` (a column per detector and signal, ``k`` signals a detector).
+
+    ``kinds`` marks the anomaly columns. Returns, per row, the highest anomaly score per signal, the
+    highest data-quality score per signal, the index (among the anomaly columns) of the highest
+    anomaly score (the first if tied, -1 without anomaly columns), that score, and how many anomaly
+    columns reach ``flag_at``.
+
+    >>> S = np.array([[0.2, 0.7, 0.6, 0.1], [0.0, 0.1, 0.9, 0.0]])
+    >>> per, q, best, top, nflag = combine_scores(S, np.array([True, True, False, False]), 2, 0.5)
+    >>> per.tolist(), q.tolist(), best.tolist(), top.tolist(), nflag.tolist()
+    ([[0.2, 0.7], [0.0, 0.1]], [[0.6, 0.1], [0.9, 0.0]], [1, 1], [0.7, 0.1], [1, 0])
+    """
+    n = S.shape[0]
+    per_signal = np.zeros((n, k))
+    q_signal = np.zeros((n, k))
+    best = np.empty(n, dtype=np.int64)
+    top = np.empty(n)
+    nflag = np.empty(n, dtype=np.int64)
+    if n and k:
+        _combine_kernel(np.ascontiguousarray(S, dtype=np.float64), np.ascontiguousarray(kinds, dtype=np.bool_),
+                        int(k), float(flag_at), per_signal, q_signal, best, top, nflag)
+    else:
+        best[:], top[:], nflag[:] = -1, 0.0, 0
+    return per_signal, q_signal, best, top, nflag
+
+
 def _grow_state(obj, codes, fills: dict):
     """Give each per-entity array of ``obj`` named in ``fills`` a row for every entity code up to the largest
     in ``codes``; new rows take the name's fill value."""

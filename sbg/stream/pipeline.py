@@ -43,7 +43,8 @@ import param
 
 from ..alerts.rules import AlertEngine, AlertLog
 from ..battery.health import HealthScore
-from ..detect.detectors import Detector, default_detectors, is_flag
+from ..detect.detectors import FLAG_AT, Detector, default_detectors, is_flag
+from ..detect.kernels import combine_scores
 from ..detect.features import Features, Stats
 from ..io.sources import OUTPUT_COLUMNS
 from .metrics import Metrics
@@ -204,29 +205,19 @@ class Pipeline(param.Parameterized):
             np.fmin(np.fmax(block, 0.0), 1.0, out=S[:, j * k:(j + 1) * k])
         out = dict(stat_cols)
         kinds = np.repeat([d.kind == "anomaly" for d in active], k) if D else np.zeros(0, dtype=bool)
-        A = S[:, kinds]
-        n_anomaly = int(kinds.sum()) // k if k else 0
-        per_signal = A.reshape(n, n_anomaly, k).max(axis=1) if n_anomaly and k else np.zeros((n, k))
+        per_signal, q_signal, best, top, nflag = combine_scores(S, kinds, k, FLAG_AT)
         for j, s in enumerate(self.signals):
             out[f"{s}__score"] = per_signal[:, j]
         pairs = self.pairs
         names = np.array([f"{d}:{s}" for (d, s), a in zip(pairs, kinds, strict=True) if a] + [""], dtype=object)
-        if A.shape[1]:
-            best = A.argmax(axis=1)
-            top = A[np.arange(n), best]
-        else:
-            best = np.full(n, len(names) - 1)
-            top = np.zeros(n)
         flagged = is_flag(top)
         reason = np.where(flagged, names[best], "")
-        multi = np.flatnonzero(is_flag(A).sum(axis=1) > 1) if A.shape[1] else []
-        for i in multi:
-            cols = np.flatnonzero(is_flag(A[i]))
-            cols = cols[np.argsort(-A[i, cols], kind="stable")]
+        for i in np.flatnonzero(nflag > 1):
+            row = S[i, kinds]
+            cols = np.flatnonzero(is_flag(row))
+            cols = cols[np.argsort(-row[cols], kind="stable")]
             reason[i] = ";".join(names[cols])
         out["quality"] = self._quality(S, kinds, active, n, k)
-        Q = S[:, ~kinds] if D and k else np.zeros((n, 0))
-        q_signal = Q.reshape(n, Q.shape[1] // k, k).max(axis=1) if Q.shape[1] else np.zeros((n, k))
         for j, s in enumerate(self.signals):
             out[f"{s}__quality"] = q_signal[:, j]
         out["interval_s"] = (self._guard("intervals", lambda: self.features.intervals(chunk)[0],
