@@ -33,7 +33,7 @@ from .test_alerts import _fault_file
 SBG = [sys.executable, "-m", "sbg.cli"]
 ENV = {**os.environ, "NO_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 ENV.pop("PYTHONWARNINGS", None)
-KILLS = 20
+KILLS = 12
 SEED = 20240603
 
 # Sensitive rules: ~160 alerts that fire, resolve and reopen all through the run, and every kind of

@@ -39,12 +39,12 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 #: latency with 20 sessions is ``benchmarks/latency.py --sessions 20``.
 SESSIONS = int(os.environ.get("SBG_LOAD_SESSIONS", "6"))
 #: Seconds the sessions are watched once every one has had rows.
-WATCH_S = 30
-CHURN_SESSIONS, CHURN_BATCH = 20, 10
+WATCH_S = 20
+CHURN_SESSIONS, CHURN_BATCH = 12, 6
 #: Server RSS after the churn may exceed the RSS before it by this much (see docs/reliability.md):
 #: the sessions' objects are all freed, but the allocator keeps some of the pages they used.
 CHURN_RSS_TOLERANCE_MB = 80
-SOAK_MINUTES, SOAK_HISTORY_ROWS = 1.5, 20_000
+SOAK_MINUTES, SOAK_HISTORY_ROWS = 1.0, 20_000
 #: Growth of the floor of the server's RSS allowed after the short soak's warm-up.
 SOAK_RSS_TOLERANCE_MB = 30
 FIGURES: dict = {}
