@@ -203,9 +203,6 @@ def test_files_with_one_name_in_two_folders_stay_two_entities(tmp_path):
         assert mine["is_anomaly"].sum() >= 1  # the spike
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="stream/batch.py _output_table adds the entity column of wide files only to Parquet: "
-                          "several wide files scored into one CSV cannot be told apart (valve1/0, valve2/0)")
 def test_a_csv_of_several_wide_files_says_which_file_each_row_is_from(tmp_path):
     a = wide_csv(tmp_path / "valve1" / "0.csv", seed=0)
     b = wide_csv(tmp_path / "valve2" / "0.csv", seed=1)

@@ -73,14 +73,15 @@ def format_timestamps(ns: np.ndarray) -> pa.Array:
     return pa.array(values, type=pa.string())
 
 
-def _output_table(schema, enriched, parquet: bool = False) -> pa.Table:
-    """Output rows: the input columns, then the flags. Parquet keeps timestamps typed and always has an entity."""
+def _output_table(schema, enriched, parquet: bool = False, with_entity: bool = False) -> pa.Table:
+    """Output rows: the input columns, then the flags. Parquet keeps timestamps typed and always has an entity;
+    a CSV has one for wide files when ``with_entity`` (several files in one output: the entity is the file)."""
     cols, names = [], []
     for c in schema.columns:
         if c == schema.time:
             ns = enriched["timestamp"].to_numpy(dtype="datetime64[ns]").view("int64")
             cols.append(pa.array(ns, type=pa.timestamp("ns")) if parquet else format_timestamps(ns))
-            if parquet and schema.entity is None:  # wide files: the entity is the file, and a dataset mixes files
+            if (parquet or with_entity) and schema.entity is None:  # wide files: the entity is the file
                 cols.append(pa.array(enriched["entity"].astype(str).to_numpy(dtype=object), type=pa.string()))
                 names.append(c)
                 c = "entity"
@@ -270,9 +271,10 @@ class FlagsWriter(TableWriter):
     header (CSV) or schema (Parquet) a file gets when no row came.
     """
 
-    def __init__(self, path: Path, schema, parquet: bool = False, example=None, output_format: str = "csv"):
+    def __init__(self, path: Path, schema, parquet: bool = False, example=None, output_format: str = "csv",
+                 with_entity: bool = False):
         super().__init__(path, parquet)
-        self.schema, self.example = schema, example
+        self.schema, self.example, self.with_entity = schema, example, with_entity
         self.rows = 0
         if output_format not in ("csv", "bdf"):
             raise SbgError(f"unknown output format {output_format!r} (csv or bdf)")
@@ -280,7 +282,7 @@ class FlagsWriter(TableWriter):
         self.renamer = BdfRenamer(schema) if output_format == "bdf" else None
 
     def write(self, enriched):
-        table = _output_table(self.schema, enriched, self.parquet)
+        table = _output_table(self.schema, enriched, self.parquet, self.with_entity)
         if self.renamer is not None:
             table = self.renamer(table, enriched)
         if not self.parquet:  # a CSV is opened in spreadsheets: no cell may run as a formula
@@ -372,7 +374,7 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
         engine = pipeline.engine
         # Finished by the writer thread; committed when the run has succeeded.
         writer = outputs.enter_context(FlagsWriter(target, src.schema, parquet, example=pipeline.example,
-                                                          output_format=output_format))
+                                                   output_format=output_format, with_entity=len(paths) > 1))
         qwriter = None
         if quarantine_path:
             qfile, qwriter = quarantine_file(quarantine_path, paths)
