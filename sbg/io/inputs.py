@@ -60,11 +60,24 @@ def _is_data_file(path: Path) -> bool:
     return path.is_file() and name.endswith(DATA_SUFFIXES) and not name.startswith((".", "_"))
 
 
+def _in_skipped_folder(path: Path, pattern: str) -> bool:
+    """Whether a glob's match lies in a folder a directory spec skips (``.``/``_``, as a dataset's
+    ``_sbg_tmp`` scratch) that the pattern did not name itself.
+
+    >>> _in_skipped_folder(Path("d/_sbg_tmp/p.csv"), "d/**/*.csv"), _in_skipped_folder(Path("d/_x/p.csv"), "d/_x/*.csv")
+    (True, False)
+    """
+    named = set(Path(pattern).parts)
+    return any(part.startswith((".", "_")) and part not in named for part in path.parts[:-1])
+
+
 def expand_inputs(specs: Sequence) -> list[Path]:
     """The data files named by ``specs``: paths, globs (``**`` recurses) and directories.
 
     Each glob and directory contributes its files in sorted order; a file
-    named twice is read once, where it first appears.
+    named twice is read once, where it first appears. Both skip files in
+    folders whose names start with ``.`` or ``_`` (a dataset's scratch), unless
+    the path or pattern names that folder.
     """
     if isinstance(specs, (str, Path)):
         specs = [specs]
@@ -73,7 +86,7 @@ def expand_inputs(specs: Sequence) -> list[Path]:
         text = str(spec)
         if _GLOB_CHARS & set(text) and not Path(text).exists():
             found = sorted(Path(p) for p in glob.glob(text, recursive=True))
-            files = [p for p in found if _is_data_file(p)]
+            files = [p for p in found if _is_data_file(p) and not _in_skipped_folder(p, text)]
             if not files:
                 what = "no data file (.csv, .csv.gz, .parquet)" if found else "nothing"
                 raise SbgError(f"{text}: the pattern matches {what}")
