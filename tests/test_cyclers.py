@@ -165,3 +165,28 @@ def test_bdf_export_round_trip(path, tmp_path, capsys):
         if col in original:
             np.testing.assert_array_equal(back[col].to_numpy(), original[col].to_numpy())
     np.testing.assert_array_equal(back["cycle"].astype(int), original["cycle"].astype(int))
+
+
+def test_a_directory_and_a_glob_pick_up_cycler_files(tmp_path):
+    from sbg.io.inputs import expand_inputs
+
+    for p in FILES:
+        shutil.copy(p, tmp_path / p.name)
+    (tmp_path / "notes.json").write_text("{}")
+    expected = sorted(tmp_path / p.name for p in FILES)
+    assert expand_inputs([tmp_path]) == expected
+    assert expand_inputs([str(tmp_path / "*")]) == expected
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.suffix)
+def test_a_cycler_file_is_battery_data_and_gets_a_health_score(path):
+    from sbg.stream.monitor import Monitor
+
+    assert Source(path).schema.battery
+    m = Monitor([path], speed="max")
+    m.run_to_end()
+    health = m.health_scores()
+    assert list(health["entity"]) == [Source(path).schema.name]
+    assert 0 <= float(health["health"].iloc[0]) <= 100
+    # what the file lacks is said, not guessed
+    assert health["capacity_status"].iloc[0] == "no data: no soc_pct column"

@@ -50,7 +50,7 @@ def test_a_directory_gives_its_data_files_in_sorted_order(tree):
     assert names(expand_inputs([tree]), tree) == [
         "UPPER.CSV", "day1.csv", "day10.csv", "day2.csv", "gz.csv.gz", "log.txt", "set.parquet",
         "sub/deeper/y.pq", "sub/x.csv", "tab.tsv"]
-    assert set(DATA_SUFFIXES) == {".csv", ".csv.gz", ".tsv", ".txt", ".parquet", ".pq"}
+    assert set(DATA_SUFFIXES) == {".csv", ".csv.gz", ".tsv", ".txt", ".parquet", ".pq", ".mpr", ".nda", ".ndax"}
 
 
 def test_a_glob_gives_its_matches_in_sorted_order(tree):
@@ -103,9 +103,9 @@ def test_names_with_odd_characters_are_taken_literally(tmp_path):
 
 @pytest.mark.parametrize(("spec", "error", "message"), [
     ("nothing*.csv", SbgError, "{root}/nothing*.csv: the pattern matches nothing"),
-    ("*.json", SbgError, "{root}/*.json: the pattern matches no data file (.csv, .csv.gz, .parquet)"),
-    ("empty", SourceError, "{root}/empty: directory holds no data files (.csv, .csv.gz, .parquet)"),
-    ("only_hidden", SourceError, "{root}/only_hidden: directory holds no data files (.csv, .csv.gz, .parquet)"),
+    ("*.json", SbgError, "{root}/*.json: the pattern matches no data file (.csv, .csv.gz, .parquet, a cycler file)"),
+    ("empty", SourceError, "{root}/empty: directory holds no data files (.csv, .csv.gz, .parquet, cycler files)"),
+    ("only_hidden", SourceError, "{root}/only_hidden: directory holds no data files (.csv, .csv.gz, .parquet, cycler files)"),
 ])
 def test_an_empty_expansion_is_an_error_naming_the_spec(tmp_path, spec, error, message):
     data_file(tmp_path, "notes.json", "{}")

@@ -180,8 +180,8 @@ class HealthScore(param.Parameterized):
     """
 
     applies = param.Selector(default="auto", objects=["auto", "always", "never"], doc=(
-        "auto: only for battery telemetry (sbg.detect.detectors.battery_schema: a battery entity column or "
-        "unambiguous battery signal names); always; never."))
+        "auto: only for battery telemetry (a cycler file or a BDF header, or sbg.detect.detectors.battery_schema: "
+        "a battery entity column or unambiguous battery signal names); always; never."))
     voltage = param.String(default="voltage_v", doc="Column of the cell voltage, V.")
     current = param.String(default="current_a", doc="Column of the current, A (either sign convention).")
     temperature = param.String(default="temperature_c", doc="Column of the cell temperature, °C.")
@@ -250,10 +250,13 @@ class HealthScore(param.Parameterized):
 
     # ------------------------------------------------------------------ applicability
 
-    def applies_to(self, signals, entity_column: str | None = None) -> bool:
-        """Whether this score runs on a schema (see :attr:`applies`)."""
+    def applies_to(self, signals, entity_column: str | None = None, battery: bool = False) -> bool:
+        """Whether this score runs on a schema (see :attr:`applies`); ``battery``: the file said it is
+        battery data (a cycler file, a BDF header)."""
         if self.applies != "auto":
             return self.applies == "always"
+        if battery:
+            return True
         from ..detect.detectors import battery_schema
 
         return battery_schema(signals, entity_column)

@@ -51,7 +51,8 @@ __all__ = ["DATA_SUFFIXES", "expand_inputs", "open_inputs", "name_sources", "dis
            "FileOrder"]
 
 #: File names a directory or glob contributes (case-insensitive).
-DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt", ".parquet", ".pq")
+#: What a glob or a directory picks up: text tables, Parquet, and the binary cycler files of sbg.io.cyclers.
+DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt", ".parquet", ".pq", ".mpr", ".nda", ".ndax")
 _GLOB_CHARS = set("*?[")
 
 
@@ -88,13 +89,13 @@ def expand_inputs(specs: Sequence) -> list[Path]:
             found = sorted(Path(p) for p in glob.glob(text, recursive=True))
             files = [p for p in found if _is_data_file(p) and not _in_skipped_folder(p, text)]
             if not files:
-                what = "no data file (.csv, .csv.gz, .parquet)" if found else "nothing"
+                what = "no data file (.csv, .csv.gz, .parquet, a cycler file)" if found else "nothing"
                 raise SbgError(f"{text}: the pattern matches {what}")
         elif Path(text).is_dir():
             files = sorted(p for p in Path(text).rglob("*") if _is_data_file(p)
                            and not any(part.startswith((".", "_")) for part in p.relative_to(text).parts[:-1]))
             if not files:
-                raise SourceError(text, "directory holds no data files (.csv, .csv.gz, .parquet)")
+                raise SourceError(text, "directory holds no data files (.csv, .csv.gz, .parquet, cycler files)")
         else:
             check_regular_file(text)  # a named pipe or a device would block the read, maybe for ever
             files = [Path(text)]

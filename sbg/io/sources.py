@@ -164,6 +164,11 @@ class Schema:
     reader: str | None = None
 
     @property
+    def battery(self) -> bool:
+        """Whether the file says itself that it is battery data: a cycler file or a BDF header was mapped."""
+        return bool(self.mapping)
+
+    @property
     def name(self) -> str:
         """Short source name: the file name without its suffixes (or the ``label`` given).
 

@@ -250,7 +250,7 @@ def _split_file(index: int, schema, scratch: str, partitions: int, with_file: bo
 
 def _make_pipeline(schema, settings_data: dict, reference, source: str, **kwargs):
     return build_pipeline(Settings(settings_data), schema.signals, schema.carried, schema.entity, reference,
-                          source=source, **kwargs)
+                          source=source, battery=schema.battery, **kwargs)
 
 
 @_user_errors

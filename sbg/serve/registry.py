@@ -28,7 +28,7 @@ __all__ = ["ServeConfig", "DATA_SUFFIXES", "monitors", "shared_monitor", "defaul
            "register_session", "forget_session", "session_count", "session_rows_sent", "sessions_behind", "mark_behind",
            "resolve_data_file", "data_files", "status_payload", "live_objects", "rss_bytes", "SESSION_KINDS"]
 
-DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".tsv")
+DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".tsv", ".mpr", ".nda", ".ndax")
 
 _MONITORS: dict[tuple, Monitor] = {}
 _LOCK = threading.Lock()

@@ -370,7 +370,7 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
         target = outputs.enter_context(dataset_output(output)) / "part-00000.parquet" if parquet else output
         metrics = Metrics()
         pipeline = build_pipeline(settings, src.schema.signals, src.schema.carried, src.schema.entity, reference,
-                                  source=source_name(sources), metrics=metrics, log=log)
+                                  source=source_name(sources), metrics=metrics, log=log, battery=src.schema.battery)
         engine = pipeline.engine
         # Finished by the writer thread; committed when the run has succeeded.
         writer = outputs.enter_context(FlagsWriter(target, src.schema, parquet, example=pipeline.example,

@@ -118,6 +118,7 @@ class Monitor:
         self.fan_out = fan_out
         self.pipeline = build_pipeline(settings, signals, carried, self.sources[0].schema.entity, self.reference,
                                        source=self.source_key, metrics=self.metrics,
+                                       battery=self.sources[0].schema.battery,
                                        factory=None if fan_out is None else fan_out.pipeline)
         self.engine = self.pipeline.engine
         self.history = settings.make_history()

@@ -44,8 +44,8 @@ import param
 from ..alerts.rules import AlertEngine, AlertLog
 from ..battery.health import HealthScore
 from ..detect.detectors import FLAG_AT, Detector, default_detectors, is_flag
-from ..detect.kernels import combine_scores
 from ..detect.features import Features, Stats
+from ..detect.kernels import combine_scores
 from ..io.sources import OUTPUT_COLUMNS
 from .metrics import Metrics
 
@@ -339,16 +339,18 @@ def _enriched(frame: pd.DataFrame, floats: dict, flagged, reason, quality) -> pd
 
 
 def build_pipeline(settings, signals, carried=(), entity_column: str | None = None, reference=None, source: str = "",
-                   factory=None, **kwargs) -> Pipeline:
+                   factory=None, battery: bool = False, **kwargs) -> Pipeline:
     """The one way a pipeline is built from settings: the monitor, ``sbg detect`` and the Dask workers use it.
 
     ``factory`` is the pipeline class (or a :class:`~sbg.scale.cluster.FanOut`'s
     ``pipeline``); ``kwargs`` (``metrics``, ``log``...) go to it. The alert engine
-    gets the settings' rules and ``source`` for its alert ids.
+    gets the settings' rules and ``source`` for its alert ids. ``battery``: the input said
+    itself that it is battery data (:attr:`sbg.io.sources.Schema.battery`).
     """
     engine = AlertEngine(settings.make_rules(), source=source)
     kwargs.setdefault("metrics", Metrics())
     health = settings.make_health()
     return (factory or Pipeline)(stats=settings.make_stats(), detectors=settings.make_detectors(reference, entity_column),
                                  engine=engine, signals=list(signals), carried=list(carried),
-                                 health=health if health.applies_to(signals, entity_column) else None, **kwargs)
+                                 health=health if health.applies_to(signals, entity_column, battery) else None,
+                                 **kwargs)
