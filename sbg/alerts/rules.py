@@ -88,6 +88,8 @@ def default_rules() -> list[Rule]:
         Rule(name="stuck_sensor", title="stuck sensor", detectors=["flatline"], severity="warning",
              clear_rows=5),
         Rule(name="data_gap", title="data gap", detectors=["gap"], severity="warning", clear_rows=1),
+        Rule(name="limit_forecast", title="limit ahead", detectors=["forecast"], severity="warning",
+             pending_rows=3, clear_rows=30),
         Rule(name="baseline_drift", title="drift from baseline", detectors=["baseline"], severity="warning",
              pending_rows=10, clear_rows=60),
     ]

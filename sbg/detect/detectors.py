@@ -156,7 +156,8 @@ class Detector(param.Parameterized):
     enabled = param.Boolean(default=True, doc="Run this detector.")
     label = "detector"
     #: ``"anomaly"``: the process behaves unusually (sets ``is_anomaly``);
-    #: ``"quality"``: the data is unusual (sets ``quality``, never ``is_anomaly``).
+    #: ``"quality"``: the data is unusual (sets ``quality``, never ``is_anomaly``);
+    #: ``"forecast"``: a prediction (raises its alerts only, sets neither).
     kind = "anomaly"
     #: A quality finding that concerns the whole row (a gap), not one signal.
     per_row = False
@@ -797,7 +798,9 @@ def default_detectors(reference: pd.DataFrame | None = None) -> list[Detector]:
     """The default detector set; ``Baseline`` joins when a reference is given.
 
     """
-    dets = [Limits(), Surprise(), Joint(), ZScore(), Robust(), Spike(), Flatline(), Gap()]
+    from .forecast import Forecast  # its own module, which imports this one
+
+    dets = [Limits(), Surprise(), Joint(), ZScore(), Robust(), Spike(), Flatline(), Gap(), Forecast()]
     if reference is not None:
         dets.append(Baseline(reference))
     return dets

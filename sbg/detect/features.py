@@ -39,6 +39,7 @@ from .kernels import (
     UsualInterval,
     parse_window,
 )
+from .trend import TrendBins
 
 __all__ = ["Chunk", "Features", "Stats", "STAT_SUFFIXES"]
 
@@ -68,7 +69,7 @@ class Chunk:
 #: The only classes carried state may name: the kernels that hold a pipeline's state between chunks.
 KERNELS = {cls.__name__: cls for cls in (
     RollingMoments, RollingQuantiles, EWM, EWSpread, Lag, RunLength, Positions, UsualInterval,
-    Likelihood, JointReference, LimitArming, ReferenceFit)}
+    Likelihood, JointReference, LimitArming, ReferenceFit, TrendBins)}
 _SCALARS = (bool, int, float, str, type(None))
 
 
@@ -197,6 +198,14 @@ class Features:
         if len(rows) > 1 or (rows and rows.pop() > max(4, 2 * entities)) or vars(obj).get("k", self.k) != self.k:
             raise ValueError(f"{part['kind']} {key}: arrays do not match the entities and signals")
         return obj
+
+    def computed(self, chunk, name) -> dict:
+        """What the steps before have computed on ``chunk`` under keys named ``name``: ``{key: result}``.
+
+        A detector reads another's result this way instead of computing its own
+        (the forecast reads the limits detector's, so both judge by the same limits).
+        """
+        return {key: value for key, value in chunk._cache.items() if key[0] == name}
 
     def _get(self, chunk, key, make, run):
         if key not in chunk._cache:

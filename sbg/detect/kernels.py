@@ -25,6 +25,7 @@ _RESYNC = 4096  # rows between exact recomputations of the window sums
 
 @njit(cache=True, nogil=True)
 def _combine_kernel(S, kinds, k, flag_at, per_signal, q_signal, best, top, nflag):
+    # kinds: 0 an anomaly column, 1 a data-quality column, anything else (a forecast) neither
     n, m = S.shape
     for i in range(n):
         bi = -1
@@ -34,7 +35,7 @@ def _combine_kernel(S, kinds, k, flag_at, per_signal, q_signal, best, top, nflag
         for j in range(m):
             v = S[i, j]
             c = j % k
-            if kinds[j]:
+            if kinds[j] == 0:
                 if v > per_signal[i, c]:
                     per_signal[i, c] = v
                 if v > bv:
@@ -43,7 +44,7 @@ def _combine_kernel(S, kinds, k, flag_at, per_signal, q_signal, best, top, nflag
                 if v >= flag_at:
                     cnt += 1
                 a += 1
-            elif v > q_signal[i, c]:
+            elif kinds[j] == 1 and v > q_signal[i, c]:
                 q_signal[i, c] = v
         best[i] = bi
         top[i] = bv if bi >= 0 else 0.0
@@ -53,13 +54,14 @@ def _combine_kernel(S, kinds, k, flag_at, per_signal, q_signal, best, top, nflag
 def combine_scores(S, kinds, k, flag_at):
     """One pass over a chunk's score matrix ``S`` (a column per detector and signal, ``k`` signals a detector).
 
-    ``kinds`` marks the anomaly columns. Returns, per row, the highest anomaly score per signal, the
+    ``kinds`` is each column's kind: 0 anomaly, 1 data quality, 2 neither (a forecast: it only raises
+    its alerts). Returns, per row, the highest anomaly score per signal, the
     highest data-quality score per signal, the index (among the anomaly columns) of the highest
     anomaly score (the first if tied, -1 without anomaly columns), that score, and how many anomaly
     columns reach ``flag_at``.
 
-    >>> S = np.array([[0.2, 0.7, 0.6, 0.1], [0.0, 0.1, 0.9, 0.0]])
-    >>> per, q, best, top, nflag = combine_scores(S, np.array([True, True, False, False]), 2, 0.5)
+    >>> S = np.array([[0.2, 0.7, 0.6, 0.1, 0.9, 0.9], [0.0, 0.1, 0.9, 0.0, 0.0, 0.0]])
+    >>> per, q, best, top, nflag = combine_scores(S, np.array([0, 0, 1, 1, 2, 2]), 2, 0.5)
     >>> per.tolist(), q.tolist(), best.tolist(), top.tolist(), nflag.tolist()
     ([[0.2, 0.7], [0.0, 0.1]], [[0.6, 0.1], [0.9, 0.0]], [1, 1], [0.7, 0.1], [1, 0])
     """
@@ -70,7 +72,7 @@ def combine_scores(S, kinds, k, flag_at):
     top = np.empty(n)
     nflag = np.empty(n, dtype=np.int64)
     if n and k:
-        _combine_kernel(np.ascontiguousarray(S, dtype=np.float64), np.ascontiguousarray(kinds, dtype=np.bool_),
+        _combine_kernel(np.ascontiguousarray(S, dtype=np.float64), np.ascontiguousarray(kinds, dtype=np.int8),
                         int(k), float(flag_at), per_signal, q_signal, best, top, nflag)
     else:
         best[:], top[:], nflag[:] = -1, 0.0, 0

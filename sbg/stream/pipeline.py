@@ -204,8 +204,9 @@ class Pipeline(param.Parameterized):
             # NaN scores count as 0; fmax/fmin do it without temporaries.
             np.fmin(np.fmax(block, 0.0), 1.0, out=S[:, j * k:(j + 1) * k])
         out = dict(stat_cols)
-        kinds = np.repeat([d.kind == "anomaly" for d in active], k) if D else np.zeros(0, dtype=bool)
-        per_signal, q_signal, best, top, nflag = combine_scores(S, kinds, k, FLAG_AT)
+        codes = np.repeat([_KIND_CODES.get(d.kind, 2) for d in active], k).astype(np.int8) if D else np.zeros(0, np.int8)
+        kinds = codes == 0  # the anomaly columns: they make is_anomaly, anomaly_score and reason
+        per_signal, q_signal, best, top, nflag = combine_scores(S, codes, k, FLAG_AT)
         for j, s in enumerate(self.signals):
             out[f"{s}__score"] = per_signal[:, j]
         pairs = self.pairs
@@ -336,6 +337,11 @@ def _enriched(frame: pd.DataFrame, floats: dict, flagged, reason, quality) -> pd
                           "quality": pd.Series(quality, dtype=object, copy=False)}, copy=False)
     return pd.concat([frame.reset_index(drop=True), pd.DataFrame(block.T, columns=list(floats), copy=False), flags],
                      axis=1)
+
+
+#: Detector kinds as :func:`~sbg.detect.kernels.combine_scores` counts them; any other kind (``forecast``)
+#: only raises its own alerts.
+_KIND_CODES = {"anomaly": 0, "quality": 1}
 
 
 def build_pipeline(settings, signals, carried=(), entity_column: str | None = None, reference=None, source: str = "",

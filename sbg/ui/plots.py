@@ -226,7 +226,7 @@ def _python_writes_only(cds):
     cds._sbg_python_only = True
 
 
-def band_hook(lower: str, upper: str, color: str):
+def band_hook(lower: str, upper: str, color: str, alpha: float = 0.14):
     """Draws the rolling band under a curve from the curve's own source, so it streams with it."""
 
     def hook(plot, element):
@@ -236,7 +236,7 @@ def band_hook(lower: str, upper: str, color: str):
         name = f"sbg-band-{cds.id}"
         if any(r.name == name for r in fig.renderers):
             return
-        band = fig.varea(x="timestamp", y1=lower, y2=upper, source=cds, fill_color=color, fill_alpha=0.14,
+        band = fig.varea(x="timestamp", y1=lower, y2=upper, source=cds, fill_color=color, fill_alpha=alpha,
                          name=name)
         fig.renderers = [band, *[r for r in fig.renderers if r is not band]]
 
@@ -281,6 +281,10 @@ class LiveBuffers:
         #: Rows with a data-quality finding (gap, stuck sensor), drawn apart from anomalies.
         self.quality = {s: hv.streams.Buffer(self._empty(["timestamp", s]), length=flag_length, index=False)
                         for s in self.signals}
+        #: The limit forecast of each slot: a dashed segment and its band (:meth:`send_forecasts`). Each
+        #: update sends every slot's three rows, so the Buffer's length replaces the previous segments.
+        self.forecasts = {s: hv.streams.Buffer(self._empty(["timestamp", *forecast_columns(s)]),
+                                               length=3 * max(len(self.slots), 1), index=False) for s in self.signals}
         self.bridge = bridge if bridge is not None else BufferBridge()
 
     @staticmethod
@@ -357,11 +361,65 @@ class LiveBuffers:
             keep.append(rows[minmax_indices(t, y, buckets)])
         return np.unique(np.concatenate(keep))
 
+    def send_forecasts(self, project, span_s: float, min_score: float = 1 / 3) -> int:
+        """Replace each signal's forecast segments with ``project(entity, signal)`` for the entities shown.
+
+        ``project`` returns a forecast as :meth:`sbg.detect.forecast.Forecast.projection` does, or None. A
+        segment is drawn from the entity's latest row towards the limit while the forecast's score is at
+        least ``min_score`` (the band's slow edge reaches the limit within twice the horizon), for at most
+        a quarter of the visible ``span_s``. Returns the segments drawn.
+        """
+        drawn = 0
+        for s, buf in self.forecasts.items():
+            segments = []
+            for e in self.entities:
+                p = project(e, s)
+                if p is not None and p["score"] >= min_score:
+                    segments.append(forecast_segment(p, s, span_s * 0.25))
+            drawn += len(segments)
+            if not segments and not len(buf.data.dropna(subset=[s])):
+                continue  # nothing drawn before, nothing to draw now
+            # Unused slots first, the segment that reaches furthest last: its end moves the time axis.
+            segments.sort(key=lambda f: f["timestamp"].iat[-1])
+            if segments:
+                # Bokeh's varea cannot skip NaN: an unused slot is a band of no height on a segment's start.
+                blank = pd.concat([segments[0].iloc[:1]] * 3, ignore_index=True).assign(**{s: np.nan})
+            else:
+                now = buf.data["timestamp"].iat[-1] if len(buf.data) else pd.Timestamp(0)
+                blank = pd.DataFrame({"timestamp": [now] * 3, s: np.nan,
+                                      **dict.fromkeys(forecast_columns(s)[1:], np.nan)})
+            rows = pd.concat([blank] * (max(len(self.slots), 1) - len(segments)) + segments, ignore_index=True)
+            self.bridge.update(buf, rows.astype({"timestamp": "datetime64[ns]"}))
+        return drawn
+
     def flush(self) -> int:
         return self.bridge.flush()
 
     def clear(self):
-        self.bridge.clear([*self.slots, *self.flags.values(), *self.quality.values()])
+        self.bridge.clear([*self.slots, *self.flags.values(), *self.quality.values(), *self.forecasts.values()])
+
+
+def forecast_columns(signal: str) -> list[str]:
+    """The columns of a signal's forecast layer: the projected line (named as the signal) and its band."""
+    return [signal, f"{signal}__forecast_low", f"{signal}__forecast_high"]
+
+
+def forecast_segment(p: dict, signal: str, max_s: float) -> pd.DataFrame:
+    """Three rows: the projection at its time, where it reaches the limit (or ``max_s`` on), and a break.
+
+    The band is the slope's interval: ``level + slope_low * h`` to ``level + slope_high * h``.
+    """
+    ahead = p["minutes_to_cross"] * 60.0
+    ahead = max_s if not np.isfinite(ahead) else min(max(ahead, 1.0), max_s)
+    t0 = pd.Timestamp(p["time"])
+    t1 = t0 + pd.Timedelta(seconds=ahead)
+    lvl = p["level"]
+    low, high = forecast_columns(signal)[1:]
+    end = lvl + p["slope"] * ahead
+    # The break: NaN ends the dashed line; the band, which cannot skip NaN, closes on no height.
+    return pd.DataFrame({"timestamp": [t0, t1, t1], signal: [lvl, end, np.nan],
+                         low: [lvl, lvl + p["slope_low"] * ahead, end],
+                         high: [lvl, lvl + p["slope_high"] * ahead, end]})
 
 
 def _element(kind, kdims, vdims, label=""):
@@ -403,6 +461,14 @@ def signal_view(buffers: LiveBuffers, signal: str, height: int = 210, bands: int
         curve = hv.DynamicMap(_element("Curve", "timestamp", vdims), streams=[buf])
         layers.append(curve.opts(color=color, line_width=1.5, tools=["hover"], hooks=hooks, **common))
     if layers:
+        # The limit forecast: dashed, in the warning colour, with the slope's band, drawn from its own source.
+        fc_cols = forecast_columns(signal)
+        forecast = hv.DynamicMap(_element("Curve", "timestamp", fc_cols), streams=[buffers.forecasts[signal]])
+        # Hover puts the band's columns in the layer's source, where the band hook finds them.
+        layers.append(forecast.opts(color=STATE_COLORS["warning"], line_dash="dashed", line_width=2, tools=["hover"],
+                                    hooks=[sync_hook, spaced_labels,
+                                           band_hook(fc_cols[1], fc_cols[2], STATE_COLORS["warning"], 0.3)],
+                                    **common))
         quality = hv.DynamicMap(_element("Scatter", "timestamp", signal), streams=[buffers.quality[signal]])
         layers.append(quality.opts(color=STATE_COLORS["data quality"], size=FLAG_SIZE, marker="square",
                                    line_color="white", line_width=1.5, hooks=[sync_hook, spaced_labels], **common))

@@ -120,7 +120,7 @@ class SignalPlots(pn.viewable.Viewer):
         bridge = self.session.bridge
         if restarted:
             live = self.live
-            buffers = [*live.slots, *live.flags.values(), *live.quality.values()]
+            buffers = [*live.slots, *live.flags.values(), *live.quality.values(), *live.forecasts.values()]
             if self.baseline.buffer is not None:
                 buffers.append(self.baseline.buffer)
             bridge.clear(buffers)
@@ -136,6 +136,7 @@ class SignalPlots(pn.viewable.Viewer):
         # cell output as well) beyond 1 MB/s: there each update sends a bounded, extremes-keeping sample.
         cap = None if served() else NOTEBOOK_ROWS_PER_UPDATE
         session.rows_sent += self.live.send(frame, max_rows=cap)
+        self._send_forecasts()
         grew = len(self.live.entities) != shown
         if len(labels) != len(self._entity_options):
             self._entity_options = [str(e) for e in labels]
@@ -146,6 +147,13 @@ class SignalPlots(pn.viewable.Viewer):
         if grew:
             self._draw_legend()
         self.baseline.send(frame)
+
+    def _send_forecasts(self):
+        """The limit forecasts of the entities shown, from the pipeline's forecast detector (if it runs)."""
+        forecast = next((d for d in self.session.monitor.pipeline.detectors
+                         if d.label == "forecast" and d.enabled and hasattr(d, "projection")), None)
+        if forecast is not None:
+            self.live.send_forecasts(forecast.projection, WINDOWS[self.session.window])
 
     def _window_rows(self) -> int:
         """Rows per entity that cover the visible window (at the data's usual interval), plus a margin.
@@ -201,4 +209,5 @@ class SignalPlots(pn.viewable.Viewer):
             for i, e in enumerate(self.live.entities)) + (
             f'<span style="--c:{STATE_COLORS["critical"]}">flagged point</span>'
             f'<span style="--c:{STATE_COLORS["data quality"]}">data-quality finding</span>'
-            f'<span style="--c:#9ca3af">band: mean ± {self.session.monitor.pipeline.stats.band_k:g} std</span></div>')
+            f'<span style="--c:#9ca3af">band: mean ± {self.session.monitor.pipeline.stats.band_k:g} std</span>'
+            f'<span style="--c:{STATE_COLORS["warning"]}">dashed: trend to the limit, with its band</span></div>')
