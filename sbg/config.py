@@ -146,8 +146,9 @@ class Settings:
         stats = self._build(Stats, "stats", self.data.get("stats"))
         return stats
 
-    def make_detectors(self, reference=None, entity_column: str | None = None):
-        """Fresh detectors with these settings; ``entity_column`` is the input's (see :func:`~sbg.detect.detectors.for_schema`)."""
+    def make_detectors(self, reference=None, entity_column: str | None = None, battery: bool = False):
+        """Fresh detectors with these settings; ``entity_column`` and ``battery`` are the input's (see
+        :func:`~sbg.detect.detectors.for_schema`)."""
         conf = self.data.get("detectors") or {}
         if not isinstance(conf, dict):
             raise ConfigError(f"{self.origin}: detectors must be a mapping of detector to settings, "
@@ -159,7 +160,7 @@ class Settings:
                 extra = {"reference": reference} if isinstance(det, Baseline) else {}
                 det = self._build(type(det), f"detectors.{det.label}", values, **extra)
             dets.append(det)
-        return for_schema(dets, entity_column)
+        return for_schema(dets, entity_column, battery)
 
     def make_rules(self):
         rules = self.data.get("rules")

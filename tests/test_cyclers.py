@@ -190,3 +190,19 @@ def test_a_cycler_file_is_battery_data_and_gets_a_health_score(path):
     assert 0 <= float(health["health"].iloc[0]) <= 100
     # what the file lacks is said, not guessed
     assert health["capacity_status"].iloc[0] == "no data: no soc_pct column"
+
+
+def test_a_cycler_file_gets_the_battery_limits_and_their_forecast():
+    # voltage_v and current_a alone do not name a battery schema; the file saying what it is does.
+    from sbg.stream.monitor import Monitor
+
+    m = Monitor([NDAX], speed="max")
+    m.run_to_end()
+    limits = next(d for d in m.pipeline.detectors if d.label == "limits")
+    assert limits.bounds_for("voltage_v", m.signals) == (2.5, 4.25)
+    assert limits.bounds_for("temperature_c", m.signals) == (5.0, 50.0)
+    forecast = next(d for d in m.pipeline.detectors if d.label == "forecast")
+    assert forecast.battery_data
+    # and joint leaves it alone, as it does battery schemas (cells cycle between operating points)
+    joint = next(d for d in m.pipeline.detectors if d.label == "joint")
+    assert joint.battery_data and (m.history.frame()["reason"].str.contains("joint")).sum() == 0

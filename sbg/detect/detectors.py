@@ -247,6 +247,8 @@ class Limits(Detector):
         self.mismatch = None
         #: The input's entity column, if any (set from the schema): part of what makes a schema "battery".
         self.entity_column = None
+        #: The input said itself it is battery data (a cycler file, a BDF header): set from the schema.
+        self.battery_data = False
 
     def findings(self):
         return [] if self.mismatch is None else [(self.mismatch, "limits_mismatch", False)]
@@ -268,8 +270,8 @@ class Limits(Detector):
             return low, high
         if self.preset == "none":
             return None, None
-        battery = self.preset == "battery" or (
-            self.preset == "auto" and battery_schema(signals or [signal], getattr(self, "entity_column", None)))
+        battery = self.preset == "battery" or (self.preset == "auto" and (
+            self.battery_data or battery_schema(signals or [signal], getattr(self, "entity_column", None))))
         presets = ({**BATTERY_LIMITS, **SAFETY_LIMITS} if battery else SAFETY_LIMITS)
         for pattern, bounds in presets.items():
             if re.search(pattern, signal.lower()):
@@ -414,6 +416,7 @@ class Joint(Detector):
         super().__init__(**params)
         self.mismatch = self.held = None
         self.entity_column = None
+        self.battery_data = False
 
     def describe(self, signal, value):
         return f"{signal} = {value:.6g}, joint state away from the reference"
@@ -438,7 +441,8 @@ class Joint(Detector):
         n, k = chunk.X.shape
         out = np.zeros((n, k))
         self.mismatch = self.held = None
-        if k < 2 or n == 0 or (self.applies == "auto" and battery_schema(chunk.signals, self.entity_column)):
+        if k < 2 or n == 0 or (self.applies == "auto" and (
+                self.battery_data or battery_schema(chunk.signals, self.entity_column))):
             return out
         rows = self.reference_rows(k)
         key = ("joint", rows, self.smooth_span, self.shrink, self.follow, self.decades, self.hold)
@@ -786,11 +790,13 @@ def detector_classes() -> dict[str, type[Detector]]:
             if not cls.__name__.startswith("_")}
 
 
-def for_schema(detectors, entity_column: str | None):
-    """Tell the detectors that read the schema (battery or not) which entity column the input has."""
+def for_schema(detectors, entity_column: str | None, battery: bool = False):
+    """Tell the detectors that read the schema (battery or not) which entity column the input has, and
+    whether the input said itself that it is battery data (``battery``: a cycler file, a BDF header)."""
     for det in detectors:
         if hasattr(det, "entity_column"):
             det.entity_column = entity_column
+            det.battery_data = battery
     return detectors
 
 

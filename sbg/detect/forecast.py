@@ -99,6 +99,7 @@ class Forecast(Detector):
         self.limits = limits if limits is not None else Limits()
         #: The input's entity column (set from the schema, as for the limits detector).
         self.entity_column = None
+        self.battery_data = False
         self._features = None
         self._key = None
         self._bounds: dict = {}
@@ -136,7 +137,7 @@ class Forecast(Detector):
         if seen:
             (low, high), armed = next(iter(seen.items()))
             return np.array(low), np.array(high), armed
-        self.limits.entity_column = self.entity_column
+        self.limits.entity_column, self.limits.battery_data = self.entity_column, self.battery_data
         self.limits.scores(chunk, features)  # arms its limits in the shared features, as a pipeline would
         bounds = [self.limits.bounds_for(s, chunk.signals) for s in chunk.signals]
         low = tuple(-np.inf if lo is None else float(lo) for lo, _ in bounds)

@@ -356,7 +356,7 @@ def build_pipeline(settings, signals, carried=(), entity_column: str | None = No
     engine = AlertEngine(settings.make_rules(), source=source)
     kwargs.setdefault("metrics", Metrics())
     health = settings.make_health()
-    return (factory or Pipeline)(stats=settings.make_stats(), detectors=settings.make_detectors(reference, entity_column),
+    return (factory or Pipeline)(stats=settings.make_stats(), detectors=settings.make_detectors(reference, entity_column, battery),
                                  engine=engine, signals=list(signals), carried=list(carried),
                                  health=health if health.applies_to(signals, entity_column, battery) else None,
                                  **kwargs)
