@@ -81,6 +81,12 @@ def _settings_args(p):
                         "(also stats., history., replay.); may be repeated; docs/detection.md lists them")
 
 
+def _hierarchy_args(p):
+    p.add_argument("--hierarchy", type=Path, metavar="MAPPING.csv",
+                   help="each entity's site and rack: a CSV of entity,site,rack (default: the data's site and "
+                        "rack/string columns, if it has them); entities it leaves out are grouped as (unassigned)")
+
+
 def _notify_args(p):
     g = p.add_argument_group("notifications (also the notify: section of the settings file)")
     g.add_argument("--alertmanager", action="append", default=[], metavar="URL",
@@ -214,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on", choices=["warning", "critical"], help="exit 1 if an alert of this severity or worse fired")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
+    _hierarchy_args(p)
     _notify_args(p)
     _dask_args(p, "entity partitions, each with its state on one worker (default: one per worker)")
     _schema_args(p)
@@ -268,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(bdf: Test Time / s, Unix Time / s, Voltage / V, Current / A...; docs/battery.md)")
     p.add_argument("--fail-on", choices=["warning", "critical"],
                    help="exit 1 if an alert of this severity or worse fired")
+    _hierarchy_args(p)
     _dask_args(p, "entity partitions, each a part file of the output (default: four per worker)")
     _schema_args(p)
 
@@ -281,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_args(p)
     p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log to write")
     p.add_argument("--title", help="report title (default: sbg report: SOURCE)")
+    _hierarchy_args(p)
     _dask_args(p, "entity partitions, each with its state on one worker (default: one per worker)")
     _schema_args(p)
 
@@ -347,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-users", metavar="USER,...", help="with auth: only these users may change state")
     p.add_argument("--follow", action="store_true",
                    help="follow FILE (or a quoted glob) as it grows, like sbg watch, instead of replaying it")
+    _hierarchy_args(p)
     p.add_argument("--print-command", action="store_true", help="print the panel serve command and exit")
     _notify_args(p)
     _log_args(p)
@@ -359,6 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, default=None, metavar="DIR", help="output directory (default: the bundled data/)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default: the bundled data's)")
     dsub.add_parser("list", help="list the bundled datasets")
+    g = dsub.add_parser("fleet", help="write a labelled multi-site fleet (sites x racks x batteries)",
+                        description="Write fleet_sites.csv.gz (with site and rack columns), its fault labels and a "
+                                    "mapping file (battery_id,site,rack), seeded: the same options give the same bytes.")
+    g.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: the bundled data's)")
+    g.add_argument("--sites", type=int, default=3, help="sites (default 3)")
+    g.add_argument("--racks", type=int, default=2, help="racks per site (default 2)")
+    g.add_argument("--per-rack", type=int, default=4, help="batteries per rack (default 4)")
+    g.add_argument("--hours", type=float, default=2.0, help="hours of data (default 2)")
+    g.add_argument("--step", type=int, default=2, metavar="S", help="seconds between rows (default 2)")
+    g.add_argument("--fault-share", type=float, default=0.25, help="share of batteries with a fault (default 0.25)")
     return parser
 
 
@@ -428,6 +449,24 @@ def _summary_lines(monitor, out: _Out, elapsed: float):
     return lines
 
 
+def _group_lines(monitor) -> list[str]:
+    """The fleet by site and rack at the end of a replay: worst state, lowest health, and who is unassigned."""
+    groups = monitor.groups()
+    if groups is None or groups.empty:
+        return []
+    lines = [f"  by site ({monitor.hierarchy.source})"]
+    for rec in groups.to_dict("records"):
+        where = rec["site"] + (f" / {rec['rack']}" if rec["rack"] and rec["rack"] != rec["site"] else "")
+        low = rec["lowest_health"]
+        health = f"lowest health {low:5.1f} ({rec['lowest_health_entity']})" if low == low else ""
+        lines.append(f"    {where:<24} {int(rec['entities']):>5} entities  worst {rec['state']:<12} {health}")
+    unassigned = monitor.hierarchy.unassigned(monitor.entity_states()[0].index)
+    if unassigned:
+        lines.append(f"    {len(unassigned)} entit{'ies' if len(unassigned) != 1 else 'y'} not in the mapping, "
+                     f"grouped as (unassigned): {', '.join(unassigned[:10])}{' ...' if len(unassigned) > 10 else ''}")
+    return lines
+
+
 def _alert_line(out: _Out, event, alert):
     when = alert.start.strftime("%Y-%m-%d %H:%M:%S") if event != "resolved" else alert.end.strftime("%Y-%m-%d %H:%M:%S")
     tag = {"fired": "FIRE", "reopened": "AGAIN", "resolved": "CLEAR"}[event]
@@ -447,7 +486,7 @@ def _replay(args, out: _Out, files, fan_out) -> int:
 
     monitor = Monitor(files, baseline=args.baseline, settings=_settings(args),
                       alerts_db=args.alerts_db, speed=args.speed, loop=args.loop, resume=args.resume,
-                      fan_out=fan_out, **_schema_options(args))
+                      fan_out=fan_out, hierarchy=args.hierarchy, **_schema_options(args))
     notifiers = _notifiers(args, monitor.settings, on_error=lambda message: monitor.pipeline.emit_event(
         "notify", message, "warning"))
     if notifiers:
@@ -482,6 +521,8 @@ def _replay(args, out: _Out, files, fan_out) -> int:
         monitor.run_to_end(on_tick=None if args.quiet else progress)
     elapsed = time.monotonic() - t0
     for line in _summary_lines(monitor, out, elapsed):
+        out.line(line)
+    for line in _group_lines(monitor):
         out.line(line)
     if args.alerts_db:
         out.line(f"  alert log         {args.alerts_db}")
@@ -627,6 +668,10 @@ def cmd_detect(args) -> int:
     options = dict(baseline=args.baseline, settings=_settings(args), alerts_db=args.alerts_db,
                    chunk_size=args.chunk_size, quarantine_path=args.quarantine,
                    schema_options=_schema_options(args))
+    if args.hierarchy is not None:
+        from .io.hierarchy import load_hierarchy
+
+        options["hierarchy"] = load_hierarchy(args.hierarchy)
     with contextlib.ExitStack() as stack:
         # Opened now, so a summary that cannot be written fails before the run, not after it.
         summary = (stack.enter_context(AtomicFile(args.summary_json, "w", encoding="utf-8"))
@@ -636,6 +681,8 @@ def cmd_detect(args) -> int:
 
             if args.format != "csv":
                 raise SbgError("--format bdf is not available with --workers or --scheduler")
+            if options.pop("hierarchy", None) is not None:
+                raise SbgError("--hierarchy is not available with --workers or --scheduler")
             result = run_detect_dask(args.files, output, partitions=args.partitions, scheduler=args.scheduler,
                                      workers=args.workers, progress=sys.stdout.isatty(), **options)
         elif to_stdout:
@@ -658,6 +705,11 @@ def cmd_detect(args) -> int:
     print(f"{where}: {s['rows_ok']:,} rows scored, {s['rows_flagged']:,} flagged; "
           f"{s['rows_quarantined']:,} quarantined of {s['rows_in']:,}; {s['alerts']} alerts "
           f"({result['seconds']:.2f}s)", file=messages)
+    groups = s.get("groups")
+    if groups and groups.get("unassigned_count"):
+        n = groups["unassigned_count"]
+        print(f"{n} entit{'ies' if n != 1 else 'y'} not in the mapping, grouped as (unassigned): "
+              f"{', '.join(groups['unassigned'][:10])}{' ...' if n > 10 else ''}", file=messages)
     return _fail_code(result["alerts"], args.fail_on)
 
 
@@ -672,7 +724,8 @@ def cmd_report(args) -> int:
     # Opened before the replay, so a report that cannot be written fails at once; written whole or not at all.
     with AtomicFile(path, "w", encoding="utf-8") as out, _fan_out(args, print) as fan_out:
         monitor = Monitor(files, baseline=args.baseline, settings=_settings(args),
-                          alerts_db=args.alerts_db, speed="max", fan_out=fan_out, **_schema_options(args))
+                          alerts_db=args.alerts_db, speed="max", fan_out=fan_out, hierarchy=args.hierarchy,
+                          **_schema_options(args))
         try:
             monitor.run_to_end()
             _raise_log_failure(monitor)
@@ -932,6 +985,7 @@ def serve_command(args) -> tuple[list[str], dict]:
            "SBG_CONFIG": str(args.config.resolve()) if args.config else "",
            "SBG_SET": json.dumps(args.overrides),
            "SBG_ALERTS_DB": str(args.alerts_db.resolve()) if args.alerts_db else "",
+           "SBG_HIERARCHY": str(args.hierarchy.resolve()) if args.hierarchy else "",
            "SBG_ADMIN_USERS": args.admin_users or "",
            "SBG_SCHEDULER": args.scheduler or "", "SBG_WORKERS": "" if args.workers is None else str(args.workers),
            "SBG_PARTITIONS": "" if args.partitions is None else str(args.partitions)}
@@ -970,6 +1024,10 @@ def cmd_serve(args) -> int:
         print(f"sbg: warning: serving on {args.address} without --basic-auth or OAuth: anyone who can reach "
               "this port can watch and control the replay", file=sys.stderr)
     _settings(args)  # a bad settings file or --set is refused here (exit 4), not in the server's log
+    if args.hierarchy:  # so is a bad mapping file (exit 3)
+        from .io.hierarchy import load_hierarchy
+
+        load_hierarchy(args.hierarchy)
     cmd, env = serve_command(args)
     if args.print_command:
         print(" ".join(cmd))
@@ -1037,6 +1095,19 @@ def cmd_data(args) -> int:
         for p in paths:
             print(f"{p}  {p.stat().st_size:>10,} bytes")
         print(f"generated {len(paths)} files with seed {seed} in {time.monotonic() - t0:.1f}s")
+        return 0
+    if args.data_command == "fleet":
+        seed = datasets.DEFAULT_SEED if args.seed is None else args.seed
+        try:
+            paths = datasets.write_fleet_sites(args.out, seed, sites=args.sites, racks=args.racks,
+                                               per_rack=args.per_rack, hours=args.hours, step_s=args.step,
+                                               fault_share=args.fault_share)
+        except ValueError as exc:
+            raise SbgError(str(exc)) from None
+        for p in paths:
+            print(f"{p}  {p.stat().st_size:>10,} bytes")
+        n = args.sites * args.racks * args.per_rack
+        print(f"{n} batteries at {args.sites} sites, seed {seed}")
         return 0
     if args.data_command == "list":
         datasets.ensure_samples(datasets.DATA_DIR, echo=lambda message: print(message, file=sys.stderr))

@@ -19,6 +19,12 @@ site_power
     transmitters with a daily load shape, and three ambient CO sensors.
     Labelled incidents: CO build-up, transmitter load loss, meter spikes and
     a stuck CO sensor.
+fleet_sites
+    A multi-site fleet made on demand (not bundled): ``sites`` x ``racks`` x
+    ``per_rack`` cells of the fleet's kind with ``site`` and ``rack`` columns
+    and a mapping file, a share of them carrying one labelled fault each
+    (noise burst, stuck temperature sensor, dropout, over-temperature),
+    labelled as ``battery_fleet`` is.
 machine
     A known-good 6 h baseline and a 6 h monitor run of one rotating machine
     sampled every 2 s; the monitor run develops a bearing-wear drift after
@@ -617,6 +623,138 @@ def aged_cell(seed: int = DEFAULT_SEED, fade: float = 0.0, resistance_growth: fl
              "aged_capacity_ah": aged["cap"], "resistance_ohm": one_second_resistance(fresh),
              "aged_resistance_ohm": one_second_resistance(aged)}
     return data, truth
+
+
+FLEET_SITES_FILE = "fleet_sites.csv.gz"
+FLEET_SITES_LABELS_FILE = "fleet_sites_labels.csv"
+FLEET_SITES_MAPPING_FILE = "fleet_sites_mapping.csv"
+#: The faults of :func:`fleet_sites`, given in turn to the faulty cells.
+SITE_FAULTS = ("noise_burst", "stuck_sensor", "dropout", "over_temperature")
+
+
+#: Rows of a cell before its fault starts, when the run has them: the detectors' longest warm-up is 1,500.
+_SITE_FAULT_AFTER_ROWS = 1600
+
+
+def fleet_sites(seed: int = DEFAULT_SEED, sites: int = 3, racks: int = 2, per_rack: int = 4, hours: float = 2.0,
+                step_s: int = 2, fault_share: float = 0.25) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A fleet across sites and racks: ``(data, labels, mapping)``.
+
+    Cells of the bundled fleet's kind (same model, schedule and sensor front
+    end), simulated second by second for ``hours`` and logged every
+    ``step_s`` seconds. ``S1``..``Sn`` are the sites, ``R1``..``Rm`` the
+    racks of each, and cell ``S2R1-003`` is the third of rack R1 at site S2.
+    The data has ``site`` and ``rack`` columns (text, carried); ``mapping``
+    has ``battery_id, site, rack`` for a mapping file. ``fault_share`` of the
+    cells (at least one) carry one fault each, the kinds of
+    :data:`SITE_FAULTS` in turn, labelled as in :func:`battery_fleet`
+    (``battery_id, start, end, fault``, plus ``site`` and ``rack``). A fault
+    starts after the cell's first 1,600 rows when the run has them (the
+    detectors' warm-up), and at least half way in: the defaults (2 h every
+    2 s, 3,600 rows a cell) leave room for both.
+
+    Seeded from its own stream of ``seed``: the bundled datasets are not
+    touched, and the same arguments give the same frames.
+
+    >>> data, labels, mapping = fleet_sites(sites=2, racks=2, per_rack=2, hours=0.75)
+    >>> len(mapping), sorted(data["site"].unique()), labels["fault"].tolist()
+    (8, ['S1', 'S2'], ['noise_burst', 'stuck_sensor'])
+    """
+    if min(sites, racks, per_rack) < 1:
+        raise ValueError("sites, racks and per_rack must be at least 1")
+    if not 0.0 <= fault_share <= 1.0:
+        raise ValueError(f"fault_share must be from 0 to 1, not {fault_share!r}")
+    if step_s < 1 or hours * 3600 < 30 * 60:
+        raise ValueError(f"step_s must be at least 1 and hours at least 0.5 (30 minutes), not {step_s!r}, {hours!r}")
+    n = int(round(hours * 3600))
+    cells = [(f"S{i + 1}", f"R{j + 1}", f"S{i + 1}R{j + 1}-{k + 1:03d}")
+             for i in range(sites) for j in range(racks) for k in range(per_rack)]
+    # A fifth stream of the seed (the fleet, site, machine and aged cell have theirs).
+    root = np.random.SeedSequence(seed, spawn_key=(4,))
+    fault_rng = np.random.default_rng(root.spawn(1)[0])
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed, spawn_key=(5,)).spawn(len(cells))]
+    faulty = max(1, int(round(fault_share * len(cells)))) if fault_share > 0 else 0
+    chosen = sorted(fault_rng.choice(len(cells), size=faulty, replace=False).tolist()) if faulty else []
+    fault_of = {c: SITE_FAULTS[i % len(SITE_FAULTS)] for i, c in enumerate(chosen)}
+    keep_at = np.arange(0, n, step_s)
+    m = len(keep_at)
+    minute = 60
+    volt, cur, temp, soc = (np.empty((m, len(cells))) for _ in range(4))
+    keep = np.ones((m, len(cells)), dtype=bool)
+    labels = []
+    for c, ((_, _, cell), rng) in enumerate(zip(cells, rngs, strict=True)):
+        sim = _simulate_cell(rng, _cell_params(rng), {}, n)
+        v = sim["v"] + rng.normal(0.0, 0.001, n)
+        t = sim["t"] + rng.normal(0.0, 0.05, n)
+        kind = fault_of.get(c)
+        # Faults start after the detectors' warm-up (about 1,500 rows of the cell) when the run is long enough,
+        # and at least half way in, ending before 85 % of it.
+        lo = max(n // 2, min(_SITE_FAULT_AFTER_ROWS * step_s, int(0.7 * n)))
+        at = int(fault_rng.integers(lo, int(0.75 * n))) // step_s * step_s
+        if kind == "noise_burst":  # a loose sense lead: minutes of noise on the voltage, a few spikes
+            # Larger than the bundled fleet's burst: logged every few seconds, a drive's own swings are wider.
+            end = at + int(fault_rng.integers(3, 6)) * minute
+            v[at:end] += fault_rng.normal(0.0, fault_rng.uniform(0.10, 0.15), end - at)
+            spikes = fault_rng.choice(np.arange(at, end, step_s), size=4, replace=False)
+            v[spikes] += fault_rng.choice([-1.0, 1.0], 4) * fault_rng.uniform(0.6, 0.9, 4)
+        elif kind == "over_temperature":  # cooling lost: the cell heats past 50 degC within ten minutes and stays
+            ramp = min(10.0 * minute, (n - at) / 2.0)
+            rise = max(fault_rng.uniform(24.0, 28.0), fault_rng.uniform(53.0, 56.0) - float(t[at]))
+            t = t + np.clip((np.arange(n) - at) / ramp, 0.0, 1.0) * rise
+        volt[:, c] = _rounded(v[keep_at], 3)
+        cur[:, c] = _rounded(sim["i_meas"][keep_at], 3)
+        temp[:, c] = _rounded(t[keep_at], 2)
+        soc[:, c] = _rounded(sim["soc_bms"][keep_at] * 100.0, 2)
+        i0 = at // step_s
+        if kind == "noise_burst":
+            labels.append((cell, i0, min(-(-end // step_s), m - 1), kind))
+        elif kind == "stuck_sensor":  # the temperature repeats its last reading for 15 minutes
+            i1 = min(i0 + 15 * minute // step_s, m - 1)
+            while temp[i0 - 1, c] == temp[i0, c] or temp[i1, c] == temp[i0, c]:
+                i0, i1 = i0 + 1, min(i1 + 1, m - 1)
+            temp[i0:i1, c] = temp[i0, c]
+            labels.append((cell, i0, i1, kind))
+        elif kind == "dropout":  # four minutes without a row
+            i1 = min(i0 + 4 * minute // step_s, m - 1)
+            keep[i0:i1, c] = False
+            labels.append((cell, i0, i1, kind))
+        elif kind == "over_temperature":
+            start, end_i = _span_after(temp[:, c] > 50.0)
+            labels.append((cell, start, end_i, kind))
+    stamps = _stamps(_FLEET_START, n, 1)[keep_at]
+    flat = keep.ravel()
+    names = np.array([cell for _, _, cell in cells], dtype=object)
+    data = pd.DataFrame({
+        "timestamp": np.repeat(stamps, len(cells))[flat],
+        "battery_id": np.tile(names, m)[flat],
+        "site": np.tile(np.array([s for s, _, _ in cells], dtype=object), m)[flat],
+        "rack": np.tile(np.array([r for _, r, _ in cells], dtype=object), m)[flat],
+        "voltage_v": volt.ravel()[flat], "current_a": cur.ravel()[flat],
+        "temperature_c": temp.ravel()[flat], "soc_pct": soc.ravel()[flat],
+    })
+    place = {cell: (site, rack) for site, rack, cell in cells}
+    labels.sort(key=lambda row: (row[1], row[0]))
+    label_frame = pd.DataFrame({
+        "battery_id": pd.Series([r[0] for r in labels], dtype=object),
+        "site": pd.Series([place[r[0]][0] for r in labels], dtype=object),
+        "rack": pd.Series([place[r[0]][1] for r in labels], dtype=object),
+        "start": pd.Series([stamps[r[1]] for r in labels], dtype=object),
+        "end": pd.Series([stamps[r[2]] for r in labels], dtype=object),
+        "fault": pd.Series([r[3] for r in labels], dtype=object),
+    })
+    mapping = pd.DataFrame({"battery_id": pd.Series(names, dtype=object),
+                            "site": pd.Series([s for s, _, _ in cells], dtype=object),
+                            "rack": pd.Series([r for _, r, _ in cells], dtype=object)})
+    return data, label_frame, mapping
+
+
+def write_fleet_sites(out_dir: str | Path, seed: int = DEFAULT_SEED, **options) -> list[Path]:
+    """Write :func:`fleet_sites` as ``fleet_sites.csv.gz``, its labels and its mapping file; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data, labels, mapping = fleet_sites(seed, **options)
+    return [_write(data, out / FLEET_SITES_FILE, _FLEET_DECIMALS), _write(labels, out / FLEET_SITES_LABELS_FILE),
+            _write(mapping, out / FLEET_SITES_MAPPING_FILE)]
 
 
 def _segments_of(segments: list, mode: int, n: int) -> list[tuple[int, int]]:

@@ -696,6 +696,7 @@ def _infer_entity(header, sample, exclude):
     by_norm = {_norm(h): h for h in header if h not in exclude}
     candidates = [by_norm[n] for n in _ENTITY_NAMES if n in by_norm]
     candidates += [h for n, h in by_norm.items() if n.endswith("_id") and h not in candidates]
+    unrepeated = None  # the first id column whose ids the sample does not yet repeat
     for h in candidates:
         values = [v for v in sample[h] if v not in _NULLS]
         if not values:
@@ -704,8 +705,18 @@ def _infer_entity(header, sample, exclude):
         if numeric and any(not float(v).is_integer() for v in numeric):
             continue  # a measured quantity, not an id
         if len(set(values)) <= max(1, len(values) // 2):
+            # A fleet of hundreds logs each battery once per timestamp, so a sample may hold each
+            # battery_id once while its site repeats: the site is a group of entities, not the entity.
+            if unrepeated is not None and _norm(h) in _GROUP_NAMES and len(values) == len(sample[unrepeated]):
+                return unrepeated
             return h
+        if unrepeated is None and not numeric and len(values) == len(sample[h]):
+            unrepeated = h
     return None
+
+
+#: Columns that name a group of entities (sbg.io.hierarchy), never preferred over a finer id column.
+_GROUP_NAMES = ("site", "rack", "string", "pack")
 
 
 class _Unbalanced(Exception):

@@ -123,6 +123,8 @@ class Snapshot:
     version: str = __version__
     #: Per-battery health at the snapshot (:meth:`sbg.battery.health.HealthScore.table`); None: not battery data.
     health: pd.DataFrame | None = None
+    #: Each entity's site and rack (a copy of the monitor's :class:`~sbg.io.hierarchy.Hierarchy`); None: no grouping.
+    hierarchy: object = None
 
     @classmethod
     def of(cls, monitor, title: str | None = None) -> Snapshot:
@@ -161,7 +163,17 @@ class Snapshot:
                  "min_gap": gap.min_gap if gap else "0s"},
             band_k=float(pipeline.stats.band_k),
             health=None if pipeline.health is None else pipeline.health.table(),
+            hierarchy=_copy_hierarchy(getattr(monitor, "hierarchy", None)),
         )
+
+
+def _copy_hierarchy(hierarchy):
+    """The report's own copy of a hierarchy: a hierarchy from columns grows while the replay goes on."""
+    if hierarchy is None:
+        return None
+    from ..io.hierarchy import Hierarchy
+
+    return Hierarchy(dict(hierarchy.groups), dict(hierarchy.columns), hierarchy.source)
 
 
 def build_report(monitor, title: str | None = None, options: ReportOptions | None = None) -> str:
@@ -214,6 +226,7 @@ def render(snap: Snapshot, options: ReportOptions | None = None) -> str:
     ctx.update(run.quality())
     ctx.update(run.settings_groups())
     ctx.update(health_section(snap.health))
+    ctx.update(groups_section(run, snap))
     figures = _Figures(run, ENTITY_COLORS, STATE_COLORS)
     plots = {}
     plots.update(figures.signal_plots())
@@ -260,6 +273,28 @@ def health_section(health: pd.DataFrame | None) -> dict:
                      "parts": [{"score": _one_decimal(rec[c["name"]]), "status": rec[f"{c['name']}_status"]}
                                for c in components]})
     return {"health_rows": rows, "health_components": components, "health_applies": True}
+
+
+def groups_section(run, snap) -> dict:
+    """The summary's "Fleet by site": per site and rack the entities, the worst state, counts, the lowest health.
+
+    The worst state is the report's (the worst alert over the run, or stale);
+    the lowest health is the battery health section's. Entities the mapping
+    leaves out are the ``(unassigned)`` group, and named.
+    """
+    if snap.hierarchy is None:
+        return {"groups": None}
+    from ..io.hierarchy import UNASSIGNED, rollup
+
+    states = pd.Series({e: run.worst_state[e] for e in run.entities}, dtype=object)
+    health = snap.health
+    scores = (pd.Series(health["health"].to_numpy(dtype=float), index=health["entity"].astype(str).to_numpy(dtype=object))
+              if health is not None and len(health) else None)
+    table = rollup(states, scores, snap.hierarchy, level="rack" if "rack" in snap.hierarchy.levels else "site")
+    rows = [{**rec, "lowest_health": _one_decimal(rec["lowest_health"])} for rec in table.to_dict("records")]
+    unassigned = snap.hierarchy.unassigned(run.entities)
+    return {"groups": {"rows": rows, "source": snap.hierarchy.source, "levels": list(snap.hierarchy.levels),
+                       "sites": len({r["site"] for r in rows} - {UNASSIGNED}), "unassigned": unassigned}}
 
 
 def _one_decimal(x):

@@ -54,6 +54,7 @@ class ServeConfig(param.Parameterized):
     autostart = param.Boolean(default=False, doc="Start the replay when the server starts.")
     follow = param.Boolean(default=False, doc="Follow the files as they grow (sbg watch) instead of replaying them.")
     notify = param.Dict(default={}, doc="Notifiers of every monitor: alertmanager and webhook URLs.")
+    hierarchy = param.String(default=None, allow_None=True, doc="Mapping file of each entity's site and rack.")
 
     @classmethod
     def from_env(cls, environ=None) -> ServeConfig:
@@ -64,7 +65,7 @@ class ServeConfig(param.Parameterized):
                    speed=env.get("SBG_SPEED", "100x"), loop=env.get("SBG_LOOP") == "1",
                    alerts_db=env.get("SBG_ALERTS_DB") or None, autostart=env.get("SBG_AUTOSTART") == "1",
                    follow=env.get("SBG_FOLLOW") == "1", notify=json.loads(env.get("SBG_NOTIFY") or "{}"),
-                   overrides=json.loads(env.get("SBG_SET") or "[]"))
+                   overrides=json.loads(env.get("SBG_SET") or "[]"), hierarchy=env.get("SBG_HIERARCHY") or None)
 
     def data_root(self) -> Path:
         if self.data_dir:
@@ -80,14 +81,14 @@ def monitors() -> dict[tuple, Monitor]:
 
 
 def shared_monitor(files, baseline=None, config=None, speed="100x", loop=False, alerts_db=None,
-                   follow=False, notify=None, overrides=()) -> Monitor:
+                   follow=False, notify=None, overrides=(), hierarchy=None) -> Monitor:
     """The process-wide monitor for this source, created on first use.
 
     ``notify`` (options of :func:`sbg.alerts.notify.notifiers_from`) adds
     notifiers to a new monitor; they are closed with it (:func:`close_monitor`).
     """
     key = (tuple(str(Path(f).resolve()) for f in files), str(baseline or ""), str(config or ""), bool(follow),
-           tuple(overrides))
+           tuple(overrides), str(hierarchy or ""))
     with _LOCK:
         monitor = _MONITORS.get(key)
         if monitor is None:
@@ -98,7 +99,7 @@ def shared_monitor(files, baseline=None, config=None, speed="100x", loop=False, 
 
             settings = (Settings.from_yaml(config) if config else Settings()).with_overrides(overrides)
             options = dict(baseline=baseline, settings=settings, alerts_db=alerts_db, speed=speed, loop=loop,
-                           fan_out=fan_out_from_env(), follow=follow)
+                           fan_out=fan_out_from_env(), follow=follow, hierarchy=hierarchy)
             monitor = None
             if follow and alerts_db and Path(alerts_db).exists():  # a restarted service carries on where it was
                 try:
@@ -145,7 +146,8 @@ def monitor_for(files, baseline=None, speed=None, serve: ServeConfig | None = No
     """
     serve = serve or ServeConfig.from_env()
     return shared_monitor(files, baseline=baseline, config=serve.config, speed=speed or serve.speed,
-                          loop=serve.loop, alerts_db=serve.alerts_db, notify=serve.notify, overrides=serve.overrides)
+                          loop=serve.loop, alerts_db=serve.alerts_db, notify=serve.notify, overrides=serve.overrides,
+                          hierarchy=serve.hierarchy)
 
 
 def default_monitor(serve: ServeConfig | None = None) -> Monitor:
@@ -161,7 +163,8 @@ def default_monitor(serve: ServeConfig | None = None) -> Monitor:
     paths = [resolve_data_file(f, data_dir) if not Path(f).is_absolute() else Path(f) for f in files]
     if serve.follow:  # the files (or globs) sbg serve --follow was given, as they grow
         monitor = shared_monitor(paths, baseline=serve.baseline, config=serve.config, alerts_db=serve.alerts_db,
-                                 follow=True, notify=serve.notify, overrides=serve.overrides)
+                                 follow=True, notify=serve.notify, overrides=serve.overrides,
+                                 hierarchy=serve.hierarchy)
     else:
         monitor = monitor_for(paths, baseline=serve.baseline, serve=serve)
     if serve.autostart and monitor.replay.state == "idle":  # a resumed monitor is idle too, with its counts

@@ -339,7 +339,7 @@ def quarantine_file(path, paths) -> tuple[AtomicFile, csv.writer]:
 
 def run_detect(path, output, baseline=None, settings: Settings | None = None, alerts_db=None,
                chunk_size: int = 65536, quarantine_path=None, summary_path=None,
-               schema_options: dict | None = None, output_format: str = "csv") -> dict:
+               schema_options: dict | None = None, output_format: str = "csv", hierarchy=None) -> dict:
     """Score ``path`` (a file, glob or directory, or a list of them) into ``output``.
 
     ``output`` is a CSV file, or a Parquet dataset directory (see
@@ -350,13 +350,26 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
     full disk, a read-only file system, an alert log that is not a
     database) is an :class:`~sbg.errors.OutputError`. ``output_format="bdf"``
     names the columns as the Battery Data Format does (:mod:`sbg.io.bdf`).
+
+    With a ``hierarchy`` (a mapping file or a :class:`~sbg.io.hierarchy.Hierarchy`),
+    or data with a ``site`` column, the summary has ``groups``: per site and
+    rack the entities, the worst alert, the flagged rows and the lowest health
+    (:func:`sbg.io.hierarchy.group_summary`).
     """
+    from ..io.hierarchy import Hierarchy, hierarchy_columns, load_hierarchy
+
     t0 = time.perf_counter()
+    if hierarchy is not None and not isinstance(hierarchy, Hierarchy):
+        hierarchy = load_hierarchy(hierarchy)  # a bad mapping file fails before any row is read
     settings = settings or Settings()
     schema_options = schema_options or {}
     paths = expand_inputs(path)
     sources = open_inputs(paths, **schema_options)
     src = sources[0]
+    if hierarchy is None and hierarchy_columns(src.schema.carried):
+        columns = hierarchy_columns(src.schema.carried)
+        hierarchy = Hierarchy(columns=columns, source="columns " + ", ".join(columns.values()))
+    flagged_by_entity: dict = {}
     reference = load_reference(baseline, **schema_options) if baseline else None
     output = Path(output)
     check_output(output, paths)
@@ -403,11 +416,15 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
                 for i in range(0, len(frame), chunk_size):
                     enriched = pipeline.process(frame.iloc[i:i + chunk_size], stats=False)
                     flagged += int(enriched["is_anomaly"].sum())
+                    if hierarchy is not None:
+                        _count_groups(enriched, hierarchy, flagged_by_entity)
                     tables.put(enriched)
             rest = reorder.flush() if reorder is not None and writer_thread.error is None else None
             for i in range(0, 0 if rest is None else len(rest), chunk_size):
                 enriched = pipeline.process(rest.iloc[i:i + chunk_size], stats=False)
                 flagged += int(enriched["is_anomaly"].sum())
+                if hierarchy is not None:
+                    _count_groups(enriched, hierarchy, flagged_by_entity)
                 tables.put(enriched)
         finally:
             tables.put(None)
@@ -429,10 +446,43 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
         # Per-battery health at the end of the data, as the live monitor has it there (sbg.battery.health).
         "health": None if pipeline.health is None else pipeline.health.as_dict(),
     }
+    if hierarchy is not None:
+        summary["groups"] = _detect_groups(alerts, pipeline, hierarchy, flagged_by_entity)
     if summary_path:
         write_text_atomic(summary_path, json.dumps(summary, indent=1, default=str))
     return {"summary": summary, "alerts": alerts, "health": None if pipeline.health is None else pipeline.health.table(),
             "seconds": time.perf_counter() - t0}
+
+
+def _count_groups(enriched, hierarchy, flagged_by_entity: dict) -> None:
+    """Flagged rows per entity, and the groups of a hierarchy read from the data's columns."""
+    hierarchy.learn(enriched)
+    counts = enriched.groupby("entity", sort=False)["is_anomaly"].sum()
+    for entity, n in counts.items():
+        flagged_by_entity[str(entity)] = flagged_by_entity.get(str(entity), 0) + int(n)
+
+
+def _detect_groups(alerts, pipeline, hierarchy, flagged_by_entity: dict) -> dict:
+    """``sbg detect``'s roll-up: the worst alert of each entity over the run, its flagged rows, its health."""
+    import pandas as pd
+
+    from ..io.hierarchy import STATE_RANK, group_summary
+
+    worst = {e: "normal" for e in flagged_by_entity}
+    for entity, severity in zip(alerts["entity"].astype(str), alerts["severity"], strict=True) if len(alerts) else ():
+        if STATE_RANK.get(severity, 0) > STATE_RANK.get(worst.get(entity, "normal"), 0):
+            worst[entity] = severity
+    table = pipeline.health.table() if pipeline.health is not None else None
+    health = (pd.Series(table["health"].to_numpy(dtype=float), index=table["entity"].astype(str).to_numpy(dtype=object))
+              if table is not None and len(table) else None)
+    out = group_summary(pd.Series(worst, dtype=object), health, hierarchy)
+    for site in out["sites"]:
+        members = [e for e in flagged_by_entity if hierarchy.group_of(e)[0] == site["site"]]
+        site["rows_flagged"] = sum(flagged_by_entity[e] for e in members)
+        for rack in site.get("racks", []):
+            site_rack = (site["site"], rack["rack"])
+            rack["rows_flagged"] = sum(flagged_by_entity[e] for e in members if hierarchy.group_of(e) == site_rack)
+    return out
 
 
 def check_output(output: Path, paths):

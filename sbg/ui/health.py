@@ -1,5 +1,11 @@
 """The fleet at a glance: the health grid (entity by signal, coloured by state), the battery health
-scores (a table sortable by health, each row opening on its components) and activity per minute."""
+scores (a table sortable by health, each row opening on its components) and activity per minute.
+
+With a hierarchy (``Monitor.hierarchy``: sites and racks) the grid groups its
+rows by site and rack, a site filter narrows grid and table to one site,
+and a roll-up table gives each rack's worst state and lowest health
+(:mod:`sbg.ui.fleet`, :func:`sbg.io.hierarchy.rollup`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import panel as pn
 import param
 
 from ..report.style import STATE_COLORS
+from .fleet import ALL_SITES, fleet_cells, fleet_height, fleet_view, update_fleet
 from .plots import (
     activity_view,
     blank_health,
@@ -21,7 +28,7 @@ from .plots import (
 from .session import Session, served
 from .style import CSS, HTML, title
 
-__all__ = ["HealthGrid", "HEALTH_COLUMNS", "health_rows"]
+__all__ = ["HealthGrid", "HEALTH_COLUMNS", "health_rows", "rollup_rows"]
 
 #: The battery-health table's columns: the total, then each component (sbg.battery.health.COMPONENTS).
 HEALTH_COLUMNS = ["entity", "health", "capacity", "resistance", "thermal", "anomalies", "data_quality", "soh",
@@ -43,6 +50,39 @@ def health_rows(scores: pd.DataFrame) -> pd.DataFrame:
     table[["soh", "resistance_growth"]] = table[["soh", "resistance_growth"]] * 100.0
     table[HEALTH_COLUMNS[1:]] = table[HEALTH_COLUMNS[1:]].astype(float).round(1)
     return table.sort_values("health", na_position="last", kind="stable").reset_index(drop=True)
+
+#: The roll-up table's columns as shown.
+#: The counts per state are in ``/api/status`` and the report; the panel keeps what fits its column.
+ROLLUP_SHOWN = {"site": "site", "rack": "rack", "entities": "n", "state": "worst", "lowest_health": "health",
+                "lowest_health_entity": "weakest"}
+
+
+def rollup_rows(groups: pd.DataFrame | None, site: str = ALL_SITES) -> pd.DataFrame:
+    """The roll-up table as shown: a row per site and rack (of ``site``), health to one decimal.
+
+    >>> from sbg.io.hierarchy import Hierarchy, rollup
+    >>> g = rollup(pd.Series({"a": "warning", "b": "normal"}), pd.Series({"a": 71.26}),
+    ...            Hierarchy({"a": ("S1", "R1"), "b": ("S2", "R1")}))
+    >>> rollup_rows(g, "S1")[["site", "worst", "health", "weakest"]].values.tolist()
+    [['S1', 'warning', 71.3, 'a']]
+    """
+    if groups is None or groups.empty:
+        return pd.DataFrame({v: pd.Series(dtype=object) for v in ROLLUP_SHOWN.values()})
+    table = groups if site == ALL_SITES else groups[groups["site"] == site]
+    table = table[list(ROLLUP_SHOWN)].rename(columns=ROLLUP_SHOWN).reset_index(drop=True)
+    table["health"] = table["health"].astype(float).round(1)
+    for c in ("site", "rack", "worst", "weakest"):
+        table[c] = pd.Series(table[c].fillna("–").astype(str).to_numpy(dtype=object), dtype=object)
+    # One narrow "group" column is shown; site and rack stay in the table, hidden, for the filter and exports.
+    group = [s if not r or r == s else f"{s} › {r}" for s, r in zip(table["site"], table["rack"], strict=True)]
+    table.insert(0, "group", pd.Series(group, dtype=object))
+    return table
+
+
+def _state_colour(value) -> str:
+    colour = STATE_COLORS.get(str(value))
+    return f"background-color: {colour}; color: white; font-weight: 600" if colour and value != "normal" else ""
+
 
 #: When the next served session may draw a new health grid (``time.monotonic()``).
 _GRID_BUILDS = {"free_at": 0.0}
@@ -86,6 +126,29 @@ class HealthGrid(pn.viewable.Viewer):
             titles={"health": "health", "data_quality": "data quality", "soh": "SOH %",
                     "resistance_growth": "R growth %"},
             row_content=self._components, embed_content=False, stylesheets=css)
+        self.hierarchy = self.session.monitor.hierarchy
+        self._site = ALL_SITES
+        self.site_select = pn.widgets.Select(label="Site", options=[ALL_SITES], value=ALL_SITES, width=220,
+                                             visible=self.hierarchy is not None)
+        self.site_select.param.watch(self._on_site, "value")
+        self.fleet_pipe = hv.streams.Pipe(data=pd.DataFrame())
+        self._fleet_rows = None  # the rows the grouped grid was drawn with
+        self._fleet_states, self._fleet_drawn_at = None, 0.0
+        self.fleet_pane = pn.pane.HoloViews(sizing_mode="stretch_width", linked_axes=False)
+        # A grid of hundreds of batteries keeps 13 px a row and scrolls in a box of a screen's height.
+        self.fleet_box = pn.Column(self.fleet_pane, sizing_mode="stretch_width", visible=False, margin=0,
+                                   scroll=True, max_height=640)
+        self.rollup_table = pn.widgets.Tabulator(
+            rollup_rows(None), disabled=True, show_index=False, sizing_mode="stretch_width", height=230,
+            layout="fit_columns", sorters=[], stylesheets=css, configuration={"columnDefaults": {"headerSort": False}},
+            hidden_columns=["site", "rack"], widths={"group": 74, "n": 42, "worst": 76, "health": 58})
+        self.rollup_table.style.map(_state_colour, subset=["worst"])
+        self.unassigned_note = HTML("", stylesheets=css, visible=False, sizing_mode="stretch_width")
+        self.rollup_box = pn.Column(
+            title("By site and rack", margin=(10, 10, 0, 10)),
+            HTML('<div class="sbg-note">Each rack: its batteries (n), the worst state now, and the lowest health '
+                 'score with its battery (weakest). Filter by site above.</div>', stylesheets=css),
+            self.rollup_table, self.unassigned_note, sizing_mode="stretch_width", visible=False, margin=0)
         self.scores_box = pn.Column(
             title("Battery health", margin=(10, 10, 0, 10)),
             HTML('<div class="sbg-note">0-100 per battery, worst first; click a column to sort, a row\'s arrow for '
@@ -93,6 +156,11 @@ class HealthGrid(pn.viewable.Viewer):
             self.scores_table, sizing_mode="stretch_width", visible=False, margin=0)
 
     def __panel__(self):
+        if self.hierarchy is not None:
+            return pn.Column(title("Fleet health"), self.site_select, self.legend,
+                             self.health_empty, self.rollup_box, self.fleet_box, self.scores_box,
+                             title("Activity per minute", margin=(10, 10, 0, 10)),
+                             self.activity_pane, sizing_mode="stretch_width")
         return pn.Column(title("Fleet health"), self.legend, self.health_empty, self.health_box, self.scores_box,
                          title("Activity per minute", margin=(10, 10, 0, 10)),
                          self.activity_pane, sizing_mode="stretch_width")
@@ -100,14 +168,79 @@ class HealthGrid(pn.viewable.Viewer):
     def refresh(self):
         """The grid and the activity chart as the monitor stands now."""
         m = self.session.monitor
-        self._refresh_grid(m.health())
-        self._refresh_scores(m.health_scores())
+        health = m.health()
+        scores = m.health_scores()
+        if self.hierarchy is None:
+            self._refresh_grid(health)
+        else:
+            self._refresh_fleet(health, scores)
+        self._refresh_scores(scores)
         update_activity(self.activity_pane, self.activity_pipe, m.activity_frame(10))
+
+    def _on_site(self, event):
+        self._site = event.new
+        self._fleet_rows = None  # other rows: the grid is drawn anew
+        m = self.session.monitor
+        scores = m.health_scores()
+        self._refresh_fleet(m.health(), scores)
+        self._refresh_scores(scores)
+
+    def _refresh_fleet(self, health: pd.DataFrame, scores: pd.DataFrame):
+        """The site filter's choices, the roll-up per site and rack, and the grid of the chosen site."""
+        from ..io.hierarchy import rollup, worst_states
+
+        h = self.hierarchy
+        self.health_empty.visible = health.empty
+        self.rollup_box.visible = self.fleet_box.visible = not health.empty
+        if health.empty:
+            return
+        entities = pd.unique(health["entity"].astype(str))
+        sites = [ALL_SITES, *h.sites(entities)]
+        if list(self.site_select.options) != sites:
+            self.site_select.options = sites
+        states = worst_states(health)
+        health_by = (pd.Series(scores["health"].to_numpy(dtype=float), index=scores["entity"].astype(str).to_numpy(
+            dtype=object)) if len(scores) else None)
+        groups = rollup(states, health_by, h, level="rack" if "rack" in h.levels else "site")
+        table = rollup_rows(groups, self._site)
+        if not table.equals(self.rollup_table.value):
+            self.rollup_table.height = min(36 * len(table) + 42, 300)
+            self.rollup_table.value = table
+        unassigned = h.unassigned(entities)
+        self.unassigned_note.visible = bool(unassigned)
+        if unassigned:
+            import html
+
+            shown = ", ".join(html.escape(e) for e in unassigned[:20])
+            more = f" and {len(unassigned) - 20} more" if len(unassigned) > 20 else ""
+            self.unassigned_note.object = (f'<div class="sbg-note">{len(unassigned)} batter'
+                                           f'{"ies" if len(unassigned) != 1 else "y"} not in the mapping '
+                                           f'({html.escape(h.source)}), grouped as (unassigned): {shown}{more}</div>')
+        cells = fleet_cells(health, h, self._site)
+        rows = tuple(pd.unique(cells["row"]))
+        now = time.monotonic()
+        states = cells["state"].to_numpy().tobytes()
+        if rows != self._fleet_rows:
+            self._fleet_rows = rows
+            self._fleet_states, self._fleet_drawn_at = states, now
+            self.fleet_pipe.event(data=cells)
+            self.fleet_pane.height = fleet_height(len(rows))
+            self.fleet_pane.object = fleet_view(self.fleet_pipe, fleet_height(len(rows)))
+        elif states != self._fleet_states or now - self._fleet_drawn_at >= 5:
+            # As the flat grid: colours at once when a state changes, hover values every 5 s.
+            self._fleet_states, self._fleet_drawn_at = states, now
+            update_fleet(self.fleet_pane, self.fleet_pipe, cells)
 
     def _refresh_scores(self, scores: pd.DataFrame):
         """The battery-health table; patched only when a shown value changed (sorting stays the user's)."""
         self._scores = scores
         rows = health_rows(scores)
+        if self.hierarchy is not None and not rows.empty:
+            places = self.hierarchy.frame(rows["entity"]).set_index("entity")
+            rows.insert(1, "site", pd.Series(places.loc[rows["entity"], "site"].to_numpy(dtype=object), dtype=object))
+            rows.insert(2, "rack", pd.Series(places.loc[rows["entity"], "rack"].to_numpy(dtype=object), dtype=object))
+            if self._site != ALL_SITES:
+                rows = rows[rows["site"] == self._site].reset_index(drop=True)
         self.scores_box.visible = not rows.empty
         if not rows.empty and not rows.equals(self.scores_table.value):
             self.scores_table.value = rows
