@@ -186,6 +186,27 @@ def test_subscribers_get_each_enriched_chunk_until_they_unsubscribe(fleet, limit
     assert [len(c) for c in dropped] == [100, 100, 100]
 
 
+def test_a_stuck_sensor_shows_as_data_quality_in_the_health_grid(tmp_path):
+    # c1's voltage sticks at one value for its last 800 rows: a data-quality finding (flatline), state 4.
+    n = 2000
+    rng = np.random.default_rng(3)
+    t = pd.date_range("2024-01-01", periods=n, freq="s").strftime("%Y-%m-%dT%H:%M:%S")
+    frames = []
+    for cell in ("c1", "c2"):
+        v = 3.7 + rng.normal(0, 0.01, n)
+        if cell == "c1":
+            v[1200:] = 3.7
+        frames.append(pd.DataFrame({"timestamp": t, "cell_id": cell, "voltage_v": v.round(4),
+                                    "temperature_c": (25 + rng.normal(0, 0.2, n)).round(2)}))
+    path = tmp_path / "stuck.csv"
+    pd.concat(frames).sort_values(["timestamp", "cell_id"]).to_csv(path, index=False)
+    m = Monitor([path])
+    m.run_to_end()
+    assert m.history.frame().query("entity == 'c1'")["quality"].str.contains("flatline").any()
+    states = {(r.entity, r.signal): r.state for r in m.health().itertuples()}
+    assert states[("c1", "voltage_v")] == 4 and states[("c2", "voltage_v")] == 0
+
+
 def test_status_data_state_and_health_after_a_run(tmp_path, limits):
     # c3 falls silent after 300 rows (5 minutes before the end); c1 is over its limit at the end.
     path = fleet_csv(tmp_path / "cells.csv", stop={"c3": 300}, hot_end=("c1",))

@@ -234,7 +234,8 @@ class Monitor:
         self.metrics.count_batch(len(enriched), len(enriched), 0)
         self._minute()[0] += len(enriched)
         try:
-            cols = ["timestamp", *[f"{s}__score" for s in self.signals if f"{s}__score" in enriched.columns]]
+            cols = ["timestamp", *[f"{s}__{kind}" for s in self.signals for kind in ("score", "quality")
+                                   if f"{s}__{kind}" in enriched.columns]]
             last = enriched.groupby("entity", sort=False)[cols].last()
             self._latest = last if self._latest is None else last.combine_first(self._latest)
         except Exception as exc:
