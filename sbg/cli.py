@@ -566,7 +566,7 @@ def cmd_watch(args) -> int:
     settings = _settings(args)
     resume = False
     if args.alerts_db and not args.fresh and Path(args.alerts_db).exists():
-        from .alerts.rules import AlertLog
+        from .alerts.log import AlertLog
 
         log = AlertLog(args.alerts_db)
         resume = bool(log.checkpoint_sources())
@@ -1033,7 +1033,7 @@ def cmd_serve(args) -> int:
         print(" ".join(cmd))
         return 0
     if args.alerts_db:  # an alert log that cannot be opened is refused here, not in the server's log
-        from .alerts.rules import AlertLog
+        from .alerts.log import AlertLog
 
         AlertLog(args.alerts_db).close()
     print(f"sbg {__version__}: dashboard on http://{args.address}:{args.port}/monitor "

@@ -30,7 +30,7 @@ from pathlib import Path
 import param
 import yaml
 
-from .alerts.rules import Rule, default_rules
+from .alerts.engine import Rule, default_rules
 from .battery.health import HealthScore
 from .detect.detectors import Baseline, default_detectors, detector_classes, for_schema
 from .detect.features import Stats

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sbg.alerts.rules import AlertEngine, AlertLog, Rule
+from sbg.alerts.engine import AlertEngine, Rule
+from sbg.alerts.log import AlertLog
 
 from .conftest import chunkings
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from sbg.alerts.rules import AlertLog
+from sbg.alerts.log import AlertLog
 from sbg.errors import SbgError, SourceError
 from sbg.stream.batch import read_dataset, run_detect
 

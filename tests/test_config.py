@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sbg.alerts.rules import Rule, default_rules
+from sbg.alerts.engine import Rule, default_rules
 from sbg.config import Settings, describe, settings_table
 from sbg.detect.detectors import Baseline, Gap, Limits, ZScore, default_detectors, detector_classes
 from sbg.errors import EXIT_CONFIG, ConfigError

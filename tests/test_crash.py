@@ -23,7 +23,7 @@ from contextlib import closing
 import pandas as pd
 import pytest
 
-from sbg.alerts.rules import AlertLog
+from sbg.alerts.log import AlertLog
 from sbg.config import Settings
 from sbg.io.datasets import DATA_DIR
 from sbg.stream.monitor import Monitor

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from sbg.alerts.rules import AlertLog
+from sbg.alerts.log import AlertLog
 from sbg.cli import main
 from sbg.io.csvsafe import DANGEROUS, neutralise_cell, neutralise_frame, neutralise_table
 from sbg.stream.batch import read_dataset

@@ -17,7 +17,7 @@ import json
 import pandas as pd
 import pytest
 
-from sbg.alerts.rules import AlertEngine
+from sbg.alerts.engine import AlertEngine
 from sbg.detect import detectors as detect
 from sbg.detect import features as stats
 from sbg.io.datasets import DATA_DIR

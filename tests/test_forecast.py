@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sbg.alerts.rules import AlertEngine, default_rules
+from sbg.alerts.engine import AlertEngine, default_rules
 from sbg.detect.detectors import Limits, default_detectors, is_flag
 from sbg.detect.features import Features
 from sbg.detect.forecast import Forecast
@@ -275,7 +275,7 @@ def test_the_live_plots_get_the_projection_and_its_band():
 def test_a_forecast_is_a_warning_not_a_finding():
     # Its rows set neither is_anomaly nor quality (nor the per-signal scores the plots mark): only its
     # alert speaks, with kind "forecast" in the alert table.
-    from sbg.alerts.rules import alerts_frame
+    from sbg.alerts.engine import alerts_frame
 
     p = pipeline({"temperature_c": [None, 50.0]})
     df = heating()

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sbg.alerts.rules import AlertLog
+from sbg.alerts.log import AlertLog
 from sbg.config import Settings
 from sbg.errors import ConfigError, SbgError, SourceError
 from sbg.stream.batch import run_detect

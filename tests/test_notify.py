@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sbg.alerts.engine import Alert, AlertEngine, Rule
 from sbg.alerts.notify import (
     AlertmanagerNotifier,
     JsonLinesNotifier,
@@ -28,7 +29,6 @@ from sbg.alerts.notify import (
     notifiers_from,
     notify_specs,
 )
-from sbg.alerts.rules import Alert, AlertEngine, Rule
 from sbg.errors import ConfigError
 from tests import alertmanager as am
 from tests.served import free_port

@@ -1,6 +1,6 @@
 """Sending alert events to other systems: Prometheus Alertmanager, webhooks and JSON lines.
 
-Every notifier is subscribed to an :class:`~sbg.alerts.rules.AlertEngine` and
+Every notifier is subscribed to an :class:`~sbg.alerts.engine.AlertEngine` and
 never holds up the pipeline: :meth:`Notifier.notify` puts a message on a
 bounded queue and returns, and one daemon thread per notifier sends them in
 order, retrying with exponential backoff and jitter. A full queue drops the

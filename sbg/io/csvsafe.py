@@ -4,7 +4,7 @@ A CSV opened in Excel or LibreOffice evaluates a cell such as
 ``=HYPERLINK("http://x","click")`` or ``+cmd|' /C calc'!A0`` as a formula,
 quoted or not. Entity ids, carried text columns, headers and quarantined raw
 lines come from the input, so every CSV writer of sbg (``sbg detect``'s
-flags, its ``--quarantine`` file, :meth:`sbg.alerts.rules.AlertLog.to_csv`, the
+flags, its ``--quarantine`` file, :meth:`sbg.alerts.log.AlertLog.to_csv`, the
 dashboard's "Alerts CSV") passes its cells through this rule (OWASP, "CSV
 injection"):
 

@@ -37,7 +37,7 @@ import pandas as pd
 import param
 
 from .. import __version__
-from ..alerts.rules import SEVERITIES, alerts_frame
+from ..alerts.engine import SEVERITIES, alerts_frame
 from ..config import settings_table
 from ..detect.detectors import STALE_AFTER
 from ..errors import SbgError

@@ -56,7 +56,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__
-from ..alerts.rules import Alert, AlertEngine, AlertLog, alerts_frame
+from ..alerts.engine import Alert, AlertEngine, alerts_frame
+from ..alerts.log import AlertLog
 from ..config import Settings, describe
 from ..errors import OutputError, SbgError
 from ..io.inputs import FileOrder, expand_inputs, open_inputs, source_name

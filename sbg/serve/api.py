@@ -28,7 +28,7 @@ from bokeh.server.auth_provider import NullAuth
 from bokeh.server.views.auth_request_handler import AuthRequestHandler
 from tornado.web import HTTPError, RequestHandler
 
-from ..alerts.rules import _records
+from ..alerts.log import json_records
 from .exposition import prometheus_text
 
 __all__ = ["ROUTES", "prometheus_text"]
@@ -154,7 +154,7 @@ class AlertsHandler(_Api):
             raise HTTPError(400, "limit must be between 1 and 10000")
         alerts = []
         for m in _monitors():
-            alerts += _records(m.alerts.head(limit))
+            alerts += json_records(m.alerts.head(limit))
         alerts.sort(key=lambda a: (a["start"] or "", a["id"]), reverse=True)
         self.write_json({"alerts": alerts[:limit], "count": len(alerts[:limit])})
 

@@ -34,7 +34,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .. import __version__
-from ..alerts.rules import AlertLog
+from ..alerts.log import AlertLog
 from ..config import Settings, describe
 from ..errors import OutputError, SbgError
 from ..io.bdf import BdfRenamer

@@ -34,7 +34,8 @@ import pandas as pd
 import param
 
 from .. import __version__
-from ..alerts.rules import Alert, AlertLog
+from ..alerts.engine import Alert
+from ..alerts.log import AlertLog
 from ..config import Settings
 from ..detect.detectors import STALE_AFTER
 from ..errors import ConfigError, SbgError, SourceError

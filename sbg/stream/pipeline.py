@@ -41,7 +41,8 @@ import numpy as np
 import pandas as pd
 import param
 
-from ..alerts.rules import AlertEngine, AlertLog
+from ..alerts.engine import AlertEngine
+from ..alerts.log import AlertLog
 from ..battery.health import HealthScore
 from ..detect.detectors import FLAG_AT, Detector, default_detectors, is_flag
 from ..detect.features import Features, Stats

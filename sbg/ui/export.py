@@ -10,7 +10,7 @@ import pandas as pd
 import panel as pn
 import param
 
-from ..alerts.rules import alerts_json
+from ..alerts.log import alerts_json
 from ..report.build import Snapshot, render
 from ..report.style import fmt_bytes
 from .paths import report_filename
