@@ -283,6 +283,10 @@ def stalled_renderers():
                 os.kill(pid, signal.SIGCONT)
 
 
+#: The alerts table among the page's tables (the battery-health and site tables are Tabulators too).
+ALERTS_TABLE = '.tabulator:has(.tabulator-col[tabulator-field="severity"])'
+
+
 class Tab:
     """A page of the served dashboard in its own browser context, recording console errors.
 

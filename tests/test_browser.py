@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Tab, get, sbg_served, status
+from tests.served import ALERTS_TABLE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -122,7 +123,7 @@ def test_fleet_faults_reach_the_alerts_table(server, browser):
     alerts = json.loads(get(server + "/api/alerts?limit=100")[1])["alerts"]
     entities = {a["entity"] for a in alerts}
     assert {"B02", "B03", "B04", "B05", "B06", "B07", "B08"} <= entities
-    table = tab.page.locator(".tabulator").first
+    table = tab.page.locator(ALERTS_TABLE).first
     # The table refreshes on the page's slower tick: wait for it (a loaded machine just takes longer).
     tab.wait_for(lambda: all(e in table.inner_text() for e in ("B02", "B07", "B08")), timeout=120,
                  what="the finished run's alerts in the table")

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.conftest import ARTIFACTS, sbg_served, status
+from tests.served import ALERTS_TABLE
 from tests.test_report import CLOSE_SCRIPT, IMG, JS_URL, hostile_csv
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -52,7 +53,7 @@ def test_hostile_text_renders_as_text_in_the_dashboard(browser, hostile_server):
         assert page.locator('img[src="x"]').count() == 0
         assert page.locator('a[href^="javascript:"]').count() == 0
         # The hostile entity raised the alert: its id is shown, as text, in the alerts table.
-        table = page.locator(".tabulator").first
+        table = page.locator(ALERTS_TABLE).first
         assert IMG in table.inner_text()
         # The entity filter (choices.js renders labels as HTML) shows the ids as text too.
         chosen = page.locator(".choices__item").all_inner_texts()
