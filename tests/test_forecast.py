@@ -304,3 +304,19 @@ def test_a_return_towards_the_usual_level_is_not_a_departure_towards_the_other_l
     scores = run(forecast(low=10.0, high=60.0), frame(values))
     assert is_flag(scores[~cooling]).any()
     assert not is_flag(scores[cooling]).any()
+
+
+def test_a_forecast_warning_turns_its_cell_of_the_health_grid_amber(tmp_path):
+    from sbg.stream.monitor import Monitor
+
+    df = heating(1150)  # 30 °C rising 1 °C a minute, stopped before the 50 °C limit at 1200 s
+    df.assign(entity="cell1").to_csv(tmp_path / "heat.csv", index=False)
+    from sbg.config import Settings
+
+    m = Monitor([tmp_path / "heat.csv"], settings=Settings({"detectors": {"limits": {
+        "limits": {"temperature_c": [None, 50.0]}}}}))
+    m.run_to_end()
+    assert [a.rule for a in m.engine.alerts.values() if a.state == "firing"] == ["limit_forecast"]
+    assert not m.history.frame()["is_anomaly"].any()
+    states = {r.signal: r.state for r in m.health().itertuples()}
+    assert states == {"temperature_c": 1}

@@ -268,8 +268,9 @@ class Monitor:
             self.commit()
 
     def health(self, stale_after: str = STALE_AFTER) -> pd.DataFrame:
-        """State per entity and signal: 0 normal, 1 flagged, 2 critical alert firing, 3 no recent data,
-        4 a data-quality finding (a gap, a stuck sensor) and no anomaly.
+        """State per entity and signal: 0 normal, 1 flagged or a warning alert firing (a limit forecast),
+        2 critical alert firing, 3 no recent data, 4 a data-quality finding (a gap, a stuck sensor) and no
+        anomaly.
 
         An entity is stale when its newest row is older than ``stale_after``
         on the replay's clock: silence is shown as silence, never as normal.
@@ -278,8 +279,11 @@ class Monitor:
             return pd.DataFrame(columns=["entity", "signal", "state", "score", "last_seen"])
         latest = self._latest
         stale = (self._silence_reference()[0] - latest["timestamp"]) > pd.Timedelta(stale_after)
-        critical = {(a.entity, a.signal) for a in self.engine.alerts.values()
-                    if a.state == "firing" and a.severity == "critical"}
+        firing = [a for a in self.engine.alerts.values() if a.state == "firing"]
+        critical = {(a.entity, a.signal) for a in firing if a.severity == "critical"}
+        # A data-quality alert (a stuck sensor) keeps its own colour: the finding, not the severity, says it.
+        quality_kind = {d.label for d in self.pipeline.detectors if d.kind == "quality"}
+        warning = {(a.entity, a.signal) for a in firing if a.severity == "warning" and a.detector not in quality_kind}
         # Column by column, not row by row: a fleet of 500 batteries is asked for its grid every second.
         entities = latest.index.astype(str).to_numpy(dtype=object)
         n, k = len(entities), len(self.signals)
@@ -291,7 +295,8 @@ class Monitor:
             quality = (latest[f"{s}__quality"].to_numpy(dtype=float) if f"{s}__quality" in latest
                        else np.zeros(n))
             crit = np.array([(e, s) in critical for e in entities], dtype=bool) if critical else np.zeros(n, bool)
-            state[:, j] = np.select([stale_now, crit, sc >= 0.5, quality >= 0.5], [3, 2, 1, 4], 0)
+            warn = np.array([(e, s) in warning for e in entities], dtype=bool) if warning else np.zeros(n, bool)
+            state[:, j] = np.select([stale_now, crit, (sc >= 0.5) | warn, quality >= 0.5], [3, 2, 1, 4], 0)
             score[:, j] = sc
         return pd.DataFrame({
             "entity": pd.Series(np.repeat(entities, k), dtype=object),
