@@ -11,6 +11,9 @@ UI_STAMP := $(VENV)/.installed-ui
 DEV_STAMP := $(VENV)/.installed-dev
 SPEED ?= 100x
 PORT ?= 5006
+# make test runs the files on two pytest-xdist workers, each file whole on one worker (its module
+# fixtures, a served app or a JupyterLab, start once). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: demo replay test bench bench-latency bench-load setup lint data clean system-packages
 
@@ -56,7 +59,7 @@ system-packages:
 	fi
 
 test: $(DEV_STAMP) system-packages
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/run.py
