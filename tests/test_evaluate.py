@@ -213,37 +213,25 @@ def test_sbg_evaluate_warns_about_windows_it_cannot_score(run, capsys):
     assert "1 labelled windows hold no row" in lines[1]
 
 
-@pytest.mark.parametrize("content,words", [
-    (None, "no such file"),
-    ("", "cannot be read"),
-    ("timestamp,value,is_anomaly\n2024-01-01,1,maybe\n", "bad.csv:2: is_anomaly is 'maybe'"),
-    ("timestamp,value\n2024-01-01,1\n", "no is_anomaly column"),
-    ("timestamp,value,is_anomaly\nyesterday,1,true\n", "not timestamps"),
+@pytest.mark.parametrize("which,content,words", [
+    ("flags", None, "no such file"),
+    ("flags", "", "cannot be read"),
+    ("flags", "timestamp,value,is_anomaly\n2024-01-01,1,maybe\n", "bad.csv:2: is_anomaly is 'maybe'"),
+    ("flags", "timestamp,value\n2024-01-01,1\n", "no is_anomaly column"),
+    ("flags", "timestamp,value,is_anomaly\nyesterday,1,true\n", "not timestamps"),
+    ("labels", None, "no such file"),
+    ("labels", "a,b\n1,2\n", "labels need start and end columns"),
+    ("labels", "entity,start,end\ncpu,soon,later\n", "unreadable label times"),
+    ("labels", "", "cannot be read as a labels CSV"),
 ])
-def test_sbg_evaluate_refuses_bad_flags_in_one_line(run, capsys, content, words):
+def test_sbg_evaluate_refuses_bad_flags_or_labels_in_one_line(run, capsys, which, content, words):
     bad = run / "bad.csv"
     if content is None:
         bad.unlink(missing_ok=True)
     else:
         bad.write_text(content)
-    code, out, err = evaluate_cli(capsys, bad, "--labels", run / "labels.csv")
-    assert code == 3 and out == "" and len(err.strip().splitlines()) == 1
-    assert err.startswith(f"sbg: error: {bad}") and words in err
-
-
-@pytest.mark.parametrize("content,words", [
-    (None, "no such file"),
-    ("a,b\n1,2\n", "labels need start and end columns"),
-    ("entity,start,end\ncpu,soon,later\n", "unreadable label times"),
-    ("", "cannot be read as a labels CSV"),
-])
-def test_sbg_evaluate_refuses_bad_labels_in_one_line(run, capsys, content, words):
-    bad = run / "bad_labels.csv"
-    if content is None:
-        bad.unlink(missing_ok=True)
-    else:
-        bad.write_text(content)
-    code, out, err = evaluate_cli(capsys, run / "flags.csv", "--labels", bad)
+    flags, labels = (bad, run / "labels.csv") if which == "flags" else (run / "flags.csv", bad)
+    code, out, err = evaluate_cli(capsys, flags, "--labels", labels)
     assert code == 3 and out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith(f"sbg: error: {bad}") and words in err
 

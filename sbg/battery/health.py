@@ -170,6 +170,8 @@ def _health_kernel(codes, ts, V, amps, T, SOC, A, Q, P, last_ts, S, res_ring, re
 
 
 class HealthScore(param.Parameterized):
+    # One class of ~350 lines: five components read one state array per battery that a single compiled
+    # pass fills in row order (chunk invariance); splitting them would split that pass and its checkpoint.
     """Per-battery health, 0 to 100, from capacity, resistance, thermal, anomaly and data-quality components.
 
     Current sign: any. The estimates use magnitudes of ratios (``|ΔV/ΔI|``,
@@ -402,15 +404,21 @@ class HealthScore(param.Parameterized):
     def _no_data(self, column: str, what: str) -> str:
         return f"no data: no {column} column" if column in self.missing else f"no data: {what}"
 
+    def _short_of(self, columns, n: int, needed: int, what: str) -> str:
+        """Why a component has no estimate yet ("" when it has one): a column it needs is absent, or too few events."""
+        absent = [c for c in columns if c in self.missing]
+        if absent:
+            return f"no data: no {absent[0]} column"
+        return f"no data: {n} of {needed} {what}" if n < needed else ""
+
     def _capacity(self, e, s, out):
         n = int(s[_CAP_N])
         out["capacity_swings"] = n
         out["capacity_ah"] = out["capacity_ref_ah"] = out["soh"] = np.nan
-        for column in (self.current, self.soc):
-            if column in self.missing:
-                return np.nan, f"no data: no {column} column", 0
-        if n < self.min_cycles:
-            return np.nan, f"no data: {n} of {self.min_cycles} swings of {self.min_soc_swing:g} % SOC", 0
+        short = self._short_of((self.current, self.soc), n, self.min_cycles,
+                               f"swings of {self.min_soc_swing:g} % SOC")
+        if short:
+            return np.nan, short, 0
         ring = self._arrays["cap_ring"][e, :min(n, CAP_RING)]
         signed = float(np.median(ring))
         capacity = abs(signed)
@@ -426,11 +434,10 @@ class HealthScore(param.Parameterized):
         n = int(s[_RES_N])
         out["resistance_steps"] = n
         out["resistance_ohm"] = out["resistance_ref_ohm"] = out["resistance_growth"] = np.nan
-        for column in (self.voltage, self.current):
-            if column in self.missing:
-                return np.nan, f"no data: no {column} column", 0
-        if n < self.min_steps:
-            return np.nan, f"no data: {n} of {self.min_steps} current steps of {self.min_step_a:g} A", 0
+        short = self._short_of((self.voltage, self.current), n, self.min_steps,
+                               f"current steps of {self.min_step_a:g} A")
+        if short:
+            return np.nan, short, 0
         signed = float(np.median(self._arrays["res_ring"][e, :min(n, RES_RING)]))
         r = abs(signed)
         first = self._arrays["res_first"][e, :min(n, RES_FIRST, self.min_steps)]

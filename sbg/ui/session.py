@@ -70,6 +70,8 @@ def _handle_comm_message(client, handler, msg):
 # (each a bug seen under load or in JupyterLab), kept beside the code they explain; the rest is one
 # concern, getting the monitor's rows and state to one page.
 class Session(param.Parameterized):
+    # One class of ~330 lines: the chunk queue, its back-pressure and the page's periodic callbacks share one
+    # lock and one lifetime (attach, detach on a new monitor, close with the page); the views only read it.
     """One page's subscription to a monitor, its settings and its periodic update.
 
     The page's views connect to it with :meth:`connect`: ``rows`` takes each
