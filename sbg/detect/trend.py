@@ -49,27 +49,31 @@ def _sen_slope(tt, yy, m, z, slopes):
             npairs += 1
     pairs = slopes[:npairs]
     half = npairs // 2
-    # Order statistics by selection (O(pairs) each), not a full sort: this runs each time a slot closes.
-    slope = _select(pairs, half)
-    if npairs % 2 == 0:
-        slope = 0.5 * (_select(pairs, half - 1) + slope)
-    # Sen (1968): the slope's interval from the null variance of Kendall's S, m(m-1)(2m+5)/18.
+    # Order statistics by selection, not a full sort: this runs each time a slot closes. Selecting the
+    # median partitions the pairs around it, so the lower median is the largest of the left part and each
+    # end of the interval is selected within its own side.
+    upper = _select(pairs, half, 0, npairs - 1)
+    slope = upper if npairs % 2 == 1 else 0.5 * (pairs[:half].max() + upper)
+    # Sen (1968): the slope's interval from the null variance of Kendall's S, m(m-1)(2m+5)/18. With z > 0
+    # its lower rank is below the median's and its upper rank above.
     spread = z * np.sqrt(m * (m - 1.0) * (2.0 * m + 5.0) / 18.0)
     lo_rank = int(np.floor((npairs - spread) / 2.0)) - 1
     hi_rank = int(np.ceil((npairs + spread) / 2.0))
-    lo = _select(pairs, lo_rank) if lo_rank >= 0 else -np.inf
-    hi = _select(pairs, hi_rank) if hi_rank < npairs else np.inf
+    lo = -np.inf if lo_rank < 0 else _select(pairs, lo_rank, 0, half - 1) if lo_rank < half else upper
+    hi = np.inf if hi_rank >= npairs else _select(pairs, hi_rank, half + 1, npairs - 1) if hi_rank > half else upper
     return slope, lo, hi
 
 
 @njit(cache=True, nogil=True)
-def _select(a, r):
-    """The ``r``-th smallest of ``a`` (0-based), reordering ``a`` in place (Hoare's quickselect).
+def _select(a, r, lo, hi):
+    """The ``r``-th smallest of ``a`` (0-based), looking only in ``a[lo:hi + 1]`` (Hoare's quickselect).
 
-    >>> _select(np.array([5.0, 1.0, 4.0, 2.0, 3.0]), 1), _select(np.array([2.0, 2.0, 1.0]), 2)
+    ``a[lo:hi + 1]`` is reordered in place so that nothing before ``r`` is larger than ``a[r]`` and nothing
+    after it smaller. Selecting in a part is right when the array is already partitioned around it.
+
+    >>> _select(np.array([5.0, 1.0, 4.0, 2.0, 3.0]), 1, 0, 4), _select(np.array([2.0, 2.0, 1.0]), 2, 0, 2)
     (2.0, 2.0)
     """
-    lo, hi = 0, len(a) - 1
     while lo < hi:
         pivot = a[(lo + hi) // 2]
         i, j = lo, hi
