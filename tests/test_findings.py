@@ -13,6 +13,7 @@ from sbg.detect.detectors import (
     default_detectors,
     for_schema,
 )
+from sbg.detect.features import Features
 from sbg.stream.pipeline import Pipeline
 
 from .conftest import chunkings
@@ -243,10 +244,41 @@ def test_the_surprise_score_reads_the_same_whatever_the_scale():
     rng = np.random.default_rng(9)
     v = rng.normal(0, 1, 3000)
     v[2500] += 12
-    small = Surprise().score(frame(n=3000, v=lambda r, n: v * 1e-3 + 5))["v"].to_numpy()
+    small = Surprise().score(frame(n=3000, freq="1h", v=lambda r, n: v * 1e-3 + 5))["v"].to_numpy()
     large = Surprise().score(frame(n=3000, freq="1h", v=lambda r, n: v * 1e4 - 3))["v"].to_numpy()
     np.testing.assert_allclose(small, large, atol=1e-6)
     assert small[2500] >= 0.5
+    # A per-row level (decades set) reads the same whatever the sampling interval too.
+    fast = Surprise(decades=5.0).score(frame(n=3000, v=lambda r, n: v))["v"].to_numpy()
+    slow = Surprise(decades=5.0).score(frame(n=3000, freq="1h", v=lambda r, n: v))["v"].to_numpy()
+    np.testing.assert_allclose(fast, slow, atol=1e-6)
+
+
+def test_the_false_alarm_budget_is_in_data_time_not_rows():
+    """The same healthy rows, stamped 1 s or 5 min apart: flagged about once per ``false_alarm_every`` of data.
+
+    60,000 rows are 17 hours at 1 s and 208 days at 5 min. With the default budget (10 days) the 5-minute
+    series may show a couple of dozen false flags and the 1 Hz one none. A level per row (the former
+    default, 10^-6) left the 5-minute series silent: as deaf to a slow logger's events as it is strict with
+    a fast one.
+    """
+    v = np.random.default_rng(4).normal(0, 1, 60000)
+    det = Surprise()
+    assert det.flag_decades(*_chunk(frame(n=100, freq="5min", v=lambda r, n: v[:n])))[-1] == pytest.approx(
+        np.log10(10 * 86400 / 300))
+    assert det.flag_decades(*_chunk(frame(n=100, freq="1s", v=lambda r, n: v[:n])))[-1] == pytest.approx(
+        np.log10(10 * 86400))
+    slow = int((Surprise().score(frame(n=60000, freq="5min", v=lambda r, n: v))["v"] >= 0.5).sum())
+    fast = int((Surprise().score(frame(n=60000, freq="1s", v=lambda r, n: v))["v"] >= 0.5).sum())
+    per_row = int((Surprise(decades=6.0).score(frame(n=60000, freq="5min", v=lambda r, n: v))["v"] >= 0.5).sum())
+    assert 2 <= slow <= 100 and fast == 0 and per_row == 0, (slow, fast, per_row)
+    # Hourly data would be flagged more than once in a thousand rows: the level stops there.
+    assert det.flag_decades(*_chunk(frame(n=100, freq="1h", v=lambda r, n: v[:n])))[-1] == 3.0
+
+
+def _chunk(df):
+    features = Features(["v"])
+    return features.chunk(df), features
 
 
 def test_fixed_thresholds_speak_only_for_values_the_series_itself_finds_rare():

@@ -125,7 +125,12 @@ def _battery_schema(signals: tuple, entity: str | None) -> bool:
     return sum(any(re.search(m, s) for m in _BATTERY_MARKERS[1:]) for s in names) >= 3
 
 
-def tail_score(p, decades: float):
+#: The range of the surprise detector's flag level from its false-alarm budget: never more often than one
+#: row in a thousand (coarse data), never stricter than one in 10^8 (fast data).
+MIN_DECADES, MAX_DECADES = 3.0, 8.0
+
+
+def tail_score(p, decades):
     """Map a tail probability to ``[0, 1]`` on a log scale: ``p = 10**-decades`` scores 0.5.
 
     A score ``s`` means a tail probability of ``10**(-2 * decades * s)``;
@@ -322,8 +327,14 @@ class Surprise(Detector):
     """
 
     label = "surprise"
-    decades = param.Number(default=6.0, bounds=(0.5, 50),
-                           doc="Flag when the surprise has a tail probability of at most 10^-decades.")
+    false_alarm_every = param.String(default="10D", doc=(
+        "A false-alarm budget in data time (a duration): a healthy signal's values are flagged about once "
+        "per this much of its data, whatever its sampling interval. The flag level is the tail probability "
+        "interval / false_alarm_every, at most one row in a thousand: 10^-5.9 at 1 s, 10^-3.5 at 5 min "
+        "(a per-row level would flag a 5-minute series 300 times less often per day than a 1 Hz one)."))
+    decades = param.Number(default=None, allow_None=True, bounds=(0.5, 50), doc=(
+        "Flag when the surprise has a tail probability of at most 10^-decades, on every row whatever the "
+        "sampling interval; unset (the default): from false_alarm_every and the signal's usual interval."))
     short = param.Integer(default=1, bounds=(1, 256),
                           doc="Rows whose mean surprise is judged (1: every row on its own).")
     level_span = param.Number(default=5.0, bounds=(1, None), doc="Span, in rows, of the prediction's level.")
@@ -349,8 +360,32 @@ class Surprise(Detector):
     shared_tail = param.Number(default=1e-3, bounds=(0, 1),
                                doc="Tail probability under which a signal counts as moving with the others.")
 
+    def check(self):
+        """Refuse a false-alarm budget that is not a positive duration when the settings load."""
+        try:
+            ok = pd.Timedelta(self.false_alarm_every) > pd.Timedelta(0)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"false_alarm_every must be a positive duration such as 10D or 12h, "
+                             f"not {self.false_alarm_every!r}")
+
     def describe(self, signal, value):
         return f"{signal} = {value:.6g}, unusual for this signal"
+
+    def flag_decades(self, chunk, features):
+        """The flag level per row, as decades of tail probability (``decades`` when set).
+
+        From the false-alarm budget: ``log10(false_alarm_every / usual interval)``, between 3 and 8
+        decades. Before an entity's interval is known (its first row) the strict end, 8.
+        """
+        if self.decades is not None:
+            return np.full(len(chunk.codes), float(self.decades))
+        _, usual = features.intervals(chunk)
+        budget = pd.Timedelta(self.false_alarm_every).total_seconds()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            decades = np.log10(budget / usual)
+        return np.clip(np.nan_to_num(decades, nan=MAX_DECADES, posinf=MAX_DECADES), MIN_DECADES, MAX_DECADES)
 
     def tail(self, chunk, features):
         """``(tail probability, raw surprise)`` per row and signal."""
@@ -364,7 +399,7 @@ class Surprise(Detector):
 
     def scores(self, chunk, features):
         p, _ = self.tail(chunk, features)
-        score = tail_score(p, self.decades)
+        score = tail_score(p, self.flag_decades(chunk, features)[:, None])
         if self.isolated_only and p.shape[1] > 1:
             shared = (p < self.shared_tail).sum(axis=1) >= 2
             score[shared] = np.minimum(score[shared], UNDER_FLAG)

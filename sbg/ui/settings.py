@@ -63,7 +63,10 @@ class SettingsPanel(pn.viewable.Viewer):
         monitor's settings.
         """
         if not self.session.read_only:
-            pane = pn.Param(obj, parameters=names, show_name=False, sizing_mode="stretch_width")
+            # A number that may be unset ("from the data") is a box that can be left empty, not a slider.
+            optional = {n: pn.widgets.FloatInput for n in names
+                        if isinstance(obj.param[n], param.Number) and obj.param[n].allow_None}
+            pane = pn.Param(obj, parameters=names, widgets=optional, show_name=False, sizing_mode="stretch_width")
             self._panes.append(pane)
             return pane
         rows = "".join(f"<tr><th>{html.escape(n)}</th><td>{html.escape(str(getattr(obj, n)))}</td></tr>"
