@@ -297,6 +297,19 @@ def test_fixed_thresholds_speak_only_for_values_the_series_itself_finds_rare():
     assert (ZScore(warmup=100).score(late)["v"] >= 0.5).iloc[1000]
 
 
+@pytest.mark.parametrize("freq,flagged", [("5min", True), ("1s", False)])
+def test_the_windowed_warm_up_is_data_time_not_rows(freq, flagged):
+    """25 minutes of data: 30 rows (min_periods) at 5 min, 1,500 rows at 1 Hz. A jump at row 300 is past it
+    at 5 min and inside it at 1 Hz; 1,500 rows, the former warm-up, was five days of a 5-minute logger."""
+    from sbg.detect.detectors import ZScore
+
+    v = np.random.default_rng(0).normal(0, 1, 1500)
+    v[300:] += 15
+    df = frame(n=1500, freq=freq, v=lambda r, n: v)
+    assert bool((ZScore(confirm=0).score(df)["v"] >= 0.5).iloc[300]) is flagged
+    assert not (ZScore(warmup=1500, confirm=0).score(df)["v"] >= 0.5).any()  # a number is rows
+
+
 def test_irregular_sampling_is_no_news_but_a_spike_still_is():
     rng = np.random.default_rng(11)
     n = 4000

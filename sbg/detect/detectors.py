@@ -513,9 +513,11 @@ class _Windowed(Detector):
                              doc="Statistic at which a row is flagged.")
     floor_span = param.Integer(default=3600, bounds=(3, None),
                                doc="Span, in rows, of the long-memory spread that floors the scale.")
-    warmup = param.Integer(default=1500, bounds=(0, None),
-                           doc="Rows of an entity before it can be flagged: the long-run spread and range "
-                               "must have seen normal operation first (25 min at 1 Hz, 5 days at 5 min).")
+    warmup = param.Parameter(default="25min", doc=(
+        "Data an entity needs before it can be flagged, so that the long-run spread and range have seen "
+        "normal operation (a load cycle or two): a duration, counted in rows at the entity's usual sampling "
+        "interval and at least min_periods rows (25 min: 1,500 rows at 1 Hz, 30 rows at 5 min, where the "
+        "confirming surprise needs its own 500 values anyway), or a number of rows."))
     floor_ratio = param.Number(default=1.0, bounds=(0, None),
                                doc="Scale floor as a fraction of the longer history's spread; "
                                    "stops a quiet spell from making normal activity look anomalous.")
@@ -527,6 +529,32 @@ class _Windowed(Detector):
                                "(the surprise detector's tail probability), is at most this; 0 to judge "
                                "by the threshold alone.")
 
+    def check(self):
+        """Refuse a warm-up that is neither a number of rows nor a duration when the settings load."""
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, str)):
+            raise ValueError(f"warmup must be rows (a number) or a duration such as 25min, not {self.warmup!r}")
+        if isinstance(self.warmup, int):
+            if self.warmup < 0:
+                raise ValueError(f"warmup must be 0 rows or more, not {self.warmup}")
+            return
+        try:
+            ok = pd.Timedelta(self.warmup) >= pd.Timedelta(0)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"warmup must be rows (a number) or a duration such as 25min, not {self.warmup!r}")
+
+    def warm(self, chunk, features) -> np.ndarray:
+        """Whether each row's entity is past the warm-up (:attr:`warmup`)."""
+        seen = features.rows_seen(chunk)
+        if isinstance(self.warmup, int):
+            return seen >= self.warmup
+        _, usual = features.intervals(chunk)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            need = np.ceil(pd.Timedelta(self.warmup).total_seconds() / usual)
+        # Before the interval is known (an entity's first row) nobody is warm.
+        return seen >= np.fmax(np.nan_to_num(need, nan=np.inf), self.min_periods)
+
     def _distance(self, chunk, features, X, center, std, std_long, lo=None, hi=None, margin=0.0,
                   isolated=False, co_threshold=0.0):
         _, _, quantum = features.lag(chunk)
@@ -535,7 +563,7 @@ class _Windowed(Detector):
             lo = hi = X
         scores = distance_scores(X, center, std, std_long, quantum, self.floor_ratio, self.resolution_floor,
                                  self.threshold, lo, hi, margin, use_range, isolated, co_threshold,
-                                 features.rows_seen(chunk), self.warmup)
+                                 self.warm(chunk, features))
         if self.confirm > 0:
             p, _ = _CALIBRATION.tail(chunk, features)
             np.minimum(scores, np.where(p > self.confirm, UNDER_FLAG, 1.0), out=scores)

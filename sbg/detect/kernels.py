@@ -688,15 +688,15 @@ class UsualInterval:
 
 @njit(cache=True, nogil=True)
 def distance_scores(X, center, std, std_long, quantum, floor_ratio, res_floor, threshold,
-                    lo, hi, margin, use_range, isolated, co_threshold, seen, warmup):
+                    lo, hi, margin, use_range, isolated, co_threshold, warm):
     """Fused scoring shared by the z-score, robust and spike detectors.
 
     ``z = |x - center| / max(std, floor_ratio * std_long, res_floor * quantum)``
     scored ``z / (z + threshold)``; 0 where the reference is not yet known.
     With ``use_range``, rows inside ``[lo - margin*std_long, hi + margin*std_long]``
     stay below 0.5. With ``isolated``, a row where another column moved by
-    ``co_threshold`` of its own recent ``std`` scores 0. Rows whose entity has
-    seen fewer than ``warmup`` rows stay below 0.5.
+    ``co_threshold`` of its own recent ``std`` scores 0. Rows whose entity is
+    not ``warm`` yet stay below 0.5.
     """
     n, k = X.shape
     out = np.zeros((n, k))
@@ -714,7 +714,7 @@ def distance_scores(X, center, std, std_long, quantum, floor_ratio, res_floor, t
                 if local == local and local > 0 and d == d and d / local >= co_threshold:
                     moving[c] = True
                     n_moving += 1
-        cold = seen[i] < warmup
+        cold = not warm[i]
         for c in range(k):
             s = std[i, c]
             x = X[i, c]
