@@ -1,6 +1,6 @@
 """Detection quality on labelled data: sbg's defaults beside baselines and peers, in one run.
 
-    python benchmarks/detection.py [--corpus skab|bundled|all] [--only NAME ...]
+    python benchmarks/detection.py [--corpus skab|skab-uni|bundled|all] [--only NAME ...]
                                    [--sbg-settings FILE.yaml] [--json PATH]
 
 Corpora
@@ -10,6 +10,12 @@ Corpora
   ``$SBG_SKAB`` when present; it is GPL-3.0 and never copied into the
   project. Scored as SKAB scores outlier detection: the first 400 rows of
   each run are training data and left out, counts are summed over runs.
+* **SKAB, one signal at a time, 5 min apart**: each signal of each SKAB run
+  as a series of its own (272 series), the rows stamped 5 minutes apart and
+  the labelled windows moved with them. The same real values, seen as a slow
+  univariate logger writes them: it checks the univariate detectors (no
+  ``joint``) and the settings that depend on the sampling interval, away
+  from 1 Hz. Written to a temporary folder, removed at exit.
 * **The bundled labelled samples** in ``data/``: the battery fleet, the
   site power meter and the machine monitor (with its known-good baseline
   for sbg).
@@ -108,6 +114,34 @@ def skab_cases():
     free = SKAB / "runs" / "anomaly-free.csv"
     return [Case("SKAB", runs, windows, skip_rows=400, train_rows=400),
             Case("SKAB anomaly-free run", [free], windows.iloc[:0], skip_rows=400, train_rows=400)]
+
+
+def skab_univariate_cases(step_s=300):
+    """Each SKAB signal alone, rows ``step_s`` seconds apart (see the module docstring)."""
+    import atexit
+    import shutil
+
+    found = skab_cases()
+    if not found:
+        return []
+    base = found[0]
+    folder = Path(tempfile.mkdtemp(prefix="sbg-skab-uni-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    paths, windows = [], []
+    for p in base.paths:
+        df = pd.read_csv(p, parse_dates=["timestamp"])
+        stamps = pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(len(df)) * step_s, unit="s")
+        own = base.windows[base.windows["entity"].astype(str) == p.stem]
+        # A window keeps its rows: its ends move to the new stamps of the rows they fell on.
+        moved = own.assign(start=stamps[np.searchsorted(df["timestamp"], own["start"])],
+                           end=stamps[np.searchsorted(df["timestamp"], own["end"], side="right") - 1])
+        for signal in df.columns.drop("timestamp"):
+            path = folder / f"{p.stem}__{signal}.csv"
+            pd.DataFrame({"timestamp": stamps, "value": df[signal]}).to_csv(path, index=False)
+            paths.append(path)
+            windows.append(moved.assign(entity=path.stem))
+    return [Case(f"SKAB one signal at a time, {step_s // 60} min apart", paths,
+                 pd.concat(windows, ignore_index=True), skip_rows=400, train_rows=400)]
 
 
 def bundled_cases():
@@ -280,7 +314,7 @@ def run_case(case, settings, only):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", choices=["skab", "bundled", "all"], default="all")
+    ap.add_argument("--corpus", choices=["skab", "skab-uni", "bundled", "all"], default="all")
     ap.add_argument("--only", action="append", help="methods whose name contains this (repeatable)")
     ap.add_argument("--sbg-settings", help="YAML settings for sbg instead of the defaults")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "detection.json"))
@@ -292,6 +326,8 @@ def main(argv=None):
         if not found:
             print(f"SKAB: not found at {SKAB} (set SBG_SKAB); skipped")
         cases += found
+    if args.corpus in ("skab-uni", "all"):
+        cases += skab_univariate_cases()
     if args.corpus in ("bundled", "all"):
         cases += bundled_cases()
     import river
