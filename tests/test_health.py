@@ -323,7 +323,7 @@ def test_dashboard_health_table_sorts_and_drills_down(pair_csv):
     assert grid.scores_box.visible and set(shown["entity"]) == {"aged", "fresh"}
     assert shown["health"].is_monotonic_increasing  # worst first
     assert grid.scores_table.sorters == [{"field": "health", "dir": "asc"}]
-    drill = grid._components(shown.iloc[0])
+    drill = grid.components(shown.iloc[0])  # what a click on the row opens
     table = drill.objects[0].object
     assert isinstance(drill, pn.Column) and list(table["component"]) == [t for _, t, _ in COMPONENTS]
     assert table["status"].iloc[0].startswith("SOH")

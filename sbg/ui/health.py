@@ -125,7 +125,7 @@ class HealthGrid(pn.viewable.Viewer):
             layout="fit_data_stretch", sorters=[{"field": "health", "dir": "asc"}],
             titles={"health": "health", "data_quality": "data quality", "soh": "SOH %",
                     "resistance_growth": "R growth %"},
-            row_content=self._components, embed_content=False, stylesheets=css)
+            row_content=self.components, embed_content=False, stylesheets=css)
         self.hierarchy = self.session.monitor.hierarchy
         self._site = ALL_SITES
         self.site_select = pn.widgets.Select(label="Site", options=[ALL_SITES], value=ALL_SITES, width=220,
@@ -245,7 +245,7 @@ class HealthGrid(pn.viewable.Viewer):
         if not rows.empty and not rows.equals(self.scores_table.value):
             self.scores_table.value = rows
 
-    def _components(self, row) -> pn.viewable.Viewable:
+    def components(self, row) -> pn.viewable.Viewable:
         """The drill-down of one battery: each component's score, weight and what it measured."""
         scores = self._scores
         found = scores[scores["entity"].astype(str) == str(row["entity"])] if scores is not None else scores
