@@ -8,6 +8,7 @@ periodic callback run after every chunk, as a served session would.
 import re
 
 import pandas as pd
+import panel as pn
 import pytest
 
 from sbg.io.datasets import DATA_DIR
@@ -534,6 +535,26 @@ def test_page_events_handled_on_a_subshell_thread_act_on_the_notebooks_own_loop(
         asyncio.run(notebook())
         assert steps and set(steps) == {home}, {t.name for t in steps}
         assert changes and set(changes) == {home}, {t.name for t in changes}
+    finally:
+        view.close()
+        monitor.close()
+
+
+def test_a_duration_typed_into_the_settings_that_is_not_one_is_refused_in_the_page(caplog):
+    """The settings widgets are checked as a settings file is: the detector keeps a value it can use, and
+    the box shows that value again, with one line in the log."""
+    monitor = Monitor([DATA_DIR / "machine_monitor.csv"])
+    view = Dashboard(monitor=monitor)
+    try:
+        area = view.settings.__panel__()
+        box = next(w for w in area.select(pn.widgets.TextInput) if w.name == "False alarm every")
+        surprise = next(d for d in monitor.pipeline.detectors if d.label == "surprise")
+        box.value = "1D"
+        assert surprise.false_alarm_every == "1D"
+        with caplog.at_level("WARNING", logger="sbg.detect.detectors"):
+            box.value = "next week"
+        assert surprise.false_alarm_every == "1D" and box.value == "1D"
+        assert any("false_alarm_every must be a positive duration" in r.getMessage() for r in caplog.records)
     finally:
         view.close()
         monitor.close()

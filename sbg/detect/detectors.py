@@ -29,6 +29,7 @@ speaks.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 
 import numpy as np
@@ -37,6 +38,8 @@ import param
 
 from .features import Chunk, Features
 from .kernels import JointReference, Likelihood, LimitArming, ReferenceFit, distance_scores
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "Detector",
@@ -168,6 +171,27 @@ class Detector(param.Parameterized):
     per_row = False
     #: Names of the one-off findings :meth:`findings` reports.
     finding_names: tuple = ()
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        # Text typed into a settings widget (a duration, a pattern) is checked as a settings file is: a
+        # value the detector cannot use is refused, and the widget shows the value kept.
+        texts = [n for n, p in self.param.objects("existing").items()
+                 if n != "name" and type(p) in (param.String, param.Parameter)]
+        if texts:
+            self.param.watch(self._keep_usable, texts)
+
+    def check(self):
+        """Refuse settings only the whole object can judge (durations, patterns, limits) when they load."""
+
+    def _keep_usable(self, *events):
+        try:
+            self.check()
+        except ValueError as exc:
+            with param.parameterized.discard_events(self):
+                self.param.update(**{e.name: e.old for e in events})
+            _log.warning("%s: %s; kept %s", self.label, exc,
+                         ", ".join(f"{e.name}={e.old!r}" for e in events))
 
     def findings(self) -> list:
         """Data-quality findings of the last :meth:`scores` call beyond the scores themselves:
