@@ -61,9 +61,10 @@ def _is_data_file(path: Path) -> bool:
     return path.is_file() and name.endswith(DATA_SUFFIXES) and not name.startswith((".", "_"))
 
 
-def _in_skipped_folder(path: Path, pattern: str) -> bool:
-    """Whether a glob's match lies in a folder a directory spec skips (``.``/``_``, as a dataset's
-    ``_sbg_tmp`` scratch) that the pattern did not name itself.
+def _in_skipped_folder(path: Path, pattern: str = "") -> bool:
+    """Whether ``path`` lies in a folder that inputs skip (``.``/``_``, as a dataset's ``_sbg_tmp``
+    scratch) and that the glob ``pattern`` did not name itself. A directory's files are judged by
+    their path inside it, with no pattern.
 
     >>> _in_skipped_folder(Path("d/_sbg_tmp/p.csv"), "d/**/*.csv"), _in_skipped_folder(Path("d/_x/p.csv"), "d/_x/*.csv")
     (True, False)
@@ -92,8 +93,8 @@ def expand_inputs(specs: Sequence) -> list[Path]:
                 what = "no data file (.csv, .csv.gz, .parquet, a cycler file)" if found else "nothing"
                 raise SbgError(f"{text}: the pattern matches {what}")
         elif Path(text).is_dir():
-            files = sorted(p for p in Path(text).rglob("*") if _is_data_file(p)
-                           and not any(part.startswith((".", "_")) for part in p.relative_to(text).parts[:-1]))
+            files = sorted(p for p in Path(text).rglob("*")
+                           if _is_data_file(p) and not _in_skipped_folder(p.relative_to(text)))
             if not files:
                 raise SourceError(text, "directory holds no data files (.csv, .csv.gz, .parquet, cycler files)")
         else:
