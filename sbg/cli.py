@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", type=float, default=0.1, metavar="S", help="seconds between looks at the files (0.1)")
     p.add_argument("--quiet", action="store_true", help="no alert lines on stdout (the log and notifiers still get them)")
     p.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
+    _hierarchy_args(p)
     _notify_args(p)
     _log_args(p)
     _schema_args(p)
@@ -572,7 +573,8 @@ def cmd_watch(args) -> int:
         resume = bool(log.checkpoint_sources())
         log.close()
     monitor = Monitor(args.files, baseline=args.baseline, settings=settings, alerts_db=args.alerts_db,
-                      follow=True, follow_wait=args.wait, resume=resume, **_schema_options(args))
+                      follow=True, follow_wait=args.wait, resume=resume, hierarchy=args.hierarchy,
+                      **_schema_options(args))
     notifiers = _notifiers(args, settings, on_error=lambda message: monitor.pipeline.emit_event(
         "notify", message, "warning"))
     watch = Watch(monitor, notifiers)
@@ -590,7 +592,7 @@ def cmd_watch(args) -> int:
     finally:
         if probes is not None:
             probes.close()
-    for line in _summary_lines(monitor, out, time.monotonic() - t0):
+    for line in _summary_lines(monitor, out, time.monotonic() - t0) + _group_lines(monitor):
         out.line(line)
     _raise_log_failure(monitor)
     return 0

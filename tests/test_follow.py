@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sbg.io.datasets import DATA_DIR
 from sbg.io.follow import FollowSource
 from sbg.stream.monitor import Monitor
 from sbg.stream.replay import Replay
@@ -374,3 +375,34 @@ def test_watch_json_lines_and_a_clean_stop(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_watch_groups_its_summary_by_site_from_a_mapping_and_refuses_a_bad_one(tmp_path):
+    """``--hierarchy`` as ``sbg replay`` and ``detect`` take it: the stop's summary is grouped by site and
+    rack and names who is unassigned; a bad mapping is refused at FILE:LINE:COL before anything is followed."""
+    fleet = pd.read_csv(DATA_DIR / "battery_fleet.csv.gz", nrows=2400)
+    data = tmp_path / "live.csv"
+    fleet.to_csv(data, index=False)
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("battery_id,site,rack\nB01,north,r1\nB02,north,r2\nB03,south,r1\n")
+    proc = subprocess.Popen([sys.executable, "-m", "sbg.cli", "watch", "--no-color", "--quiet", "--poll", "0.05",
+                             str(data), "--hierarchy", str(mapping), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, start_new_session=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        first = proc.stdout.readline().decode()
+        port = int(first.rsplit(":", 1)[1].split()[0])
+        wait_for(lambda: _rows_in(port) >= len(fleet), what="every row to be analysed")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        text = out.decode()
+        assert f"by site ({mapping})" in text and "north / r1" in text and "south / r1" in text, text
+        assert "grouped as (unassigned): B04" in text, text
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    mapping.write_text("battery_id,site,rack\nB01,north\n")
+    bad = subprocess.run([sys.executable, "-m", "sbg.cli", "watch", str(data), "--hierarchy", str(mapping)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120, stdin=subprocess.DEVNULL)
+    assert bad.returncode == 3 and "map.csv:2:3: 2 fields, the header has 3" in bad.stderr, bad.stderr
