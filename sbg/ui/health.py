@@ -73,8 +73,10 @@ def rollup_rows(groups: pd.DataFrame | None, site: str = ALL_SITES) -> pd.DataFr
     table["health"] = table["health"].astype(float).round(1)
     for c in ("site", "rack", "worst", "weakest"):
         table[c] = pd.Series(table[c].fillna("–").astype(str).to_numpy(dtype=object), dtype=object)
-    # One narrow "group" column is shown; site and rack stay in the table, hidden, for the filter and exports.
-    group = [s if not r or r == s else f"{s} › {r}" for s, r in zip(table["site"], table["rack"], strict=True)]
+    # One narrow "group" column is shown, with its count of batteries; site, rack and n stay in the table,
+    # hidden, for the filter and exports.
+    group = [(s if not r or r == s else f"{s} › {r}") + f" ({n})"
+             for s, r, n in zip(table["site"], table["rack"], table["n"], strict=True)]
     table.insert(0, "group", pd.Series(group, dtype=object))
     return table
 
@@ -140,14 +142,18 @@ class HealthGrid(pn.viewable.Viewer):
                                    scroll=True, max_height=640)
         self.rollup_table = pn.widgets.Tabulator(
             rollup_rows(None), disabled=True, show_index=False, sizing_mode="stretch_width", height=230,
-            layout="fit_columns", sorters=[], stylesheets=css, configuration={"columnDefaults": {"headerSort": False}},
-            hidden_columns=["site", "rack"], widths={"group": 74, "n": 42, "worst": 76, "health": 58})
+            layout="fit_columns", sorters=[], configuration={"columnDefaults": {"headerSort": False}},
+            # Four columns fit the side column of a 1366 px screen (about 300 px) with the weakest battery's
+            # id read whole: the count of batteries is in the group's label, and the type is a size smaller.
+            stylesheets=[*css, ".tabulator-cell, .tabulator-col-title { font-size: 12.5px !important; }"],
+            hidden_columns=["site", "rack", "n"],
+            widths={"group": 96, "worst": 62, "health": 50}, titles={"health": "min"})
         self.rollup_table.style.map(_state_colour, subset=["worst"])
         self.unassigned_note = HTML("", stylesheets=css, visible=False, sizing_mode="stretch_width")
         self.rollup_box = pn.Column(
             title("By site and rack", margin=(10, 10, 0, 10)),
-            HTML('<div class="sbg-note">Each rack: its batteries (n), the worst state now, and the lowest health '
-                 'score with its battery (weakest). Filter by site above.</div>', stylesheets=css),
+            HTML('<div class="sbg-note">Each rack (its batteries in brackets): the worst state now, and the '
+                 'lowest health score (min) with its battery (weakest). Filter by site above.</div>', stylesheets=css),
             self.rollup_table, self.unassigned_note, sizing_mode="stretch_width", visible=False, margin=0)
         self.scores_box = pn.Column(
             title("Battery health", margin=(10, 10, 0, 10)),
