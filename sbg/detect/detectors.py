@@ -128,6 +128,23 @@ def _battery_schema(signals: tuple, entity: str | None) -> bool:
     return sum(any(re.search(m, s) for m in _BATTERY_MARKERS[1:]) for s in names) >= 3
 
 
+def check_duration(name: str, value, example: str, zero: bool = False) -> None:
+    """Refuse ``value`` unless it is a positive duration (or zero, with ``zero``), as settings load.
+
+    >>> check_duration("window", "10min", "15min"); check_duration("warmup", "0s", "25min", zero=True)
+    >>> check_duration("window", "soon", "15min")
+    Traceback (most recent call last):
+    ValueError: window must be a positive duration such as 15min, not 'soon'
+    """
+    try:
+        span = pd.Timedelta(value)
+        ok = span >= pd.Timedelta(0) if zero else span > pd.Timedelta(0)
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a {'' if zero else 'positive '}duration such as {example}, not {value!r}")
+
+
 #: The range of the surprise detector's flag level from its false-alarm budget: never more often than one
 #: row in a thousand (coarse data), never stricter than one in 10^8 (fast data).
 MIN_DECADES, MAX_DECADES = 3.0, 8.0
@@ -386,13 +403,7 @@ class Surprise(Detector):
 
     def check(self):
         """Refuse a false-alarm budget that is not a positive duration when the settings load."""
-        try:
-            ok = pd.Timedelta(self.false_alarm_every) > pd.Timedelta(0)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(f"false_alarm_every must be a positive duration such as 10D or 12h, "
-                             f"not {self.false_alarm_every!r}")
+        check_duration("false_alarm_every", self.false_alarm_every, "10D or 12h")
 
     def describe(self, signal, value):
         return f"{signal} = {value:.6g}, unusual for this signal"
@@ -561,12 +572,7 @@ class _Windowed(Detector):
             if self.warmup < 0:
                 raise ValueError(f"warmup must be 0 rows or more, not {self.warmup}")
             return
-        try:
-            ok = pd.Timedelta(self.warmup) >= pd.Timedelta(0)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(f"warmup must be rows (a number) or a duration such as 25min, not {self.warmup!r}")
+        check_duration("warmup", self.warmup, "25min (or a number of rows)", zero=True)
 
     def warm(self, chunk, features) -> np.ndarray:
         """Whether each row's entity is past the warm-up (:attr:`warmup`)."""

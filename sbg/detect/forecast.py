@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import param
 
-from .detectors import FLAG_AT, Detector, Limits
+from .detectors import FLAG_AT, Detector, Limits, check_duration
 from .trend import TrendBins
 
 __all__ = ["Forecast", "time_to"]
@@ -108,13 +108,7 @@ class Forecast(Detector):
     def check(self):
         """Refuse bad durations, a bad ``skip`` pattern and more ``min_bins`` than ``bins`` when the settings load."""
         for name in ("window", "horizon", "memory"):
-            value = getattr(self, name)
-            try:
-                ok = pd.Timedelta(value) > pd.Timedelta(0)
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(f"{name} must be a positive duration such as 15min or 2h, not {value!r}")
+            check_duration(name, getattr(self, name), "15min or 2h")
         try:
             re.compile(self.skip)
         except re.error as exc:
