@@ -411,6 +411,18 @@ class HealthScore(param.Parameterized):
             return f"no data: no {absent[0]} column"
         return f"no data: {n} of {needed} {what}" if n < needed else ""
 
+    def _now_and_reference(self, e, n, key, ring, first, needed, nameplate):
+        """``(signed median now, its magnitude, reference, basis)`` of a capacity or resistance estimate.
+
+        Now: the median of the last ``ring`` events; the reference: the nameplate when given, else the
+        median magnitude of the first ``needed`` events (a battery's own start, "first seen").
+        """
+        signed = float(np.median(self._arrays[f"{key}_ring"][e, :min(n, ring)]))
+        if nameplate is not None:
+            return signed, abs(signed), nameplate, "nameplate"
+        start = self._arrays[f"{key}_first"][e, :min(n, first, needed)]
+        return signed, abs(signed), abs(float(np.median(start))), "first seen"
+
     def _capacity(self, e, s, out):
         n = int(s[_CAP_N])
         out["capacity_swings"] = n
@@ -419,15 +431,11 @@ class HealthScore(param.Parameterized):
                                f"swings of {self.min_soc_swing:g} % SOC")
         if short:
             return np.nan, short, 0
-        ring = self._arrays["cap_ring"][e, :min(n, CAP_RING)]
-        signed = float(np.median(ring))
-        capacity = abs(signed)
-        first = self._arrays["cap_first"][e, :min(n, CAP_FIRST, self.min_cycles)]
-        ref = self.nameplate_ah if self.nameplate_ah is not None else abs(float(np.median(first)))
+        signed, capacity, ref, basis = self._now_and_reference(e, n, "cap", CAP_RING, CAP_FIRST, self.min_cycles,
+                                                               self.nameplate_ah)
         soh = capacity / ref if ref > 0 else np.nan
         out.update(capacity_ah=capacity, capacity_ref_ah=ref, soh=soh)
         score = 100.0 * float(np.clip((soh - self.end_of_life_soh) / (1.0 - self.end_of_life_soh), 0.0, 1.0))
-        basis = "nameplate" if self.nameplate_ah is not None else "first seen"
         return score, f"SOH {soh:.1%} ({capacity:.3g} Ah of {ref:.3g} Ah {basis}; {n} swings)", np.sign(signed)
 
     def _resistance(self, e, s, out):
@@ -438,15 +446,11 @@ class HealthScore(param.Parameterized):
                                f"current steps of {self.min_step_a:g} A")
         if short:
             return np.nan, short, 0
-        signed = float(np.median(self._arrays["res_ring"][e, :min(n, RES_RING)]))
-        r = abs(signed)
-        first = self._arrays["res_first"][e, :min(n, RES_FIRST, self.min_steps)]
-        ref = (self.nameplate_resistance_ohm if self.nameplate_resistance_ohm is not None
-               else abs(float(np.median(first))))
+        signed, r, ref, basis = self._now_and_reference(e, n, "res", RES_RING, RES_FIRST, self.min_steps,
+                                                        self.nameplate_resistance_ohm)
         growth = r / ref - 1.0 if ref > 0 else np.nan
         out.update(resistance_ohm=r, resistance_ref_ohm=ref, resistance_growth=growth)
         score = 100.0 * float(np.clip(1.0 - growth / self.end_of_life_growth, 0.0, 1.0))
-        basis = "nameplate" if self.nameplate_resistance_ohm is not None else "first seen"
         # Charging raises the voltage: dV/dI > 0 means charge is counted positive.
         return score, f"{r * 1000:.3g} mΩ, {growth:+.1%} against {ref * 1000:.3g} mΩ {basis} ({n} steps)", \
             np.sign(signed)
