@@ -407,9 +407,9 @@ class HealthScore(param.Parameterized):
     def _short_of(self, columns, n: int, needed: int, what: str) -> str:
         """Why a component has no estimate yet ("" when it has one): a column it needs is absent, or too few events."""
         absent = [c for c in columns if c in self.missing]
-        if absent:
-            return f"no data: no {absent[0]} column"
-        return f"no data: {n} of {needed} {what}" if n < needed else ""
+        if absent or n < needed:
+            return self._no_data(absent[0] if absent else "", f"{n} of {needed} {what}")
+        return ""
 
     def _now_and_reference(self, e, n, key, ring, first, needed, nameplate):
         """``(signed median now, its magnitude, reference, basis)`` of a capacity or resistance estimate.

@@ -37,7 +37,7 @@ from .. import __version__
 from ..alerts.engine import Alert
 from ..alerts.log import AlertLog
 from ..config import Settings
-from ..detect.detectors import STALE_AFTER
+from ..detect.detectors import STALE_AFTER, is_flag
 from ..errors import ConfigError, SbgError, SourceError
 from ..io.inputs import name_sources
 from ..io.sources import OUTPUT_COLUMNS, Batch, Source, load_reference
@@ -48,6 +48,12 @@ from .replay import Replay, parse_speed
 __all__ = ["Monitor", "warm_up"]
 
 _log = logging.getLogger(__name__)
+
+
+def _firing_on(entities: np.ndarray, pairs: set, signal: str) -> np.ndarray:
+    """Which of ``entities`` have an alert on ``signal`` among the ``(entity, signal)`` pairs."""
+    on = [e for e, s in pairs if s == signal]
+    return np.isin(entities, on) if on else np.zeros(len(entities), dtype=bool)
 
 
 class Monitor:
@@ -294,9 +300,9 @@ class Monitor:
             sc = latest[f"{s}__score"].to_numpy(dtype=float) if f"{s}__score" in latest else np.full(n, np.nan)
             quality = (latest[f"{s}__quality"].to_numpy(dtype=float) if f"{s}__quality" in latest
                        else np.zeros(n))
-            crit = np.array([(e, s) in critical for e in entities], dtype=bool) if critical else np.zeros(n, bool)
-            warn = np.array([(e, s) in warning for e in entities], dtype=bool) if warning else np.zeros(n, bool)
-            state[:, j] = np.select([stale_now, crit, (sc >= 0.5) | warn, quality >= 0.5], [3, 2, 1, 4], 0)
+            crit = _firing_on(entities, critical, s)
+            warn = _firing_on(entities, warning, s)
+            state[:, j] = np.select([stale_now, crit, is_flag(sc) | warn, is_flag(quality)], [3, 2, 1, 4], 0)
             score[:, j] = sc
         return pd.DataFrame({
             "entity": pd.Series(np.repeat(entities, k), dtype=object),
