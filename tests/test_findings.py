@@ -257,23 +257,46 @@ def test_the_surprise_score_reads_the_same_whatever_the_scale():
 def test_the_false_alarm_budget_is_in_data_time_not_rows():
     """The same healthy rows, stamped 1 s or 5 min apart: flagged about once per ``false_alarm_every`` of data.
 
-    60,000 rows are 17 hours at 1 s and 208 days at 5 min. With the default budget (10 days) the 5-minute
-    series may show a couple of dozen false flags and the 1 Hz one none. A level per row (the former
-    default, 10^-6) left the 5-minute series silent: as deaf to a slow logger's events as it is strict with
-    a fast one.
+    60,000 rows are 17 hours at 1 s and 208 days at 5 min. With the default budget (a day per entity) the
+    level is 10^-4.9 at 1 s, so the 17 hours show no false flag, and 10^-3 at 5 min (the budget asks for
+    10^-2.5; the level stops at one row in a thousand), so the 208 days show a few dozen. A level per row
+    (10^-6) left the 5-minute series silent: as deaf to a slow logger's events as it is strict with a
+    fast one.
     """
     v = np.random.default_rng(4).normal(0, 1, 60000)
     det = Surprise()
-    assert det.flag_decades(*_chunk(frame(n=100, freq="5min", v=lambda r, n: v[:n])))[-1] == pytest.approx(
-        np.log10(10 * 86400 / 300))
+    assert det.flag_decades(*_chunk(frame(n=100, freq="1min", v=lambda r, n: v[:n])))[-1] == pytest.approx(
+        np.log10(86400 / 60))
     assert det.flag_decades(*_chunk(frame(n=100, freq="1s", v=lambda r, n: v[:n])))[-1] == pytest.approx(
-        np.log10(10 * 86400))
+        np.log10(86400))
     slow = int((Surprise().score(frame(n=60000, freq="5min", v=lambda r, n: v))["v"] >= 0.5).sum())
     fast = int((Surprise().score(frame(n=60000, freq="1s", v=lambda r, n: v))["v"] >= 0.5).sum())
     per_row = int((Surprise(decades=6.0).score(frame(n=60000, freq="5min", v=lambda r, n: v))["v"] >= 0.5).sum())
-    assert 2 <= slow <= 100 and fast == 0 and per_row == 0, (slow, fast, per_row)
-    # Hourly data would be flagged more than once in a thousand rows: the level stops there.
+    assert 10 <= slow <= 150 and fast == 0 and per_row == 0, (slow, fast, per_row)
+    # Data coarser than the budget allows would be flagged more than once in a thousand rows: the level
+    # stops there.
+    assert det.flag_decades(*_chunk(frame(n=100, freq="5min", v=lambda r, n: v[:n])))[-1] == 3.0
     assert det.flag_decades(*_chunk(frame(n=100, freq="1h", v=lambda r, n: v[:n])))[-1] == 3.0
+
+
+def test_the_false_alarm_budget_is_shared_by_the_signals_of_an_entity():
+    """Four signals give four chances per row of a false flag, so each is judged a quarter as often.
+
+    The budget counts the entity's false flags, not each signal's: the same healthy noise on one signal
+    or on four is flagged about as often per entity.
+    """
+    rng = np.random.default_rng(7)
+    one = pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=60000, freq="1min"), "entity": "e",
+                        "a": rng.normal(0, 1, 60000)})
+    four = one.assign(**{s: rng.normal(0, 1, 60000) for s in "bcd"})
+    features = Features(["a", "b", "c", "d"])
+    assert Surprise().flag_decades(features.chunk(four.head(100)), features)[-1] == pytest.approx(
+        np.log10(4 * 86400 / 60))
+    alone = int((Surprise().score(one)["a"] >= 0.5).sum())
+    together = (Surprise().score(four)[list("abcd")] >= 0.5).any(axis=1).sum()
+    # 42 days of rows at a false flag a day: a few dozen, for one signal as for four (a budget per
+    # signal would flag the four-signal entity about four times as often).
+    assert 5 <= alone <= 80 and 5 <= together <= 80 and together < 2 * alone, (alone, together)
 
 
 def _chunk(df):

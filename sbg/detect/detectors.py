@@ -368,11 +368,12 @@ class Surprise(Detector):
     """
 
     label = "surprise"
-    false_alarm_every = param.String(default="10D", doc=(
-        "A false-alarm budget in data time (a duration): a healthy signal's values are flagged about once "
-        "per this much of its data, whatever its sampling interval. The flag level is the tail probability "
-        "interval / false_alarm_every, at most one row in a thousand: 10^-5.9 at 1 s, 10^-3.5 at 5 min "
-        "(a per-row level would flag a 5-minute series 300 times less often per day than a 1 Hz one)."))
+    false_alarm_every = param.String(default="1D", doc=(
+        "A false-alarm budget in data time (a duration), for the entity as a whole: a healthy entity's rows "
+        "are flagged about once per this much of its data, whatever its sampling interval and however many "
+        "signals it has. The flag level is the tail probability interval / (false_alarm_every x signals), "
+        "at most one row in a thousand: 10^-4.9 for one signal at 1 s, 10^-3 at 5 min (a per-row level "
+        "would flag a 5-minute series 300 times less often per day than a 1 Hz one)."))
     decades = param.Number(default=None, allow_None=True, bounds=(0.5, 50), doc=(
         "Flag when the surprise has a tail probability of at most 10^-decades, on every row whatever the "
         "sampling interval; unset (the default): from false_alarm_every and the signal's usual interval."))
@@ -411,13 +412,14 @@ class Surprise(Detector):
     def flag_decades(self, chunk, features):
         """The flag level per row, as decades of tail probability (``decades`` when set).
 
-        From the false-alarm budget: ``log10(false_alarm_every / usual interval)``, between 3 and 8
-        decades. Before an entity's interval is known (its first row) the strict end, 8.
+        From the false-alarm budget: ``log10(false_alarm_every x signals / usual interval)``, between 3
+        and 8 decades (each row is one chance of a false flag per signal judged). Before an entity's interval is known (its first row) the strict end, 8.
         """
         if self.decades is not None:
             return np.full(len(chunk.codes), float(self.decades))
         _, usual = features.intervals(chunk)
-        budget = pd.Timedelta(self.false_alarm_every).total_seconds()
+        # The budget is the entity's, shared by its signals: each judged row is one chance per signal.
+        budget = pd.Timedelta(self.false_alarm_every).total_seconds() * max(chunk.X.shape[1], 1)
         with np.errstate(divide="ignore", invalid="ignore"):
             decades = np.log10(budget / usual)
         return np.clip(np.nan_to_num(decades, nan=MAX_DECADES, posinf=MAX_DECADES), MIN_DECADES, MAX_DECADES)
