@@ -558,3 +558,51 @@ def test_a_duration_typed_into_the_settings_that_is_not_one_is_refused_in_the_pa
     finally:
         view.close()
         monitor.close()
+
+
+@pytest.fixture
+def slow_logger(tmp_path):
+    """One signal named ``value``, every 5 minutes for two weeks: how a univariate logger writes."""
+    t = pd.date_range("2024-03-01", periods=4000, freq="5min")
+    path = tmp_path / "cpu.csv"
+    value = 50.0 + (pd.Series(range(4000)) % 17) * 0.5
+    value[3000] = 90.0  # one reading far off: an alert, and an event in the feed
+    pd.DataFrame({"timestamp": t, "value": value}).to_csv(path, index=False)
+    return path
+
+
+def test_a_slow_logger_with_one_signal_is_shown_over_a_span_that_holds_its_rows(slow_logger):
+    """A 5-minute logger gets a day of view (a ten-minute window held two points), and the baseline card
+    says that one signal has no pair to draw (it used to stop the page with an IndexError)."""
+    monitor, view = watched(slow_logger)
+    try:
+        area = view.__panel__()
+        run(monitor, view)
+        assert view.session.window == "24 h"
+        assert min(drawn(view).values()) >= 289  # at least a day of 5-minute rows, both ends in
+        assert view.baseline.buffer is None and view.baseline.note.visible and not view.baseline.pane.visible
+        assert "this source has one (<b>value</b>)" in view.baseline.note.object
+        assert "two signals" in "".join(p.object for p in area.select(pn.pane.HTML)
+                                        if isinstance(p.object, str) and "sbg-empty" in p.object)
+        # A page opened on rows already seen (a second viewer, or a page after --autostart) fits itself too.
+        late = Dashboard(monitor=monitor)
+        assert late.session.window == "24 h" and late.baseline.note.visible
+        late.close()
+        # The data's date stands beside each event's time: a log of days would read ambiguously without it.
+        view.alerts.refresh()
+        assert re.search(r'<span class="t"[^>]*>03-1\d \d\d:\d\d:\d\d</span>', view.alerts.feed.object)
+    finally:
+        view.close()
+        monitor.close()
+
+
+def test_a_window_the_user_picked_is_kept_whatever_the_data(slow_logger):
+    monitor, view = watched(slow_logger)
+    try:
+        view.session.window = "1 h"
+        run(monitor, view)
+        assert view.session.window == "1 h"
+        assert min(drawn(view).values()) >= 13  # an hour of 5-minute rows, both ends in
+    finally:
+        view.close()
+        monitor.close()

@@ -101,7 +101,8 @@ class AlertsFeed(pn.viewable.Viewer):
             for ev in reversed(events):
                 cls = "error" if ev["kind"] == "error" else ev["severity"]
                 sim, wall = ev.get("sim_time"), ev["time"][11:19]
-                stamp = sim[11:19] if sim else wall
+                # The data's date too, as the alert table shows it: a log spans days as often as minutes.
+                stamp = f"{sim[5:10]} {sim[11:19]}" if sim else wall
                 tip = (f"data time {sim.replace('T', ' ')}; logged at {wall} (wall clock)" if sim else
                        f"logged at {wall} (wall clock), before any data")
                 items.append(f'<div class="ev {html.escape(cls)}"><span class="t" title="{html.escape(tip)}">'

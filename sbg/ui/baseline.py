@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 import panel as pn
 import param
@@ -18,6 +20,7 @@ class Baseline(pn.viewable.Viewer):
     :meth:`send` feeds it the rows the live plots get; :meth:`redraw` draws
     it anew (new axes, a new source). A pair that is not two signals of the
     source (a crafted value from the browser) is refused through ``refused``.
+    A source with one signal has no pair to draw: the card says so instead.
     """
 
     session = param.ClassSelector(class_=Session, doc="The page's session.")
@@ -33,14 +36,15 @@ class Baseline(pn.viewable.Viewer):
         self.size_slider = pn.widgets.FloatSlider.from_param(self.session.param.point_size, label="Point size",
                                                              width=160)
         self.pane = pn.pane.HoloViews(sizing_mode="stretch_width", linked_axes=False)
+        self.note = pn.pane.HTML("", visible=False, sizing_mode="stretch_width")
+        self.controls = pn.Row(self.x_select, self.y_select, self.size_slider)
         self._choosing = False
         self.x_select.param.watch(self._on_xy, "value")
         self.y_select.param.watch(self._on_xy, "value")
         self.session.param.watch(self._on_size, "point_size")
 
     def __panel__(self):
-        return pn.Column(pn.Row(self.x_select, self.y_select, self.size_slider), self.pane,
-                         sizing_mode="stretch_width")
+        return pn.Column(self.controls, self.note, self.pane, sizing_mode="stretch_width")
 
     @staticmethod
     def default_axes(signals) -> tuple[str, str]:
@@ -58,6 +62,17 @@ class Baseline(pn.viewable.Viewer):
 
     def redraw(self):
         """A new source for the live points and the scatter drawn anew over it, streaming through the bridge."""
+        signals = self.session.monitor.signals
+        single = len(signals) < 2
+        self.controls.visible = self.pane.visible = not single
+        self.note.visible = single
+        if single:  # one signal: no plane to draw the baseline and the live rows in
+            self.buffer = None
+            self.pane.object = None
+            name = html.escape(str(signals[0])) if signals else "none"
+            self.note.object = (f'<div class="sbg-empty"><b>Baseline vs live</b> draws two signals against each '
+                                f'other; this source has one (<b>{name}</b>), plotted above.</div>')
+            return
         self.buffer = self._new_buffer()
         self._draw()
         self.session.bridge.watch(self.pane)
@@ -66,7 +81,7 @@ class Baseline(pn.viewable.Viewer):
         """Add ``frame``'s points (its newest 5,000) to the scatter."""
         x, y = self.xy
         if self.buffer is not None and x in frame and y in frame:
-            part = frame[["timestamp", x, y]].dropna().tail(5000).reset_index(drop=True)
+            part = frame[list(dict.fromkeys(["timestamp", x, y]))].dropna().tail(5000).reset_index(drop=True)
             if len(part):
                 self.session.bridge.update(self.buffer, part)
 

@@ -30,10 +30,28 @@ from ..serve.registry import forget_session, mark_behind, register_session
 from ..stream.monitor import Monitor
 from .paths import relative_to, without_paths
 
-__all__ = ["CARDS_AFTER_CONTROL_S", "NOTEBOOK_PLOT_MS", "NOTEBOOK_ROWS_PER_UPDATE", "WINDOWS", "Session", "served"]
+__all__ = ["CARDS_AFTER_CONTROL_S", "NOTEBOOK_PLOT_MS", "NOTEBOOK_ROWS_PER_UPDATE", "WINDOWS", "Session", "fitting_window",
+           "served"]
 
 #: Display windows offered in the sidebar (a time span, not a point count).
-WINDOWS = {"1 min": 60, "5 min": 300, "10 min": 600, "30 min": 1800, "1 h": 3600, "6 h": 21600, "24 h": 86400}
+WINDOWS = {"1 min": 60, "5 min": 300, "10 min": 600, "30 min": 1800, "1 h": 3600, "6 h": 21600, "24 h": 86400,
+           "7 d": 7 * 86400, "30 d": 30 * 86400}
+
+#: Rows of an entity the visible window chosen for the data holds at least (see :func:`fitting_window`).
+WINDOW_ROWS = 200
+
+
+def fitting_window(interval_s: float) -> str:
+    """The visible window for data sampled every ``interval_s`` seconds: the shortest that holds
+    :data:`WINDOW_ROWS` rows, and at least ten minutes (the longest there is for sparser data).
+
+    >>> fitting_window(1.0), fitting_window(300.0), fitting_window(3600.0), fitting_window(float("nan"))
+    ('10 min', '24 h', '30 d', '10 min')
+    """
+    if not interval_s > 0:
+        return "10 min"
+    need = max(WINDOW_ROWS * interval_s, WINDOWS["10 min"])
+    return next((name for name, span in WINDOWS.items() if span >= need), list(WINDOWS)[-1])
 
 #: In a notebook, the live plots and cards update at most every NOTEBOOK_PLOT_MS and send at most about
 #: NOTEBOOK_ROWS_PER_UPDATE rows per entity each time: Jupyter's server stops all of a kernel's output
@@ -89,7 +107,9 @@ class Session(param.Parameterized):
 
     monitor = param.ClassSelector(class_=Monitor, doc="The monitor shown (shared by every session on it).")
     data_dir = param.String(default="", doc="Directory whose files can be chosen or uploaded.")
-    window = param.Selector(default="10 min", objects=list(WINDOWS), doc="Visible time span of the live plots.")
+    window = param.Selector(default="10 min", objects=list(WINDOWS), doc=(
+        "Visible time span of the live plots. Until it is chosen, it follows the data: the shortest span "
+        "that holds 200 rows of an entity at its usual interval (10 min at 1 Hz, 24 h at 5 min)."))
     entities = param.ListSelector(default=[], objects=[], doc="Entities drawn in the live plots.")
     point_size = param.Number(default=4, bounds=(1, 12), doc="Point size of the baseline-vs-live scatter.")
     update_ms = param.Integer(default=250, bounds=(50, 5000), doc="Milliseconds between updates of counters and state.")

@@ -12,7 +12,7 @@ import param
 from ..report.style import ENTITY_COLORS, STATE_COLORS
 from .baseline import Baseline
 from .plots import LiveBuffers, signal_view
-from .session import NOTEBOOK_ROWS_PER_UPDATE, WINDOWS, Session, served
+from .session import NOTEBOOK_ROWS_PER_UPDATE, WINDOWS, Session, fitting_window, served
 from .style import CSS, HTML, choices, title
 
 __all__ = ["SignalPlots"]
@@ -39,6 +39,8 @@ class SignalPlots(pn.viewable.Viewer):
         self._live_window = None
         self._entity_options: list[str] = []
         self._auto_entities = not session.entities
+        #: Whether the visible window still follows the data (until the user picks one).
+        self._auto_window = True
         self._resetting = False
         self.window_select = pn.widgets.Select.from_param(session.param.window, label="Visible window",
                                                           sizing_mode="stretch_width")
@@ -78,13 +80,38 @@ class SignalPlots(pn.viewable.Viewer):
 
     def _on_window(self, event):
         if not self._resetting:
+            self._auto_window = False  # the user's choice is kept from now on
             self.reset()
+
+    def fit_window(self, frame: pd.DataFrame) -> bool:
+        """Set the visible window from the data's usual interval (``frame``'s ``interval_s``), once, unless the
+        user chose one; returns whether it changed. The caller then resets the plots.
+
+        A 5-minute logger in a ten-minute window would show two points: it gets a day instead.
+        """
+        if not self._auto_window or "interval_s" not in frame:
+            return False
+        v = frame["interval_s"].to_numpy(dtype=float)
+        v = v[np.isfinite(v) & (v > 0)]
+        if not len(v):
+            return False
+        self._auto_window = False  # once, from the first rows that say their interval
+        chosen = fitting_window(float(np.median(v)))
+        if chosen == self.session.window:
+            return False
+        self._resetting = True
+        try:
+            self.session.window = chosen
+        finally:
+            self._resetting = False
+        return True
 
     # ---- the rows -------------------------------------------------------
     def reset(self):
         """New buffers and plots for the current entity selection, primed with retained history."""
         session = self.session
         m = session.monitor
+        self.fit_window(m.history.tail(5000))  # a page opened on rows already seen
         labels = [str(e) for e in m.pipeline.features.index.labels]
         if not labels and session.entities:
             # Reset: no entity is known until data flows again; keep the plots (and the browser's models).
@@ -118,6 +145,9 @@ class SignalPlots(pn.viewable.Viewer):
     def draw(self, frame: pd.DataFrame, restarted: bool = False):
         """Stream ``frame`` (the session's queued rows) into the plots; ``restarted``: the data started over."""
         bridge = self.session.bridge
+        if self.fit_window(frame):
+            self.reset()  # drawn anew from the retained history, these rows with it
+            return
         if restarted:
             live = self.live
             buffers = [*live.slots, *live.flags.values(), *live.quality.values(), *live.forecasts.values()]
