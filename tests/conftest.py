@@ -76,3 +76,16 @@ def limits():
     from .test_monitor import LIMITS
 
     return Settings.from_dict(LIMITS)
+
+
+@pytest.fixture
+def slow_meters(tmp_path):
+    """Three meters every 5 minutes: m2 written 150 s after m1, m3 silent for its last 50 rows (over 4 h)."""
+    t = pd.date_range("2024-01-01", periods=300, freq="5min")
+    frame = pd.concat([pd.DataFrame({"timestamp": t, "entity": "m1"}),
+                       pd.DataFrame({"timestamp": t + pd.Timedelta("150s"), "entity": "m2"}),
+                       pd.DataFrame({"timestamp": t[:250], "entity": "m3"})])
+    frame["kw"] = 10.0 + np.arange(len(frame)) % 7
+    path = tmp_path / "meters.csv"
+    frame.sort_values("timestamp", kind="stable").to_csv(path, index=False)
+    return path

@@ -246,6 +246,18 @@ def test_status_data_state_and_health_after_a_run(tmp_path, limits):
     json.dumps(status, default=str)  # served as /api/status
 
 
+def test_a_slow_logger_is_stale_after_ten_of_its_intervals_not_between_its_rows(slow_meters):
+    """Meters every 5 minutes, written 2.5 minutes apart from each other: at the end one's newest row is
+    150 s older than the other's, which is not silence (60 s was, for the 1 Hz rule). Four hours without a
+    row (more than ten of its intervals) is."""
+    m = Monitor([slow_meters])
+    m.run_to_end()
+    state = m.data_state()
+    assert state["state"] == "partly stale" and state["stale_entities"] == ["m3"], state
+    assert dict(zip(m.health()["entity"], m.health()["state"], strict=True)) == {"m1": 0, "m2": 0, "m3": 3}
+    m.close()
+
+
 def test_quarantined_rows_are_counted_with_file_and_line_and_kept_bounded(tmp_path, limits):
     bad = [(10, "garbage,c1,25.0,3.7"), (20, "2024-01-01T00:00:05,c2,x,3.7"), (30, "short,row")]
     path = fleet_csv(tmp_path / "bad.csv", bad_lines=bad)

@@ -443,3 +443,14 @@ def test_report_fits_a4_print_width(browser, cli_report):
         tab.shot("test_print_a4")
     finally:
         tab.close()
+
+
+def test_a_slow_meter_is_stale_in_the_report_only_after_ten_of_its_intervals(slow_meters):
+    """The report judges silence as the live grid does: a 5-minute meter whose last row is 150 s before
+    the newest is normal; one silent for over four hours is stale."""
+    m = Monitor([slow_meters])
+    m.run_to_end()
+    try:
+        assert _Run(Snapshot.of(m), ReportOptions()).worst_state == {"m1": "normal", "m2": "normal", "m3": "stale"}
+    finally:
+        m.close()

@@ -63,14 +63,29 @@ __all__ = [
     "UNDER_FLAG",
     "is_flag",
     "STALE_AFTER",
+    "STALE_INTERVALS",
+    "stale_limit",
 ]
 
 #: The one cut-off of sbg: a score (anomaly or data-quality) at or above it flags its row.
 #: Pipeline, alerts, plots, status grid and report all ask :func:`is_flag`.
 FLAG_AT = 0.5
-#: An entity is stale when its newest row is this much older (in data time) than the newest row seen:
-#: the one owner of that rule (health grid, live status, report).
+#: An entity is stale when its newest row is this much older (in data time) than the newest row seen, or
+#: :data:`STALE_INTERVALS` of its usual sampling interval when that is longer (a 5-minute logger is not
+#: stale between its rows): the one owner of that rule (health grid, live status, report; :func:`stale_limit`).
 STALE_AFTER = "60s"
+#: Usual intervals of silence that make an entity stale: as long as the gap detector's default gap.
+STALE_INTERVALS = 10
+
+
+def stale_limit(usual_s, stale_after: str = STALE_AFTER):
+    """Seconds of silence after which an entity is stale, from its usual interval(s) in seconds (NaN unknown).
+
+    >>> stale_limit(np.array([1.0, 300.0, np.nan])).tolist()
+    [60.0, 3000.0, 60.0]
+    """
+    floor = pd.Timedelta(stale_after).total_seconds()
+    return np.fmax(np.nan_to_num(np.asarray(usual_s, dtype=float) * STALE_INTERVALS, nan=0.0), floor)
 #: The highest score a detector gives a row it has decided not to flag (kept visible, under the cut-off).
 UNDER_FLAG = 0.49
 

@@ -266,6 +266,14 @@ class Features:
         return self._get(chunk, ("intervals", float(eta)), lambda: UsualInterval(eta),
                          lambda s: s.update(chunk.codes, chunk.ts))
 
+    def usual_intervals(self, eta=0.05) -> dict[str, float]:
+        """Each entity's usual sampling interval in seconds, by label, as :meth:`intervals` last saw it (NaN
+        before its second row)."""
+        state = self._state.get(("intervals", float(eta)))
+        usual = state.usual if state is not None else np.zeros(0)
+        return {str(label): float(usual[i]) if i < len(usual) else np.nan
+                for i, label in enumerate(self.index.labels)}
+
     def runs(self, chunk, tol=0.0):
         """``(current run length, longest finished run, jitter)`` of equal values."""
         key = ("runs", float(tol))

@@ -39,7 +39,7 @@ import param
 from .. import __version__
 from ..alerts.engine import SEVERITIES, alerts_frame
 from ..config import settings_table
-from ..detect.detectors import STALE_AFTER
+from ..detect.detectors import STALE_AFTER, stale_limit
 from ..errors import SbgError
 from ..io.outputs import write_text_atomic
 from .downsample import minmax_indices, with_breaks
@@ -52,6 +52,11 @@ __all__ = ["ReportOptions", "Snapshot", "build_report", "write_report", "check_o
 SECTIONS = {"summary": "Summary", "signals": "Signals", "alerts": "Alerts", "health": "Battery health",
             "baseline": "Baseline", "quality": "Data quality", "settings": "Settings used"}
 _SEV_RANK = {"normal": 0, "stale": 1, **{s: i + 2 for i, s in enumerate(SEVERITIES)}}
+
+
+def _usual_interval(intervals) -> float:
+    """An entity's usual sampling interval in seconds: the median of its rows' intervals (NaN when none)."""
+    return float(np.nanmedian(intervals)) if np.isfinite(intervals).any() else np.nan
 #: Parameters that are running state or input, not settings: left out of "settings used".
 _STATE_PARAMS = {"Replay": ("state", "rows_emitted", "rows_total", "sim_time", "loops"), "Stats": ("signals",)}
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -72,7 +77,8 @@ class ReportOptions(param.Parameterized):
     examples_per_reason = param.Integer(default=3, bounds=(0, None), doc="Quarantined rows shown per reason.")
     max_gaps = param.Integer(default=20, bounds=(0, None), doc="Longest gaps listed.")
     stale_after = param.String(default=STALE_AFTER,
-                               doc="An entity whose last row is this much older than the newest row is stale.")
+                               doc="An entity whose last row is this much older than the newest row (or ten of "
+                                   "its usual intervals, when longer) is stale.")
 
     @classmethod
     def from_options(cls, **options) -> ReportOptions:
@@ -383,12 +389,13 @@ class _Run:
         alerts_by_entity = self.alerts.groupby("entity")["severity"] if len(self.alerts) else None
         self.alert_counts = alerts_by_entity.size().to_dict() if alerts_by_entity is not None else {}
         self.worst = {}
-        stale_ns = pd.Timedelta(self.opts.stale_after).value
         newest = self.ts.max() if len(self.ts) else 0
+        interval = h["interval_s"].to_numpy(dtype="float64") if "interval_s" in h.columns else None
         for e, rows in zip(self.entities, self.rows, strict=True):
             sev = (alerts_by_entity.get_group(e).map(_SEV_RANK).max()
                    if alerts_by_entity is not None and e in self.alert_counts else 0)
-            if sev == 0 and newest - self.ts[rows[-1]] > stale_ns:
+            usual = _usual_interval(interval[rows]) if interval is not None else np.nan
+            if sev == 0 and newest - self.ts[rows[-1]] > stale_limit(usual, self.opts.stale_after) * 1e9:
                 sev = _SEV_RANK["stale"]
             self.worst[e] = sev
         names = {v: k for k, v in _SEV_RANK.items()}
@@ -527,7 +534,7 @@ class _Run:
         min_gap = pd.Timedelta(self.snap.gap["min_gap"]).total_seconds()
         for e, rows in zip(self.entities, self.rows, strict=True):
             iv = interval[rows]
-            usual = np.nanmedian(iv) if np.isfinite(iv).any() else np.nan
+            usual = _usual_interval(iv)
             if not np.isfinite(usual) or usual <= 0:
                 continue
             hit = np.flatnonzero((iv > self.snap.gap["factor"] * usual) & (iv >= min_gap))

@@ -37,7 +37,7 @@ from .. import __version__
 from ..alerts.engine import Alert
 from ..alerts.log import AlertLog
 from ..config import Settings
-from ..detect.detectors import STALE_AFTER, is_flag
+from ..detect.detectors import STALE_AFTER, is_flag, stale_limit
 from ..errors import ConfigError, SbgError, SourceError
 from ..io.inputs import name_sources
 from ..io.sources import OUTPUT_COLUMNS, Batch, Source, load_reference
@@ -278,13 +278,13 @@ class Monitor:
         2 critical alert firing, 3 no recent data, 4 a data-quality finding (a gap, a stuck sensor) and no
         anomaly.
 
-        An entity is stale when its newest row is older than ``stale_after``
-        on the replay's clock: silence is shown as silence, never as normal.
+        An entity is stale when its newest row is older than ``stale_after`` (or ten of its usual intervals,
+        when longer) on the replay's clock: silence is shown as silence, never as normal.
         """
         if self._latest is None or self._latest.empty:
             return pd.DataFrame(columns=["entity", "signal", "state", "score", "last_seen"])
         latest = self._latest
-        stale = (self._silence_reference()[0] - latest["timestamp"]) > pd.Timedelta(stale_after)
+        stale = (self._silence_reference()[0] - latest["timestamp"]) > self._stale_limits(stale_after)
         firing = [a for a in self.engine.alerts.values() if a.state == "firing"]
         critical = {(a.entity, a.signal) for a in firing if a.severity == "critical"}
         # A data-quality alert (a stuck sensor) keeps its own colour: the finding, not the severity, says it.
@@ -494,11 +494,18 @@ class Monitor:
         behind = (clock - frontier).total_seconds()
         return (frontier, behind) if behind > 0 else (clock, 0.0)
 
+    def _stale_limits(self, stale_after: str) -> pd.Series:
+        """How long each entity (of the latest rows) may be silent before it is stale (:func:`stale_limit`)."""
+        usual = self.pipeline.features.usual_intervals()
+        secs = stale_limit([usual.get(str(e), np.nan) for e in self._latest.index], stale_after)
+        return pd.Series(pd.to_timedelta(secs, unit="s"), index=self._latest.index)
+
     def data_state(self, stale_after: str = STALE_AFTER) -> dict:
         """Whether data is arriving: ``no data``, ``live``, ``behind``, ``partly stale`` or ``stale``.
 
         Judged in data time. An entity whose newest row is more than
-        ``stale_after`` older than the replay's clock is stale: the source
+        ``stale_after`` (or ten of its usual intervals, when longer) older
+        than the replay's clock is stale: the source
         has had nothing from it. ``stale`` means no entity has sent rows for
         that long, and a source with no rows yet has no data. Silence is
         reported as silence, never as a quiet "normal".
@@ -516,7 +523,7 @@ class Monitor:
         newest = latest["timestamp"].max()
         now, behind = self._silence_reference()
         age = now - latest["timestamp"]
-        stale = sorted(str(e) for e in age.index[age > pd.Timedelta(stale_after)])
+        stale = sorted(str(e) for e in age.index[age > self._stale_limits(stale_after)])
         state = ("behind" if behind else "live") if not stale else "stale" if len(stale) == len(latest) \
             else "partly stale"
         return {"state": state, "entities": int(len(latest)), "stale_entities": stale[:100],

@@ -10,7 +10,7 @@ import pandas as pd
 import panel as pn
 import param
 
-from ..detect.detectors import STALE_AFTER
+from ..detect.detectors import STALE_AFTER, STALE_INTERVALS
 from ..serve.pacing import PACER
 from ..serve.registry import session_count
 from .session import Session
@@ -90,7 +90,8 @@ class StatusCards(pn.viewable.Viewer):
             label += f" · no data for {fmt_duration(data['silent_s'])}"
         elif data["state"] in ("stale", "partly stale"):
             label += f" · {data['stale_count']} of {data['entities']} stale"
-            title = (f"no rows for {pd.Timedelta(STALE_AFTER).total_seconds():g} s of replay time: "
+            title = (f"no rows for {pd.Timedelta(STALE_AFTER).total_seconds():g} s (or {STALE_INTERVALS} of their "
+                     "usual intervals, when longer) of replay time: "
                      + ", ".join(data["stale_entities"][:20]))
         elif data["state"] == "behind" and state == "running":
             # The source has the rows; the monitor is still processing them (sbg.stream.monitor.Monitor.data_state).
