@@ -707,6 +707,10 @@ def cmd_detect(args) -> int:
     print(f"{where}: {s['rows_ok']:,} rows scored, {s['rows_flagged']:,} flagged; "
           f"{s['rows_quarantined']:,} quarantined of {s['rows_in']:,}; {s['alerts']} alerts "
           f"({result['seconds']:.2f}s)", file=messages)
+    first = s.get("first_quarantined")
+    if first and not args.quarantine:
+        print(f"first quarantined row: {first['file']}, line {first['line']}: {first['reason']} "
+              "(--quarantine Q.csv writes every one with its line and reason)", file=messages)
     groups = s.get("groups")
     if groups and groups.get("unassigned_count"):
         n = groups["unassigned_count"]

@@ -426,11 +426,30 @@ def test_detect_summary_json(detect_runs, data):
     assert s["alerts"] >= 3 and s["alerts"] == sum(s["alerts_by_severity"].values())
     assert s["alerts_by_severity"]["critical"] >= 3  # one over-temperature episode per battery
     assert s["chunk_size"] == 65536
+    first = min(data["bad_lines"])
+    assert s["first_quarantined"] == {"file": str(data["tele"]), "line": first,
+                                      "reason": s["first_quarantined"]["reason"]}
+    assert s["first_quarantined"]["reason"].startswith(data["bad_lines"][first])
     assert s["settings"]["rows"] and {"object", "parameter", "value"} <= set(s["settings"]["rows"][0])
     for chunk, other in summaries.items():
         assert other["chunk_size"] == (65536 if chunk == "default" else int(chunk))
         for key in ("rows_in", "rows_ok", "rows_quarantined", "rows_flagged", "alerts", "alerts_by_severity"):
             assert other[key] == s[key], (chunk, key)
+
+
+def test_detect_names_the_first_quarantined_row_when_no_quarantine_file_is_asked_for(tmp_path):
+    path = tmp_path / "meter.csv"
+    path.write_text("timestamp,value\n2024-01-01 00:00:00,5\n2024-01-01 00:05:00,\x1b[31m6\n"
+                    "2024-01-01 00:10:00,oops\n2024-01-01 00:15:00,7\n")
+    proc = run("detect", path, "-o", tmp_path / "flags.csv")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 quarantined of 4" in proc.stdout
+    # File, line and column; the terminal gets the file's control character written out, never the byte.
+    assert (f"first quarantined row: {path}, line 3: column 2 'value': '\\x1b[31m6' is not a number "
+            "(--quarantine Q.csv writes every one") in proc.stdout
+    assert "\x1b" not in proc.stdout
+    with_file = run("detect", path, "-o", tmp_path / "flags.csv", "--quarantine", tmp_path / "q.csv")
+    assert "first quarantined row" not in with_file.stdout
 
 
 def test_detect_fail_on_critical_exits_1(error_runs):

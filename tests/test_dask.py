@@ -124,8 +124,9 @@ def test_backfill_of_a_glob_on_the_cluster_equals_one_process(tmp_path, cluster)
 
     d = json.loads((tmp_path / "dask.json").read_text())
     for key in ("rows_in", "rows_ok", "rows_quarantined", "rows_flagged", "alerts", "alerts_by_severity",
-                "pipeline_errors"):
+                "pipeline_errors", "first_quarantined"):
         assert d[key] == s[key], key
+    assert s["first_quarantined"]["line"] > 1
 
 
 def test_backfill_of_a_parquet_directory_with_local_workers(tmp_path):

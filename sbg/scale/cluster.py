@@ -69,6 +69,8 @@ from ..stream.batch import (
     check_output,
     dataset_output,
     is_dataset,
+    first_quarantined,
+    note_first_quarantined,
     quarantine_file,
     quarantine_rows,
 )
@@ -206,6 +208,7 @@ def _split_file(index: int, schema, scratch: str, partitions: int, with_file: bo
     writers: dict[int, TableWriter] = {}
     rows_in = rows_ok = rows_q = 0
     faults: list[str] = []
+    firsts: dict = {}
     qpath = Path(scratch) / f"quarantine-{index:06d}.csv"
     qwriter = None
     lo: dict = {}
@@ -218,6 +221,7 @@ def _split_file(index: int, schema, scratch: str, partitions: int, with_file: bo
             rows_q += batch.rows_quarantined
             if batch.fault is not None:
                 faults.append(f"{type(batch.fault).__name__}: {batch.fault}")
+            note_first_quarantined(firsts, batch)
             if batch.quarantined:
                 if qwriter is None:
                     qwriter = csv.writer(files.enter_context(AtomicFile(qpath, "w", encoding="utf-8", newline="")))
@@ -246,6 +250,7 @@ def _split_file(index: int, schema, scratch: str, partitions: int, with_file: bo
     entities = list(lo)
     return {"index": index, "rows_in": rows_in, "rows_ok": rows_ok, "rows_quarantined": rows_q, "faults": faults,
             "partitions": sorted(writers), "quarantine": str(qpath) if qwriter is not None else None,
+            "firsts": firsts,
             "entities": entities, "first": [lo[e] for e in entities], "last": [hi[e] for e in entities]}
 
 
@@ -371,6 +376,7 @@ def run_detect_dask(path, output, baseline=None, settings: Settings | None = Non
         "rows_in": sum(r["rows_in"] for r in split), "rows_ok": sum(r["rows_ok"] for r in split),
         "rows_quarantined": sum(r["rows_quarantined"] for r in split),
         "rows_flagged": sum(r["flagged"] for r in scored), "alerts": len(alerts),
+        "first_quarantined": first_quarantined({k: v for r in split for k, v in r["firsts"].items()}, paths),
         "alerts_by_severity": {s: int((alerts["severity"] == s).sum()) for s in ("info", "warning", "critical")},
         "pipeline_errors": len(faults) + sum(r["errors"] for r in scored), "chunk_size": chunk_size,
         "schema": schema.as_dict(), "baseline": str(baseline) if baseline else None,

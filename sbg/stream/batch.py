@@ -47,7 +47,7 @@ from .pipeline import build_pipeline
 from .reorder import Reorder
 
 __all__ = ["run_detect", "format_timestamps", "TableWriter", "FlagsWriter", "is_dataset", "prepare_dataset", "dataset_output",
-           "read_dataset", "quarantine_file"]
+           "read_dataset", "quarantine_file", "note_first_quarantined", "first_quarantined"]
 
 
 def format_timestamps(ns: np.ndarray) -> pa.Array:
@@ -375,6 +375,7 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
     check_output(output, paths)
     parquet = is_dataset(output)
     flagged = 0
+    firsts: dict = {}  # each file's first quarantined row, named in the summary: never only a count
     with contextlib.ExitStack() as outputs:
         # Opened before any row is read, so an output that cannot be written fails at once.
         log = AlertLog(alerts_db) if alerts_db else None
@@ -410,6 +411,7 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
                 metrics.count_batch(batch.rows_in, batch.rows_ok, batch.rows_quarantined)
                 if batch.fault is not None:
                     pipeline.fault("source", batch.fault)
+                note_first_quarantined(firsts, batch)
                 if qwriter is not None:
                     qwriter.writerows(quarantine_rows(batch, len(paths) > 1))
                 frame = batch.frame if reorder is None else reorder.push(batch.frame)
@@ -439,6 +441,7 @@ def run_detect(path, output, baseline=None, settings: Settings | None = None, al
         "sbg_version": __version__,
         "rows_in": metrics.rows_in, "rows_ok": metrics.rows_ok, "rows_quarantined": metrics.rows_quarantined,
         "rows_flagged": flagged, "alerts": len(alerts),
+        "first_quarantined": first_quarantined(firsts, paths),
         "alerts_by_severity": {s: int((alerts["severity"] == s).sum()) for s in ("info", "warning", "critical")},
         "pipeline_errors": metrics.errors, "chunk_size": chunk_size,
         "schema": src.schema.as_dict(), "baseline": str(baseline) if baseline else None,
@@ -490,6 +493,17 @@ def check_output(output: Path, paths):
     for p in paths:
         if output.resolve() == Path(p).resolve():
             raise SbgError(f"{output}: refusing to overwrite the input file")
+
+
+def note_first_quarantined(firsts: dict, batch):
+    """Keep the first quarantined row of each file of ``batch`` in ``firsts`` (file name to the row)."""
+    for q in batch.quarantined:
+        firsts.setdefault(str(q.source), {"file": str(q.source), "line": q.line, "reason": q.reason})
+
+
+def first_quarantined(firsts: dict, paths) -> dict | None:
+    """The first quarantined row in file order, then line order (``None``: none was)."""
+    return next((firsts[str(p)] for p in paths if str(p) in firsts), None)
 
 
 def quarantine_header(paths) -> list[str]:
