@@ -109,12 +109,40 @@ def test_ids_are_deterministic():
     assert a["id"].tolist() == b["id"].tolist()
 
 
+def test_an_alert_clears_after_clear_for_of_quiet_data_when_that_comes_before_clear_rows():
+    """One odd reading of an hourly logger: quiet for 30 s of data is the next row, not 30 rows (30 hours)."""
+    flags = [0] * 5 + [1] + [0] * 40
+    start = pd.Timestamp("2024-01-01 05:00")
+    timed, _, _ = run_engine(flags, Rule(name="r", clear_rows=30, clear_for="30s"), freq="1h")
+    rows_only, _, _ = run_engine(flags, Rule(name="r", clear_rows=30), freq="1h")
+    assert timed[["start", "end"]].values.tolist() == [[start, start + pd.Timedelta("1h")]]
+    assert rows_only[["start", "end"]].values.tolist() == [[start, start + pd.Timedelta("30h")]]
+    # At 1 Hz the default rules' 30 rows and 30 s are the same row.
+    fast, _, _ = run_engine(flags, Rule(name="r", clear_rows=30, clear_for="30s"))
+    slow_rule, _, _ = run_engine(flags, Rule(name="r", clear_rows=30))
+    pd.testing.assert_frame_equal(fast, slow_rule)
+
+
+def test_a_state_written_before_the_last_flag_time_was_kept_restores_and_clears_by_rows():
+    engine = AlertEngine([Rule(name="r", clear_for="30s")])
+    engine.restore({"alerts": [], "tracks": [["r", "a", 2, 10, 5, None, None, 0]]})
+    assert engine.tracks["r"]["a"].last_true_pos == 5 and engine.state()["tracks"][0][-1] > 10**18
+
+
+def test_a_rule_duration_that_is_not_one_is_refused_by_name():
+    with pytest.raises(ValueError, match="clear_for must be a positive duration such as 30s, not 'soon'"):
+        Rule(name="r", clear_for="soon")
+    with pytest.raises(ValueError, match="pending_for must be a duration"):
+        Rule(name="r", pending_for="-5s")
+
+
 @settings(max_examples=60, deadline=None)
 @given(flags=st.lists(st.booleans(), min_size=1, max_size=300),
        cuts=st.lists(st.integers(1, 299), max_size=15),
-       pending=st.integers(1, 4), clear=st.integers(1, 5), dedup=st.sampled_from(["0s", "3s", "1min"]))
-def test_alerts_are_chunk_invariant(flags, cuts, pending, clear, dedup):
-    rule = Rule(name="r", pending_rows=pending, clear_rows=clear, dedup=dedup)
+       pending=st.integers(1, 4), clear=st.integers(1, 5), dedup=st.sampled_from(["0s", "3s", "1min"]),
+       clear_for=st.sampled_from(["", "2s", "4s"]))
+def test_alerts_are_chunk_invariant(flags, cuts, pending, clear, dedup, clear_for):
+    rule = Rule(name="r", pending_rows=pending, clear_rows=clear, dedup=dedup, clear_for=clear_for)
     ent = ["a" if (i * 7) % 3 else "b" for i in range(len(flags))]
     whole, ev1, _ = run_engine(flags, rule, entity=ent)
     parts, ev2, _ = run_engine(flags, rule, chunkings(len(flags), cuts), entity=ent)

@@ -233,7 +233,8 @@ def test_describe_marks_exactly_what_changed():
 
 def test_describe_compares_a_default_rule_with_its_own_defaults():
     s = Settings.from_dict({"rules": [{"name": "limit_breach", "detectors": ["limits"], "severity": "critical",
-                                       "title": "limit breached", "pending_rows": 5, "clear_rows": 30}]})
+                                       "title": "limit breached", "pending_rows": 5, "clear_rows": 30,
+                                       "clear_for": "30s"}]})
     changed = [(r["object"], r["parameter"], r["value"], r["default"]) for r in describe(s)["rows"] if r["changed"]]
     assert changed == [("rule limit_breach", "pending_rows", 5, 3)]
 

@@ -5,7 +5,7 @@ what severity, and how long the condition must hold. The :class:`AlertEngine`
 runs a state machine per (rule, entity)::
 
     normal --(flag)--> pending --(held pending_rows / pending_for)--> firing
-    firing --(clear_rows rows without a flag)--> resolved
+    firing --(clear_rows rows, or clear_for of data time, without a flag)--> resolved
     resolved --(fires again within dedup)--> firing, same alert reopened
 
 Alert ids hash the source, rule, entity and start time, so replaying the same
@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import param
 
+from ..detect.detectors import check_duration
+
 __all__ = ["Rule", "Alert", "AlertEngine", "ALERT_COLUMNS", "alerts_frame", "default_rules", "SEVERITIES"]
 
 SEVERITIES = ("info", "warning", "critical")
@@ -44,6 +46,10 @@ class Rule(param.Parameterized):
     pending_rows = param.Integer(default=1, bounds=(1, None), doc="Consecutive flagged rows before firing.")
     pending_for = param.String(default="0s", doc="Duration the condition must hold before firing.")
     clear_rows = param.Integer(default=10, bounds=(1, None), doc="Consecutive clear rows that resolve an alert.")
+    clear_for = param.String(default="", doc=(
+        "Data time without a flag that resolves an alert, if sooner than clear_rows (a duration; empty: rows "
+        "only). The default rules clear after 30 rows or 30 s: the same at 1 Hz, and an hourly logger's alert "
+        "does not wait 30 hours."))
     dedup = param.String(default="5min", doc="A re-fire within this time of resolution reopens the same alert.")
 
     def __init__(self, **params):
@@ -51,8 +57,13 @@ class Rule(param.Parameterized):
         if not self.title:
             self.title = self.name.replace("_", " ")
         self._re = re.compile(self.signals) if self.signals else None
+        check_duration("pending_for", self.pending_for, "5min", zero=True)
+        check_duration("dedup", self.dedup, "5min", zero=True)
+        if self.clear_for:
+            check_duration("clear_for", self.clear_for, "30s")
         self.pending_ns = pd.Timedelta(self.pending_for).value
         self.dedup_ns = pd.Timedelta(self.dedup).value
+        self.clear_ns = pd.Timedelta(self.clear_for).value if self.clear_for else 0
 
     def matches(self, detector: str, signal: str) -> bool:
         if self.detectors and detector not in self.detectors:
@@ -64,21 +75,21 @@ def default_rules() -> list[Rule]:
     """The documented default rules (see README)."""
     return [
         Rule(name="limit_breach", title="limit breached", detectors=["limits"], severity="critical",
-             pending_rows=3, clear_rows=30),
+             pending_rows=3, clear_rows=30, clear_for="30s"),
         Rule(name="anomaly", title="unusual behaviour", detectors=["surprise"], severity="warning",
-             clear_rows=30),
+             clear_rows=30, clear_for="30s"),
         Rule(name="condition", title="abnormal condition", detectors=["joint"], severity="warning",
-             pending_rows=10, pending_for="5min", clear_rows=30),
+             pending_rows=10, pending_for="5min", clear_rows=30, clear_for="30s"),
         Rule(name="outlier", title="outlier", detectors=["zscore", "robust"], severity="warning",
-             clear_rows=30),
-        Rule(name="spike", title="spike", detectors=["spike"], severity="warning", clear_rows=30),
+             clear_rows=30, clear_for="30s"),
+        Rule(name="spike", title="spike", detectors=["spike"], severity="warning", clear_rows=30, clear_for="30s"),
         Rule(name="stuck_sensor", title="stuck sensor", detectors=["flatline"], severity="warning",
-             clear_rows=5),
+             clear_rows=5, clear_for="5s"),
         Rule(name="data_gap", title="data gap", detectors=["gap"], severity="warning", clear_rows=1),
         Rule(name="limit_forecast", title="limit ahead", detectors=["forecast"], severity="warning",
-             pending_rows=3, clear_rows=30),
+             pending_rows=3, clear_rows=30, clear_for="30s"),
         Rule(name="baseline_drift", title="drift from baseline", detectors=["baseline"], severity="warning",
-             pending_rows=10, clear_rows=60),
+             pending_rows=10, clear_rows=60, clear_for="60s"),
     ]
 
 
@@ -128,6 +139,29 @@ class Alert:
         return cls(**rec)
 
 
+#: :attr:`_Track.last_true_ts` while unknown: later than any row, so no data time has passed since it.
+_UNKNOWN_TS = 2**62
+
+
+def _clear_row(track, rows, ts, pos0, upto, clear_rows, clear_ns):
+    """The row that resolves ``track``'s firing alert among its entity's clear rows of this chunk before
+    position ``upto``: the ``clear_rows``-th after the last flag, or the first ``clear_ns`` of data time after
+    it (when set), whichever comes first; None when neither is in this chunk.
+
+    ``rows`` are the entity's rows of the chunk, at positions ``pos0, pos0 + 1, ...``.
+    """
+    lo = max(track.last_true_pos + 1, pos0)
+    if upto <= lo:
+        return None
+    quiet = rows[lo - pos0:upto - pos0]
+    i = track.last_true_pos + clear_rows - lo  # the clear_rows-th quiet row, counted from this chunk's first
+    if clear_ns:
+        late = np.flatnonzero(ts[quiet] - track.last_true_ts >= clear_ns)
+        if len(late):
+            i = min(i, int(late[0]))
+    return quiet[i] if 0 <= i < len(quiet) else None
+
+
 @dataclass
 class _Track:
     """State of one (rule, entity) machine."""
@@ -135,6 +169,8 @@ class _Track:
     run_len: int = 0
     run_start_ts: int = 0
     last_true_pos: int = -(10**18)
+    #: Time (ns) of the last flagged row; far in the future while unknown, so that ``clear_for`` waits.
+    last_true_ts: int = _UNKNOWN_TS
     alert: Alert | None = None
     last_resolved: Alert | None = None
     last_end_ns: int = 0
@@ -187,7 +223,7 @@ class AlertEngine:
             return None if alert is None else alert.id
 
         tracks = [[rule, label, int(t.run_len), int(t.run_start_ts), int(t.last_true_pos), ref(t.alert),
-                   ref(t.last_resolved), int(t.last_end_ns)]
+                   ref(t.last_resolved), int(t.last_end_ns), int(t.last_true_ts)]
                   for rule, per_entity in self.tracks.items() for label, t in per_entity.items()]
         return {"alerts": [a.as_record() for a in self.alerts.values()], "tracks": tracks}
 
@@ -195,9 +231,11 @@ class AlertEngine:
         """Replace all carried state with a :meth:`state` (alert objects shared between tracks as before).
 
         >>> engine = AlertEngine([Rule(name="r")])
-        >>> engine.restore({"alerts": [], "tracks": [["r", "a", 2, 10, 5, None, None, 0]]})
-        >>> engine.tracks["r"]["a"].run_len, engine.state() == {"alerts": [], "tracks": [["r", "a", 2, 10, 5, None, None, 0]]}
+        >>> engine.restore({"alerts": [], "tracks": [["r", "a", 2, 10, 5, None, None, 0, 7]]})
+        >>> engine.tracks["r"]["a"].run_len, engine.state() == {"alerts": [], "tracks": [["r", "a", 2, 10, 5, None, None, 0, 7]]}
         (2, True)
+
+        A state written before ``last_true_ts`` was kept (eight items a track) restores with it unknown.
         """
         alerts = {}
         for rec in state["alerts"]:
@@ -205,13 +243,15 @@ class AlertEngine:
             alerts[alert.id] = alert
         rules = {r.name for r in self.rules}
         tracks: dict[str, dict[str, _Track]] = {}
-        for rule, label, run_len, run_start_ts, last_true_pos, alert_id, resolved_id, last_end_ns in state["tracks"]:
+        for rule, label, run_len, run_start_ts, last_true_pos, alert_id, resolved_id, last_end_ns, *rest in \
+                state["tracks"]:
             if rule not in rules:
                 raise ValueError(f"the state names rule {rule!r}, which these settings do not have")
             tracks.setdefault(rule, {})[label] = _Track(
                 run_len=int(run_len), run_start_ts=int(run_start_ts), last_true_pos=int(last_true_pos),
                 alert=None if alert_id is None else alerts[alert_id],
-                last_resolved=None if resolved_id is None else alerts[resolved_id], last_end_ns=int(last_end_ns))
+                last_resolved=None if resolved_id is None else alerts[resolved_id], last_end_ns=int(last_end_ns),
+                last_true_ts=int(rest[0]) if rest else _UNKNOWN_TS)
         self.tracks.clear()
         self.tracks.update(tracks)
         self.alerts.clear()
@@ -289,7 +329,7 @@ class AlertEngine:
         pos = positions[rows]
         pos0 = pos[0]
         true_rows = rows[cond[rows]]
-        clear_rows, pending_rows, pending_ns = rule.clear_rows, rule.pending_rows, rule.pending_ns
+        clear_rows, clear_ns, pending_rows, pending_ns = rule.clear_rows, rule.clear_ns, rule.pending_rows, rule.pending_ns
         if len(true_rows):
             tpos = positions[true_rows]
             breaks = np.flatnonzero(np.diff(tpos) != 1) + 1
@@ -297,9 +337,10 @@ class AlertEngine:
                 first = true_rows[run[0]]
                 p = tpos[run[0]]
                 if p != track.last_true_pos + 1:
-                    if track.alert is not None and p - track.last_true_pos - 1 >= clear_rows:
-                        clear_row = rows[track.last_true_pos + clear_rows - pos0]
-                        self._resolve(track, int(ts[clear_row]), events, clear_row)
+                    if track.alert is not None:
+                        clear_row = _clear_row(track, rows, ts, pos0, p, clear_rows, clear_ns)
+                        if clear_row is not None:
+                            self._resolve(track, int(ts[clear_row]), events, clear_row)
                     track.run_len = 0
                     track.run_start_ts = int(ts[first])
                 run_rows = true_rows[run]
@@ -327,9 +368,10 @@ class AlertEngine:
                         a.message = self._message(rule, a)
                 track.run_len += len(run)
                 track.last_true_pos = tpos[run[-1]]
+                track.last_true_ts = int(ts[run_rows[-1]])
         if track.alert is not None:
-            if pos[-1] - track.last_true_pos >= clear_rows:
-                clear_row = rows[track.last_true_pos + clear_rows - pos0]
+            clear_row = _clear_row(track, rows, ts, pos0, pos[-1] + 1, clear_rows, clear_ns)
+            if clear_row is not None:
                 self._resolve(track, int(ts[clear_row]), events, clear_row)
 
     def _message(self, rule, a: Alert) -> str:
