@@ -86,6 +86,8 @@ def stale_limit(usual_s, stale_after: str = STALE_AFTER):
     """
     floor = pd.Timedelta(stale_after).total_seconds()
     return np.fmax(np.nan_to_num(np.asarray(usual_s, dtype=float) * STALE_INTERVALS, nan=0.0), floor)
+
+
 #: The highest score a detector gives a row it has decided not to flag (kept visible, under the cut-off).
 UNDER_FLAG = 0.49
 
@@ -428,7 +430,8 @@ class Surprise(Detector):
         """The flag level per row, as decades of tail probability (``decades`` when set).
 
         From the false-alarm budget: ``log10(false_alarm_every x signals / usual interval)``, between 3
-        and 8 decades (each row is one chance of a false flag per signal judged). Before an entity's interval is known (its first row) the strict end, 8.
+        and 8 decades (each row is one chance of a false flag per signal judged). Before an entity's
+        interval is known (its first row) the strict end, 8.
         """
         if self.decades is not None:
             return np.full(len(chunk.codes), float(self.decades))

@@ -57,6 +57,8 @@ _SEV_RANK = {"normal": 0, "stale": 1, **{s: i + 2 for i, s in enumerate(SEVERITI
 def _usual_interval(intervals) -> float:
     """An entity's usual sampling interval in seconds: the median of its rows' intervals (NaN when none)."""
     return float(np.nanmedian(intervals)) if np.isfinite(intervals).any() else np.nan
+
+
 #: Parameters that are running state or input, not settings: left out of "settings used".
 _STATE_PARAMS = {"Replay": ("state", "rows_emitted", "rows_total", "sim_time", "loops"), "Stats": ("signals",)}
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
