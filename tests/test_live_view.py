@@ -555,6 +555,16 @@ def test_a_duration_typed_into_the_settings_that_is_not_one_is_refused_in_the_pa
             box.value = "next week"
         assert surprise.false_alarm_every == "12h" and box.value == "12h"
         assert any("false_alarm_every must be a positive duration" in r.getMessage() for r in caplog.records)
+        # A rule's quiet span too: the engine then clears by it, or keeps the span it had.
+        rule = next(r for r in monitor.engine.rules if r.name == "anomaly")
+        card = next(c for c in area.select(pn.Card) if c.title == "Rule: anomaly")
+        clear = next(w for w in card.select(pn.widgets.TextInput) if w.name == "Clear for")
+        clear.value = "10min"
+        assert rule.clear_for == "10min" and rule.clear_ns == 600 * 10**9
+        with caplog.at_level("WARNING", logger="sbg.alerts.engine"):
+            clear.value = "soon"
+        assert rule.clear_for == "10min" and rule.clear_ns == 600 * 10**9 and clear.value == "10min"
+        assert any("clear_for must be a positive duration" in r.getMessage() for r in caplog.records)
     finally:
         view.close()
         monitor.close()

@@ -19,6 +19,7 @@ data gives the same ids (the alert log, :mod:`sbg.alerts.log`, upserts on them).
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +33,8 @@ from ..detect.detectors import check_duration
 __all__ = ["Rule", "Alert", "AlertEngine", "ALERT_COLUMNS", "alerts_frame", "default_rules", "SEVERITIES"]
 
 SEVERITIES = ("info", "warning", "critical")
+
+_log = logging.getLogger(__name__)
 
 
 class Rule(param.Parameterized):
@@ -57,6 +60,12 @@ class Rule(param.Parameterized):
         if not self.title:
             self.title = self.name.replace("_", " ")
         self._re = re.compile(self.signals) if self.signals else None
+        self._durations()
+        # Typed into the page: a value that is not a duration is refused there, as a settings file is.
+        self.param.watch(self._on_duration, ["pending_for", "dedup", "clear_for"])
+
+    def _durations(self):
+        """Check the durations and keep them in nanoseconds (``pending_ns``, ``dedup_ns``, ``clear_ns``)."""
         check_duration("pending_for", self.pending_for, "5min", zero=True)
         check_duration("dedup", self.dedup, "5min", zero=True)
         if self.clear_for:
@@ -64,6 +73,15 @@ class Rule(param.Parameterized):
         self.pending_ns = pd.Timedelta(self.pending_for).value
         self.dedup_ns = pd.Timedelta(self.dedup).value
         self.clear_ns = pd.Timedelta(self.clear_for).value if self.clear_for else 0
+
+    def _on_duration(self, *events):
+        try:
+            self._durations()
+        except ValueError as exc:
+            with param.parameterized.discard_events(self):
+                self.param.update(**{e.name: e.old for e in events})
+            self._durations()
+            _log.warning("rule %s: %s; kept %s", self.name, exc, ", ".join(f"{e.name}={e.old!r}" for e in events))
 
     def matches(self, detector: str, signal: str) -> bool:
         if self.detectors and detector not in self.detectors:

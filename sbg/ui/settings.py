@@ -13,7 +13,7 @@ from .style import CSS, HTML
 __all__ = ["SettingsPanel"]
 
 #: The settings of an alert rule shown on the page.
-RULE_SETTINGS = ["severity", "min_score", "pending_rows", "clear_rows"]
+RULE_SETTINGS = ["severity", "min_score", "pending_rows", "clear_rows", "clear_for"]
 
 
 class SettingsPanel(pn.viewable.Viewer):
