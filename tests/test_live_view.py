@@ -561,7 +561,7 @@ def test_a_duration_typed_into_the_settings_that_is_not_one_is_refused_in_the_pa
         clear = next(w for w in card.select(pn.widgets.TextInput) if w.name == "Clear for")
         clear.value = "10min"
         assert rule.clear_for == "10min" and rule.clear_ns == 600 * 10**9
-        with caplog.at_level("WARNING", logger="sbg.alerts.engine"):
+        with caplog.at_level("WARNING", logger="sbg.detect.detectors"):
             clear.value = "soon"
         assert rule.clear_for == "10min" and rule.clear_ns == 600 * 10**9 and clear.value == "10min"
         assert any("clear_for must be a positive duration" in r.getMessage() for r in caplog.records)

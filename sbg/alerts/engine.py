@@ -19,7 +19,6 @@ data gives the same ids (the alert log, :mod:`sbg.alerts.log`, upserts on them).
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,13 +27,11 @@ import numpy as np
 import pandas as pd
 import param
 
-from ..detect.detectors import check_duration
+from ..detect.detectors import check_duration, keep_usable
 
 __all__ = ["Rule", "Alert", "AlertEngine", "ALERT_COLUMNS", "alerts_frame", "default_rules", "SEVERITIES"]
 
 SEVERITIES = ("info", "warning", "critical")
-
-_log = logging.getLogger(__name__)
 
 
 class Rule(param.Parameterized):
@@ -75,13 +72,8 @@ class Rule(param.Parameterized):
         self.clear_ns = pd.Timedelta(self.clear_for).value if self.clear_for else 0
 
     def _on_duration(self, *events):
-        try:
-            self._durations()
-        except ValueError as exc:
-            with param.parameterized.discard_events(self):
-                self.param.update(**{e.name: e.old for e in events})
-            self._durations()
-            _log.warning("rule %s: %s; kept %s", self.name, exc, ", ".join(f"{e.name}={e.old!r}" for e in events))
+        if not keep_usable(self, events, self._durations, f"rule {self.name}"):
+            self._durations()  # the values kept, in nanoseconds again
 
     def matches(self, detector: str, signal: str) -> bool:
         if self.detectors and detector not in self.detectors:

@@ -64,6 +64,7 @@ __all__ = [
     "is_flag",
     "STALE_AFTER",
     "STALE_INTERVALS",
+    "keep_usable",
     "stale_limit",
 ]
 
@@ -145,6 +146,22 @@ def _battery_schema(signals: tuple, entity: str | None) -> bool:
     return sum(any(re.search(m, s) for m in _BATTERY_MARKERS[1:]) for s in names) >= 3
 
 
+def keep_usable(obj: param.Parameterized, events, check, who: str) -> bool:
+    """After ``events`` changed settings of ``obj``, run ``check()``; when it refuses them (ValueError), put
+    the old values back without notifying anyone and log why. Returns whether the new values were kept.
+
+    Settings typed into the page are judged as a settings file is, and the widget shows the value kept.
+    """
+    try:
+        check()
+    except ValueError as exc:
+        with param.parameterized.discard_events(obj):
+            obj.param.update(**{e.name: e.old for e in events})
+        _log.warning("%s: %s; kept %s", who, exc, ", ".join(f"{e.name}={e.old!r}" for e in events))
+        return False
+    return True
+
+
 def check_duration(name: str, value, example: str, zero: bool = False) -> None:
     """Refuse ``value`` unless it is a positive duration (or zero, with ``zero``), as settings load.
 
@@ -219,13 +236,7 @@ class Detector(param.Parameterized):
         """Refuse settings only the whole object can judge (durations, patterns, limits) when they load."""
 
     def _keep_usable(self, *events):
-        try:
-            self.check()
-        except ValueError as exc:
-            with param.parameterized.discard_events(self):
-                self.param.update(**{e.name: e.old for e in events})
-            _log.warning("%s: %s; kept %s", self.label, exc,
-                         ", ".join(f"{e.name}={e.old!r}" for e in events))
+        keep_usable(self, events, self.check, self.label)
 
     def findings(self) -> list:
         """Data-quality findings of the last :meth:`scores` call beyond the scores themselves:
