@@ -498,7 +498,9 @@ def check_output(output: Path, paths):
 def note_first_quarantined(firsts: dict, batch):
     """Keep the first quarantined row of each file of ``batch`` in ``firsts`` (file name to the row)."""
     for q in batch.quarantined:
-        firsts.setdefault(str(q.source), {"file": str(q.source), "line": q.line, "reason": q.reason})
+        source = str(q.source)
+        if source not in firsts:  # one record a file, not one a quarantined row
+            firsts[source] = {"file": source, "line": q.line, "reason": q.reason}
 
 
 def first_quarantined(firsts: dict, paths) -> dict | None:

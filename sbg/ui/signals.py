@@ -18,6 +18,15 @@ from .style import CSS, HTML, choices, title
 __all__ = ["SignalPlots"]
 
 
+def _median_interval(frame: pd.DataFrame) -> float:
+    """The median of ``frame``'s positive ``interval_s`` (seconds between an entity's rows); NaN when none."""
+    if "interval_s" not in frame or not len(frame):
+        return float("nan")
+    v = frame["interval_s"].to_numpy(dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    return float(np.median(v)) if len(v) else float("nan")
+
+
 class SignalPlots(pn.viewable.Viewer):
     """One streaming plot per signal of the monitor, for the entities chosen, over the visible window.
 
@@ -89,14 +98,13 @@ class SignalPlots(pn.viewable.Viewer):
 
         A 5-minute logger in a ten-minute window would show two points: it gets a day instead.
         """
-        if not self._auto_window or "interval_s" not in frame:
+        if not self._auto_window:
             return False
-        v = frame["interval_s"].to_numpy(dtype=float)
-        v = v[np.isfinite(v) & (v > 0)]
-        if not len(v):
+        interval = _median_interval(frame)
+        if interval != interval:
             return False
         self._auto_window = False  # once, from the first rows that say their interval
-        chosen = fitting_window(float(np.median(v)))
+        chosen = fitting_window(interval)
         if chosen == self.session.window:
             return False
         self._resetting = True
@@ -191,13 +199,8 @@ class SignalPlots(pn.viewable.Viewer):
         Rows older than the window are off the axis: keeping them would only
         make the browser draw more.
         """
-        tail = self.session.monitor.history.tail(5000)
-        dt = 1.0
-        if "interval_s" in tail and len(tail):
-            v = tail["interval_s"].to_numpy(dtype=float)
-            v = v[np.isfinite(v) & (v > 0)]
-            if len(v):
-                dt = float(np.median(v))
+        dt = _median_interval(self.session.monitor.history.tail(5000))
+        dt = dt if dt == dt else 1.0
         return int(min(max(WINDOWS[self.session.window] / dt * 1.2, 300), 20_000))
 
     # ---- the plots ------------------------------------------------------
