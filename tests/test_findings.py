@@ -218,9 +218,12 @@ def test_the_gain_of_a_wandering_level_is_chunk_invariant():
     ("bursty counts", lambda r, n: r.poisson(np.where(r.random(n) < 0.02, 30, 1)).astype(float)),
 ])
 def test_surprise_stays_quiet_on_what_real_series_do(name, make):
+    """17 days of a 5-minute logger doing what real series do: no more false flags than the budget's one
+    a day, whatever the series' scale, quantisation, cycles or bursts."""
     df = frame(n=5000, freq="5min", v=make)
     flagged = (Surprise(enabled=True).score(df)["v"] >= 0.5).to_numpy()
-    assert flagged.mean() < 2e-3, name
+    days = 5000 * 300 / 86400
+    assert flagged.sum() <= 1.5 * days, (name, flagged.sum())
 
 
 @pytest.mark.parametrize("name,change", [
@@ -258,10 +261,9 @@ def test_the_false_alarm_budget_is_in_data_time_not_rows():
     """The same healthy rows, stamped 1 s or 5 min apart: flagged about once per ``false_alarm_every`` of data.
 
     60,000 rows are 17 hours at 1 s and 208 days at 5 min. With the default budget (a day per entity) the
-    level is 10^-4.9 at 1 s, so the 17 hours show no false flag, and 10^-3 at 5 min (the budget asks for
-    10^-2.5; the level stops at one row in a thousand), so the 208 days show a few dozen. A level per row
-    (10^-6) left the 5-minute series silent: as deaf to a slow logger's events as it is strict with a
-    fast one.
+    level is 10^-4.9 at 1 s, so the 17 hours show no false flag, and 10^-2.5 at 5 min, so the 208 days
+    show about one a day (when the level stopped at 10^-3, a few dozen: the budget was not kept). A level per row (10^-6) left the 5-minute series silent: as deaf to a
+    slow logger's events as it is strict with a fast one.
     """
     v = np.random.default_rng(4).normal(0, 1, 60000)
     det = Surprise()
@@ -272,11 +274,14 @@ def test_the_false_alarm_budget_is_in_data_time_not_rows():
     slow = int((Surprise().score(frame(n=60000, freq="5min", v=lambda r, n: v))["v"] >= 0.5).sum())
     fast = int((Surprise().score(frame(n=60000, freq="1s", v=lambda r, n: v))["v"] >= 0.5).sum())
     per_row = int((Surprise(decades=6.0).score(frame(n=60000, freq="5min", v=lambda r, n: v))["v"] >= 0.5).sum())
-    assert 10 <= slow <= 150 and fast == 0 and per_row == 0, (slow, fast, per_row)
-    # Data coarser than the budget allows would be flagged more than once in a thousand rows: the level
-    # stops there.
-    assert det.flag_decades(*_chunk(frame(n=100, freq="5min", v=lambda r, n: v[:n])))[-1] == 3.0
-    assert det.flag_decades(*_chunk(frame(n=100, freq="1h", v=lambda r, n: v[:n])))[-1] == 3.0
+    assert 100 <= slow <= 250 and fast == 0 and per_row == 0, (slow, fast, per_row)
+    # At 5 minutes the budget asks for 10^-2.46, and the level stops at 10^-2.5, a day of 5-minute rows: coarser
+    # data are flagged no more often per row than that, and never inside the part of the surprises' history
+    # read directly (tail_share).
+    assert det.flag_decades(*_chunk(frame(n=100, freq="5min", v=lambda r, n: v[:n])))[-1] == pytest.approx(2.5)
+    assert det.flag_decades(*_chunk(frame(n=100, freq="1h", v=lambda r, n: v[:n])))[-1] == pytest.approx(2.5)
+    assert Surprise(tail_share=0.001).flag_decades(
+        *_chunk(frame(n=100, freq="1h", v=lambda r, n: v[:n])))[-1] == pytest.approx(3.0)
 
 
 def test_the_false_alarm_budget_is_shared_by_the_signals_of_an_entity():
@@ -342,3 +347,48 @@ def test_irregular_sampling_is_no_news_but_a_spike_still_is():
     df = pd.DataFrame({"timestamp": t, "entity": "a", "v": v})
     flagged = (Surprise().score(df)["v"] >= 0.5).to_numpy()
     assert flagged[3500] and flagged.sum() <= 3
+
+
+def _nightly_backup(days=14):
+    """A 5-minute server metric: noise, a backup at 04:00 every night, and one real event at 12:30 on day 10."""
+    rng = np.random.default_rng(3)
+    t = pd.date_range("2024-01-01", periods=288 * days, freq="5min")
+    v = rng.normal(0, 1, len(t))
+    routine = (t.hour == 4) & (t.minute == 0)
+    v[routine] += 12
+    v[min(288 * 10 + 150, len(t) - 1)] += 12
+    return pd.DataFrame({"timestamp": t, "entity": "srv", "v": v}), routine
+
+
+def test_a_daily_routine_is_left_out_once_two_earlier_days_showed_it():
+    df, routine = _nightly_backup()
+    plain = (Surprise().score(df)["v"] >= 0.5).to_numpy()
+    assert (np.flatnonzero(plain & routine) // 288).tolist() == list(range(2, 14))  # every night, after warm-up
+    daily = (Surprise(daily=True).score(df)["v"] >= 0.5).to_numpy()
+    assert not (daily & routine).any()
+    assert daily[288 * 10 + 150]  # the same surprise at another time of day is still news
+    # One earlier night is not a routine: a one-off at 04:00 on a single day, then again a day later, is flagged.
+    once, _ = _nightly_backup()
+    once["v"] = np.random.default_rng(3).normal(0, 1, len(once))
+    once.loc[288 * 6 + 48, "v"] += 12
+    once.loc[288 * 7 + 48, "v"] += 12
+    flagged = (Surprise(daily=True).score(once)["v"] >= 0.5).to_numpy()
+    assert flagged[288 * 6 + 48] and flagged[288 * 7 + 48]
+
+
+def test_the_daily_routine_is_chunk_invariant_and_carried_in_the_checkpoint():
+    import json
+
+    df, _ = _nightly_backup(days=5)
+    whole = Surprise(daily=True).score(df)["v"].to_numpy()
+    features = Features(["v"])
+    det = Surprise(daily=True)
+    parts = []
+    for a, b in chunkings(len(df), [1, 287, 288, 289, 700, 1000]):
+        parts.append(det.scores(features.chunk(df.iloc[a:b]), features)[:, 0])
+        if a == 700:  # saved and restored mid-run, as the alert log keeps it
+            meta, arrays = features.state_dict()
+            assert any(part["kind"] == "DailyMemory" for k in meta["kernels"] for part in k["parts"])
+            features = Features(["v"])
+            features.load_state_dict(json.loads(json.dumps(meta)), {k: v.copy() for k, v in arrays.items()})
+    np.testing.assert_array_equal(whole, np.concatenate(parts))

@@ -179,9 +179,11 @@ def check_duration(name: str, value, example: str, zero: bool = False) -> None:
         raise ValueError(f"{name} must be a {'' if zero else 'positive '}duration such as {example}, not {value!r}")
 
 
-#: The range of the surprise detector's flag level from its false-alarm budget: never more often than one
-#: row in a thousand (coarse data), never stricter than one in 10^8 (fast data).
-MIN_DECADES, MAX_DECADES = 3.0, 8.0
+#: The range of the surprise detector's flag level from its false-alarm budget. Never stricter than one row
+#: in 10^8 (fast data); never more often than one row in 10^2.5, about 300, a day of 5-minute rows: data
+#: of 5 minutes or finer keep their whole budget, coarser data are not flagged more often per row than
+#: that (measured between 2 and 3 decades on two real slow corpora, docs/detection.md).
+MIN_DECADES, MAX_DECADES = 2.5, 8.0
 
 
 def tail_score(p, decades):
@@ -400,8 +402,8 @@ class Surprise(Detector):
         "A false-alarm budget in data time (a duration), for the entity as a whole: a healthy entity's rows "
         "are flagged about once per this much of its data, whatever its sampling interval and however many "
         "signals it has. The flag level is the tail probability interval / (false_alarm_every x signals), "
-        "at most one row in a thousand: 10^-4.9 for one signal at 1 s, 10^-3 at 5 min (a per-row level "
-        "would flag a 5-minute series 300 times less often per day than a 1 Hz one)."))
+        "at most one row in about 300: 10^-4.9 for one signal at 1 s, 10^-2.5 at 5 min and coarser (a "
+        "per-row level would flag a 5-minute series 300 times less often per day than a 1 Hz one)."))
     decades = param.Number(default=None, allow_None=True, bounds=(0.5, 50), doc=(
         "Flag when the surprise has a tail probability of at most 10^-decades, on every row whatever the "
         "sampling interval; unset (the default): from false_alarm_every and the signal's usual interval."))
@@ -429,10 +431,20 @@ class Surprise(Detector):
                                       "voltage together), which the joint detector judges.")
     shared_tail = param.Number(default=1e-3, bounds=(0, 1),
                                doc="Tail probability under which a signal counts as moving with the others.")
+    daily = param.Boolean(default=False, doc=(
+        "Leave out a surprise no larger than daily_ratio times one the signal showed at the same time of day "
+        "(within daily_slot either side) on at least two earlier days: a daily routine such as a 04:00 "
+        "backup or a morning start-up, not news. Needs days of data; a shorter run is judged as without it."))
+    daily_slot = param.String(default="30min", doc="Slot of the day the daily routine is kept in (a duration).")
+    daily_ratio = param.Number(default=2.0, bounds=(0, None),
+                               doc="How much larger than the routine a surprise at that time of day must be.")
+    daily_memory = param.String(default="7D", doc="Time over which a remembered daily routine fades (a duration).")
 
     def check(self):
         """Refuse a false-alarm budget that is not a positive duration when the settings load."""
         check_duration("false_alarm_every", self.false_alarm_every, "10D or 12h")
+        check_duration("daily_slot", self.daily_slot, "30min")
+        check_duration("daily_memory", self.daily_memory, "7D")
 
     def describe(self, signal, value):
         return f"{signal} = {value:.6g}, unusual for this signal"
@@ -440,9 +452,11 @@ class Surprise(Detector):
     def flag_decades(self, chunk, features):
         """The flag level per row, as decades of tail probability (``decades`` when set).
 
-        From the false-alarm budget: ``log10(false_alarm_every x signals / usual interval)``, between 3
-        and 8 decades (each row is one chance of a false flag per signal judged). Before an entity's
-        interval is known (its first row) the strict end, 8.
+        From the false-alarm budget: ``log10(false_alarm_every x signals / usual interval)`` (each row
+        is one chance of a false flag per signal judged), between 2.5 and 8 decades, and never inside
+        the share of surprises the histogram reads directly (``-log10(tail_share)``, 2 by default): that
+        would flag the signal's ordinary bulk, not its tail. Before an entity's interval is known (its
+        first row) the strict end, 8.
         """
         if self.decades is not None:
             return np.full(len(chunk.codes), float(self.decades))
@@ -451,24 +465,33 @@ class Surprise(Detector):
         budget = pd.Timedelta(self.false_alarm_every).total_seconds() * max(chunk.X.shape[1], 1)
         with np.errstate(divide="ignore", invalid="ignore"):
             decades = np.log10(budget / usual)
-        return np.clip(np.nan_to_num(decades, nan=MAX_DECADES, posinf=MAX_DECADES), MIN_DECADES, MAX_DECADES)
+        floor = max(MIN_DECADES, -np.log10(self.tail_share))
+        return np.clip(np.nan_to_num(decades, nan=MAX_DECADES, posinf=MAX_DECADES), floor, MAX_DECADES)
+
+    def tail_key(self) -> tuple:
+        """The key of the surprise state these settings read (two detectors with the same settings share it)."""
+        return ("likelihood", self.level_span, self.trend, self.scale_span, self.history_span, self.short,
+                self.warmup, self.floor_ratio, self.tail_share)
 
     def tail(self, chunk, features):
         """``(tail probability, raw surprise)`` per row and signal."""
         _, _, quantum = features.lag(chunk)
-        key = ("likelihood", self.level_span, self.trend, self.scale_span, self.history_span, self.short,
-               self.warmup, self.floor_ratio, self.tail_share)
+        key = self.tail_key()
         return features._get(chunk, key, lambda: Likelihood(
             features.k, self.level_span, self.scale_span, 10 * self.scale_span, self.history_span, self.short,
             self.warmup, self.floor_ratio, self.tail_share, self.trend),
             lambda st: st.update(chunk.codes, chunk.X, quantum))
 
     def scores(self, chunk, features):
-        p, _ = self.tail(chunk, features)
+        p, raw = self.tail(chunk, features)
         score = tail_score(p, self.flag_decades(chunk, features)[:, None])
         if self.isolated_only and p.shape[1] > 1:
             shared = (p < self.shared_tail).sum(axis=1) >= 2
             score[shared] = np.minimum(score[shared], UNDER_FLAG)
+        if self.daily:
+            routine = features.daily(chunk, raw, self.daily_slot, self.daily_memory, self.tail_key())
+            usual = (routine > 0) & (raw <= self.daily_ratio * routine)
+            score[usual] = np.minimum(score[usual], UNDER_FLAG)
         return score
 
 

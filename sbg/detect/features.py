@@ -39,6 +39,7 @@ from .kernels import (
     UsualInterval,
     parse_window,
 )
+from .seasonal import DailyMemory
 from .trend import TrendBins
 
 __all__ = ["Chunk", "Features", "Stats", "STAT_SUFFIXES"]
@@ -69,7 +70,7 @@ class Chunk:
 #: The only classes carried state may name: the kernels that hold a pipeline's state between chunks.
 KERNELS = {cls.__name__: cls for cls in (
     RollingMoments, RollingQuantiles, EWM, EWSpread, Lag, RunLength, Positions, UsualInterval,
-    Likelihood, JointReference, LimitArming, ReferenceFit, TrendBins)}
+    Likelihood, JointReference, LimitArming, ReferenceFit, TrendBins, DailyMemory)}
 _SCALARS = (bool, int, float, str, type(None))
 
 
@@ -240,6 +241,14 @@ class Features:
             return state.update(chunk.codes, self.diff(chunk) if diff else chunk.X)
 
         return self._get(chunk, key, lambda: EWSpread(self.k, span, min_periods), run)
+
+    def daily(self, chunk, raw, slot, memory, source):
+        """The routine surprise at each row's time of day (:class:`DailyMemory`), fed the surprises ``raw``
+        of the state ``source`` names (0 where no routine is known)."""
+        slot_ns, memory_days = pd.Timedelta(slot).value, pd.Timedelta(memory) / pd.Timedelta("1D")
+        key = ("daily", slot_ns, memory_days, *source)
+        return self._get(chunk, key, lambda: DailyMemory(self.k, slot_ns, memory_days),
+                         lambda s: s.update(chunk.codes, chunk.ts, raw))
 
     def lag(self, chunk):
         """``(dt_ns, previous valid value, resolution)`` per row."""
