@@ -185,6 +185,8 @@ def default_output(specs, dataset: bool = False) -> Path:
 def _speed(text):
     from .stream.replay import parse_speed
 
+    if text.strip().lower() == "auto":
+        return "auto"
     try:
         parse_speed(text)
     except ValueError as exc:
@@ -210,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "start, pause, resume, stop, status, help or exit.")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE",
                    help="CSV, CSV.gz or Parquet files, globs or directories")
-    p.add_argument("--speed", default="max", type=_speed, help="speed over real time, e.g. 1, 10x, 1000x, or max (default)")
+    p.add_argument("--speed", default="max", type=_speed, help="speed over real time, e.g. 1, 10x, 1000x, auto (about 100 of the data's timestamps a second), "
+                        "or max (default)")
     p.add_argument("--baseline", type=Path, metavar="REF", help="known-good reference file")
     _settings_args(p)
     p.add_argument("--alerts-db", type=Path, metavar="PATH", help="SQLite alert log to write")
@@ -338,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5006, help="port to listen on (default 5006)")
     p.add_argument("--address", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="directory the UI may choose files from and upload to")
-    p.add_argument("--speed", default="100x", type=_speed, help="initial replay speed (default 100x)")
+    p.add_argument("--speed", default="auto", type=_speed,
+                   help="initial replay speed: 1, 10x, 1000x, max, or auto (the default: about 100 of the data's "
+                        "timestamps a second, 100x for 1 Hz data, 10000x for a 5-minute logger)")
     p.add_argument("--loop", action="store_true", help="start again when the data ends")
     p.add_argument("--autostart", action="store_true", help="start replaying as soon as the server is up")
     p.add_argument("--baseline", metavar="REF", help="known-good reference file")

@@ -565,6 +565,11 @@ def test_a_duration_typed_into_the_settings_that_is_not_one_is_refused_in_the_pa
             clear.value = "soon"
         assert rule.clear_for == "10min" and rule.clear_ns == 600 * 10**9 and clear.value == "10min"
         assert any("clear_for must be a positive duration" in r.getMessage() for r in caplog.records)
+        # A tail probability of 0.001 is a box that shows it, not a 0-1 slider that read "0".
+        card = next(c for c in area.select(pn.Card) if c.title == "Detector: surprise")
+        shared = next(w for w in card.select(pn.widgets.FloatInput) if w.name == "Shared tail")
+        assert shared.value == 0.001
+        assert not any(w.name == "Shared tail" for w in card.select(pn.widgets.FloatSlider))
     finally:
         view.close()
         monitor.close()
@@ -616,3 +621,36 @@ def test_a_window_the_user_picked_is_kept_whatever_the_data(slow_logger):
     finally:
         view.close()
         monitor.close()
+
+
+def test_the_speed_suits_each_source_until_the_user_picks_one(slow_logger, tmp_path):
+    """A 5-minute logger replays at 10000x (at 100x it showed a row every 3 s) and the page says so (a speed
+    it did not list used to read "max"). A new source gets a speed of its own, unless the user chose one."""
+    import shutil
+
+    from sbg.serve import registry
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(slow_logger, folder / "cpu.csv")
+    shutil.copy(DATA_DIR / "machine_monitor.csv", folder / "machine_monitor.csv")
+    monitor = registry.monitor_for([folder / "cpu.csv"], serve=registry.ServeConfig())
+    switched = []
+    view = Dashboard(monitor=monitor, data_dir=str(folder))
+    view.sources.switch = switched.append
+    before = set(registry.monitors())
+    try:
+        assert monitor.replay.speed == "10000x"
+        assert view.sources.speed.value == "10000x" and "10000x" in view.sources.speed.options
+        view.sources.source_select.value = "machine_monitor.csv"  # 1 Hz
+        assert switched[-1].replay.speed == "100x"
+        view.sources.speed.value = "1000x"  # the user's choice
+        assert monitor.replay.speed == "1000x"
+        view.sources.source_select.value = "cpu.csv"
+        assert switched[-1].replay.speed == "1000x"
+    finally:
+        view.close()
+        for key in set(registry.monitors()) - before | {monitor.key}:
+            found = registry.monitors().pop(key, None)
+            if found is not None:
+                found.close()

@@ -325,7 +325,7 @@ def test_a_baseline_without_valid_rows_is_refused(fleet, tmp_path):
 def test_constructor_refusals(fleet, tmp_path):
     with pytest.raises(SbgError, match="no data file given"):
         Monitor([])
-    with pytest.raises(ValueError, match="speed must be a positive number or 'max', not 'fast'"):
+    with pytest.raises(ValueError, match="speed must be a positive number, 'max' or 'auto', not 'fast'"):
         Monitor([fleet], speed="fast")
     with pytest.raises(SourceError, match="nowhere.csv: no such file"):
         Monitor([tmp_path / "nowhere.csv"])

@@ -100,3 +100,52 @@ def test_loop_restarts_and_counts(two_files):
         r.step()
     assert r.loops >= 2 and "loop" in reasons
     assert sum(map(len, chunks)) >= 120
+
+
+def _stamped(tmp_path, name, stamps, entities=("a",)):
+    rows = [(t, e, i) for i, t in enumerate(stamps) for e in entities]
+    path = tmp_path / name
+    pd.DataFrame(rows, columns=["timestamp", "entity", "v"]).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("freq,entities,speed", [
+    ("1s", ("a",), "100x"),  # the bundled data's pace, as before
+    ("1s", ("a", "b", "c", "d"), "100x"),  # a fleet's rows stamped alike are one step of the clock
+    ("100ms", ("a",), "10x"),
+    ("1min", ("a",), "10000x"),
+    ("5min", ("a",), "10000x"),  # 33 rows a second, where 100x showed one every 3 s
+    ("1h", ("a",), "1e6x"),
+])
+def test_auto_speed_replays_about_a_hundred_timestamps_a_second(tmp_path, freq, entities, speed):
+    from sbg.stream.replay import auto_speed
+
+    path = _stamped(tmp_path, "d.csv", pd.date_range("2024-01-01", periods=300, freq=freq), entities)
+    assert auto_speed([Source(path)]) == speed
+    from sbg.stream.monitor import Monitor
+
+    monitor = Monitor([path], speed="auto")
+    assert monitor.replay.speed == speed and parse_speed(monitor.replay.speed) < float("inf")
+    monitor.close()
+
+
+def test_auto_speed_of_data_that_says_nothing_is_the_old_default(tmp_path):
+    from sbg.stream.replay import auto_speed
+
+    one = _stamped(tmp_path, "one.csv", pd.date_range("2024-01-01", periods=1, freq="1s"))
+    assert auto_speed([Source(one)]) == "100x"
+    # Several sources: the fastest sets the pace, so none of them crawls.
+    slow = _stamped(tmp_path, "slow.csv", pd.date_range("2024-01-01", periods=50, freq="5min"))
+    fast = _stamped(tmp_path, "fast.csv", pd.date_range("2024-01-01", periods=50, freq="1s"))
+    assert auto_speed([Source(slow), Source(fast)]) == "100x"
+
+
+def test_a_speed_the_page_does_not_list_is_shown_as_it_is_not_as_max():
+    from sbg.stream.replay import speed_label, speed_options
+
+    assert speed_options("10000x") == ["1x", "10x", "100x", "1000x", "10000x", "max"]
+    assert speed_options(30) == ["1x", "10x", "30x", "100x", "1000x", "max"]
+    assert speed_options("0.5x")[0] == "0.5x" and speed_options("100x") == ["1x", "10x", "100x", "1000x", "max"]
+    assert speed_label("1000000x") == "1e6x" and parse_speed("1e6x") == 1e6 and speed_label("max") == "max" and speed_label(2.5) == "2.5x"
+    with pytest.raises(ValueError, match="'max' or 'auto'"):
+        parse_speed("fast")

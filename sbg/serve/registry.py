@@ -48,7 +48,7 @@ class ServeConfig(param.Parameterized):
     baseline = param.String(default=None, allow_None=True, doc="Known-good reference file.")
     config = param.String(default=None, allow_None=True, doc="sbg.yaml settings for every monitor.")
     overrides = param.List(default=[], item_type=str, doc="--set pairs laid over the settings file.")
-    speed = param.String(default="100x", doc="Replay speed.")
+    speed = param.String(default="auto", doc="Replay speed ('auto': one that suits the data's interval).")
     loop = param.Boolean(default=False, doc="Start over at the end of the source.")
     alerts_db = param.String(default=None, allow_None=True, doc="SQLite alert log every monitor writes.")
     autostart = param.Boolean(default=False, doc="Start the replay when the server starts.")
@@ -62,7 +62,7 @@ class ServeConfig(param.Parameterized):
         return cls(data_dir=env.get("SBG_DATA_DIR") or None,
                    files=[f for f in env.get("SBG_FILES", "").split(os.pathsep) if f],
                    baseline=env.get("SBG_BASELINE") or None, config=env.get("SBG_CONFIG") or None,
-                   speed=env.get("SBG_SPEED", "100x"), loop=env.get("SBG_LOOP") == "1",
+                   speed=env.get("SBG_SPEED", "auto"), loop=env.get("SBG_LOOP") == "1",
                    alerts_db=env.get("SBG_ALERTS_DB") or None, autostart=env.get("SBG_AUTOSTART") == "1",
                    follow=env.get("SBG_FOLLOW") == "1", notify=json.loads(env.get("SBG_NOTIFY") or "{}"),
                    overrides=json.loads(env.get("SBG_SET") or "[]"), hierarchy=env.get("SBG_HIERARCHY") or None)
@@ -80,7 +80,7 @@ def monitors() -> dict[tuple, Monitor]:
     return _MONITORS
 
 
-def shared_monitor(files, baseline=None, config=None, speed="100x", loop=False, alerts_db=None,
+def shared_monitor(files, baseline=None, config=None, speed="auto", loop=False, alerts_db=None,
                    follow=False, notify=None, overrides=(), hierarchy=None) -> Monitor:
     """The process-wide monitor for this source, created on first use.
 

@@ -43,7 +43,7 @@ from ..io.inputs import name_sources
 from ..io.sources import OUTPUT_COLUMNS, Batch, Source, load_reference
 from .metrics import Metrics
 from .pipeline import build_pipeline
-from .replay import Replay, parse_speed
+from .replay import Replay, auto_speed, parse_speed
 
 __all__ = ["Monitor", "warm_up"]
 
@@ -71,7 +71,8 @@ class Monitor:
         Configuration (YAML path or parsed).
     alerts_db : path-like, optional
         SQLite alert log.
-    speed, loop : replay options.
+    speed, loop : replay options; ``speed='auto'`` picks one that suits the data's interval
+        (:func:`~sbg.stream.replay.auto_speed`).
     resume : bool
         Continue from the checkpoint in ``alerts_db`` instead of starting over.
     checkpoint_every : float
@@ -101,7 +102,8 @@ class Monitor:
             raise SbgError(f"{alerts_db}: no checkpoint to resume from (no such alert log)")
         if settings is None or isinstance(settings, (str, Path)):
             settings = Settings.from_yaml(settings) if settings else Settings()
-        parse_speed(speed)
+        if speed != "auto":
+            parse_speed(speed)
         self.settings = settings
         self.paths = [Path(p) for p in paths]
         self.follow = bool(follow)
@@ -114,6 +116,8 @@ class Monitor:
                 src.on_event(self._on_follow_event)
         else:
             self.sources = name_sources([Source(p, **schema_options) for p in self.paths])
+            if speed == "auto":  # a speed that suits the data's own interval (see auto_speed)
+                speed = auto_speed(self.sources)
         self.baseline_path = Path(baseline) if baseline else None
         self.reference = load_reference(baseline, **schema_options) if baseline else None
         signals, carried = [], []

@@ -35,13 +35,18 @@ from streamz import Stream
 from ..io.sources import Batch, Source
 from .reorder import Reorder
 
-__all__ = ["Replay", "parse_speed", "SPEEDS"]
+__all__ = ["Replay", "parse_speed", "auto_speed", "speed_label", "speed_options", "SPEEDS"]
 
 SPEEDS = ("1x", "10x", "100x", "1000x", "max")
+
+#: ``speed="auto"`` replays about this many of the data's timestamps per wall second.
+AUTO_STEPS_PER_SECOND = 100
 
 
 def parse_speed(speed) -> float:
     """``'max'`` or a positive factor (``10``, ``'10x'``) as a float; ``inf`` for max.
+
+    ``'auto'`` is not a speed but a request for one: :func:`auto_speed` turns it into one.
 
     >>> parse_speed("100x"), parse_speed("max")
     (100.0, inf)
@@ -54,12 +59,77 @@ def parse_speed(speed) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise ValueError(f"speed must be a positive number or 'max', not {speed!r}") from None
+            raise ValueError(f"speed must be a positive number, 'max' or 'auto', not {speed!r}") from None
     else:
         value = float(speed)
     if not value > 0:
         raise ValueError(f"speed must be positive, not {speed!r}")
     return value
+
+
+def auto_speed(sources, steps_per_second: float = AUTO_STEPS_PER_SECOND) -> str:
+    """The power-of-ten speed that replays about ``steps_per_second`` of the data's timestamps a second.
+
+    A 1 Hz log replays at 100x, as before; a 5-minute logger at 10000x (33 of its rows a second, where
+    100x showed one row every 3 s); an hourly one at 1e6x. The interval is the median step between
+    the distinct timestamps of each source's first block (the rows of several entities stamped alike
+    are one step), the smallest over the sources. A source with fewer than two timestamps, or one that
+    is followed as it grows, says nothing: 100x.
+
+    >>> import pathlib, tempfile
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "slow.csv"
+    >>> _ = p.write_text("time,v\\n" + "".join(f"2024-01-01T{i // 12:02d}:{i % 12 * 5:02d}:00,{i}\\n" for i in range(48)))
+    >>> from sbg.io.sources import Source
+    >>> auto_speed([Source(p)])
+    '10000x'
+    """
+    steps = []
+    for source in sources:
+        if getattr(source, "follows", False):
+            continue
+        batches = source.batches()
+        try:
+            batch = next(batches, None)
+        finally:
+            batches.close()
+        if batch is None or len(batch.frame) < 2:
+            continue
+        stamps = np.unique(batch.frame["timestamp"].to_numpy(dtype="datetime64[ns]").view("int64"))
+        if len(stamps) > 1:
+            steps.append(float(np.median(np.diff(stamps))) / 1e9)
+    if not steps:
+        return "100x"
+    factor = 10.0 ** round(np.log10(max(min(steps) * steps_per_second, 1e-12)))
+    return speed_label(min(max(factor, 1.0), 1e6))
+
+
+def speed_options(current) -> list[str]:
+    """The speeds a page offers: :data:`SPEEDS`, with ``current`` in its place when it is another.
+
+    >>> speed_options("10000x"), speed_options("30")
+    (['1x', '10x', '100x', '1000x', '10000x', 'max'], ['1x', '10x', '30x', '100x', '1000x', 'max'])
+    """
+    label = speed_label(current)
+    if label in SPEEDS:
+        return list(SPEEDS)
+    factors = [parse_speed(s) for s in SPEEDS]
+    at = int(np.searchsorted(factors, parse_speed(label)))
+    return [*SPEEDS[:at], label, *SPEEDS[at:]]
+
+
+def speed_label(speed) -> str:
+    """A speed as the page writes it: ``'max'`` or a factor with an ``x``, a power of ten from 10^5 up short.
+
+    >>> speed_label(30), speed_label("10000x"), speed_label("1000000x"), speed_label("max")
+    ('30x', '10000x', '1e6x', 'max')
+    """
+    value = parse_speed(speed)
+    if value == float("inf"):
+        return "max"
+    exponent = np.log10(value)
+    if value >= 1e5 and exponent == int(exponent):
+        return f"1e{int(exponent)}x"
+    return f"{value:g}x"
 
 
 class _Cursor:

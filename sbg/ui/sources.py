@@ -14,7 +14,7 @@ import param
 from ..report.style import fmt_bytes
 from ..serve.registry import DATA_SUFFIXES, data_files, monitor_for, resolve_data_file
 from ..stream.monitor import Monitor
-from ..stream.replay import SPEEDS, parse_speed
+from ..stream.replay import parse_speed, speed_label, speed_options
 from .paths import BAD_INPUT, safe_name, without_paths
 from .session import Session
 from .style import CSS, HTML, error_html
@@ -38,6 +38,7 @@ class SourcePicker(pn.viewable.Viewer):
 
     def __init__(self, **params):
         super().__init__(**params)
+        self._picked = False  # whether the user chose a speed on this page (kept when the source changes)
         m, session = self.session.monitor, self.session
         files = data_files(session.data_dir)
         current = [session.relative(p) for p in m.paths]
@@ -50,9 +51,12 @@ class SourcePicker(pn.viewable.Viewer):
         self.upload = pn.widgets.FileInput(accept=",".join(DATA_SUFFIXES), sizing_mode="stretch_width")
         self.upload_status = HTML(self._upload_hint(), sizing_mode="stretch_width",
                                   styles={"font-size": "12px", "color": "#4b5563"}, stylesheets=[CSS])
-        self.speed = pn.widgets.RadioButtonGroup(label="Speed", options=list(SPEEDS), value=self._speed_label(),
-                                                 color="primary", variant="outline",
-                                                 sizing_mode="stretch_width")
+        current = self.session.monitor.replay.speed
+        # Six speeds fit the sidebar's width once a data-suited one (10000x) joins the five listed.
+        self.speed = pn.widgets.RadioButtonGroup(label="Speed", options=speed_options(current),
+                                                 value=speed_label(current), color="primary", variant="outline",
+                                                 sizing_mode="stretch_width",
+                                                 stylesheets=[".bk-btn { padding-left: 2px; padding-right: 2px; }"])
         self.speed.param.watch(self._on_speed, "value")
         self.source_select.param.watch(self._on_source, "value")
         self.baseline_select.param.watch(self._on_source, "value")
@@ -76,13 +80,6 @@ class SourcePicker(pn.viewable.Viewer):
         """Show why the page's input was refused (escaped)."""
         self.upload_status.object = error_html(message)
 
-    def _speed_label(self):
-        speed = str(self.session.monitor.replay.speed).lower()
-        if speed == "max":
-            return "max"
-        label = speed if speed.endswith("x") else f"{float(speed):g}x"
-        return label if label in SPEEDS else "max"
-
     def _upload_hint(self) -> str:
         return f"Upload a .csv, .csv.gz or .parquet file of up to {self.session.max_upload_mb:g} MB."
 
@@ -98,6 +95,7 @@ class SourcePicker(pn.viewable.Viewer):
             self.refuse(f"Speed not changed: {exc}")
             return
         self.session.monitor.replay.speed = event.new
+        self._picked = True
 
     def _on_source(self, event):
         if self.session.read_only:
@@ -107,7 +105,8 @@ class SourcePicker(pn.viewable.Viewer):
             path = resolve_data_file(self.source_select.value, data_dir)
             base = None if self.baseline_select.value == "(none)" else resolve_data_file(
                 self.baseline_select.value, data_dir)
-            monitor = monitor_for([path], baseline=base, speed=self.speed.value)
+            # A speed the user picked is kept; otherwise the new source gets one that suits its own interval.
+            monitor = monitor_for([path], baseline=base, speed=self.speed.value if self._picked else None)
         except BAD_INPUT as exc:  # a NUL byte in a crafted name raises ValueError, an unreadable file OSError
             self.refuse(self.session.for_page(exc))
             return
