@@ -22,27 +22,98 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io.sources import DEFAULT_CLOCK_DATE
+from .errors import SourceError
+from .io.sources import DEFAULT_CLOCK_DATE, _time_kind_of
 
 __all__ = ["load_labels", "evaluate", "compare", "nab_score", "pointwise", "flagged_runs", "score_flags", "PROFILES"]
+
+
+#: Columns a labels file of one row per timestamp may hold its 0/1 label in, and its time in.
+LABEL_COLUMNS = ("label", "is_anomaly", "anomaly")
+TIME_COLUMNS = ("timestamp", "time", "datetime", "date")
 
 
 def load_labels(path, entity: str | None = None, date: str = DEFAULT_CLOCK_DATE) -> pd.DataFrame:
     """Read a labels CSV into ``entity, start, end, fault`` (plus any other columns).
 
+    Two shapes are read:
+
+    * windows: ``start`` and ``end`` columns, one labelled window a row;
+    * one row per timestamp with a 0/1 label (a ``label``, ``is_anomaly`` or
+      ``anomaly`` column beside a ``timestamp``, ``time``, ``datetime`` or
+      ``date`` column), as public labelled series ship them (a data file
+      with its own label column is one). Each run of labelled rows of an
+      entity becomes a window from its first row to its last.
+
     The entity comes from an ``*_id``/``entity`` column, or is ``entity``
     (the data file's name for wide files). ``HH:MM:SS`` times get ``date``.
     The name of the entity column read, if any, is kept in ``attrs["entity_column"]``.
+    A time that does not parse, a label that is not 0 or 1, or a window that
+    ends before it starts is a :class:`~sbg.errors.SourceError` naming the
+    file, line and column.
+
+    >>> import pathlib, tempfile
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "points.csv"
+    >>> _ = p.write_text("timestamp,value,label\\n" + "".join(
+    ...     f"2024-01-01 00:0{i}:00,1.0,{int(i in (2, 3, 7))}\\n" for i in range(9)))
+    >>> load_labels(p)[["start", "end"]].astype(str).values.tolist()
+    [['2024-01-01 00:02:00', '2024-01-01 00:03:00'], ['2024-01-01 00:07:00', '2024-01-01 00:07:00']]
     """
-    df = pd.read_csv(path, dtype=str)
-    ent_col = next((c for c in df.columns if c == "entity" or c.endswith("_id")), None)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    header = list(df.columns)
+    ent_col = next((c for c in header if c == "entity" or c.endswith("_id")), None)
     out = df.rename(columns={ent_col: "entity"}) if ent_col else df.assign(entity=entity or Path(path).stem)
-    for col in ("start", "end"):
-        text = out[col].astype(str).str.strip()
-        clock = text.str.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?")
-        out[col] = pd.to_datetime(np.where(clock, date + " " + text, text), format="ISO8601")
+    if "start" not in header and "end" not in header:
+        out = _windows_of_points(path, out, header, date)
+    else:
+        for col in ("start", "end"):
+            if col not in header:
+                raise SourceError(path, f"labels need start and end columns (missing {col!r})")
+            out[col] = _label_times(path, out[col], header.index(col), date)
+        backwards = np.flatnonzero((out["end"] < out["start"]).to_numpy())
+        if len(backwards):
+            i = int(backwards[0])
+            raise SourceError(path, f"the window ends ({out['end'].iat[i]}) before it starts ({out['start'].iat[i]})",
+                              line=i + 2, column=header.index("end") + 1)
     out.attrs["entity_column"] = ent_col
     return out
+
+
+def _label_times(path, text: pd.Series, column: int, date: str) -> pd.Series:
+    """Times of a labels column, told apart as the readers tell a time column (:func:`_time_kind_of`): ISO
+    8601, ``HH:MM:SS`` on ``date``, or epoch seconds or milliseconds; the first that does not parse is named."""
+    text = text.astype(str).str.strip()
+    kind = _time_kind_of(text.iloc[:1000].tolist(), named=True)
+    if kind in ("epoch_s", "epoch_ms"):
+        times = pd.to_datetime(pd.to_numeric(text, errors="coerce"), unit="ms" if kind == "epoch_ms" else "s")
+    else:
+        clock = text.str.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?")
+        full = pd.Series(np.where(clock, date + " " + text, text), index=text.index)
+        times = pd.to_datetime(full, format="ISO8601", errors="coerce")
+    bad = np.flatnonzero(times.isna().to_numpy())
+    if len(bad):
+        i = int(bad[0])
+        raise SourceError(path, f"{text.iat[i]!r} is not a time (ISO 8601, HH:MM:SS or epoch seconds)",
+                          line=i + 2, column=column + 1)
+    return times
+
+
+def _windows_of_points(path, rows: pd.DataFrame, header: list, date: str) -> pd.DataFrame:
+    """Windows from a labels file of one row per timestamp: each run of labelled rows of an entity
+    (:func:`flagged_runs`, as runs of flagged rows are events)."""
+    label = next((c for c in LABEL_COLUMNS if c in header), None)
+    time = next((c for c in TIME_COLUMNS if c in header), None)
+    if label is None or time is None:
+        raise SourceError(path, "labels need start and end columns, or a timestamp column and a 0/1 label column "
+                                f"({', '.join(LABEL_COLUMNS)})")
+    values = rows[label].astype(str).str.strip()
+    bad = np.flatnonzero(~values.isin(["0", "1", "0.0", "1.0", "true", "false", "True", "False"]).to_numpy())
+    if len(bad):
+        i = int(bad[0])
+        raise SourceError(path, f"label {values.iat[i]!r} is not 0 or 1", line=i + 2, column=header.index(label) + 1)
+    return flagged_runs(pd.DataFrame({"entity": rows["entity"].astype(str).to_numpy(),
+                                      "timestamp": _label_times(path, rows[time], header.index(time), date).to_numpy(),
+                                      "is_anomaly": values.isin(["1", "1.0", "true", "True"]).to_numpy()}))
 
 
 def evaluate(alerts: pd.DataFrame, labels: pd.DataFrame, tolerance="0s") -> dict:

@@ -221,7 +221,11 @@ def test_sbg_evaluate_warns_about_windows_it_cannot_score(run, capsys):
     ("flags", "timestamp,value,is_anomaly\nyesterday,1,true\n", "not timestamps"),
     ("labels", None, "no such file"),
     ("labels", "a,b\n1,2\n", "labels need start and end columns"),
-    ("labels", "entity,start,end\ncpu,soon,later\n", "unreadable label times"),
+    ("labels", "entity,start,end\ncpu,soon,later\n", "bad.csv:2:2: 'soon' is not a time"),
+    ("labels", "entity,start,end\ncpu,2024-01-01 10:00,2024-01-01 11:00\ncpu,2024-01-01 12:00,2024-01-01 09:00\n",
+     "bad.csv:3:3: the window ends (2024-01-01 09:00:00) before it starts (2024-01-01 12:00:00)"),
+    ("labels", "timestamp,label\n2024-01-01 10:00,0\n2024-01-01 10:05,yes\n", "bad.csv:3:2: label 'yes' is not 0 or 1"),
+    ("labels", "timestamp,label\n2024-01-01 10:00,0\nlater,1\n", "bad.csv:3:1: 'later' is not a time"),
     ("labels", "", "cannot be read as a labels CSV"),
 ])
 def test_sbg_evaluate_refuses_bad_flags_or_labels_in_one_line(run, capsys, which, content, words):
@@ -255,3 +259,35 @@ def test_sbg_evaluate_usage_errors_exit_2(run, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", str(run / "flags.csv"), "--labels", str(run / "labels.csv"), "--profile", "best"])
     assert exc.value.code == 2
+
+
+def test_labels_of_one_row_per_timestamp_are_read_as_their_runs(tmp_path):
+    """Public labelled series ship a 0/1 label per row (often in the data file itself, often in epoch seconds):
+    each run of labelled rows of an entity is a window, from its first row to its last."""
+    t = pd.date_range("2024-01-01", periods=10, freq="5min")
+    epoch = ((t - pd.Timestamp("1970-01-01")) // pd.Timedelta("1s")).astype(str)
+    rows = pd.DataFrame({"timestamp": epoch, "unit_id": ["a", "b"] * 5, "value": 1.0,
+                         "label": [0, 1, 1, 1, 1, 0, 0, 0, 0, 1]})
+    rows.to_csv(tmp_path / "p.csv", index=False)
+    got = load_labels(tmp_path / "p.csv")
+    assert got["entity"].tolist() == ["a", "b", "b"] and got.attrs["entity_column"] == "unit_id"
+    assert got["start"].tolist() == [t[2], t[1], t[9]] and got["end"].tolist() == [t[4], t[3], t[9]]
+    # The same rows in ISO times, and a file with no labelled row: no window.
+    rows.assign(timestamp=t.astype(str), label=0).to_csv(tmp_path / "none.csv", index=False)
+    assert len(load_labels(tmp_path / "none.csv")) == 0
+
+
+def test_sbg_evaluate_scores_point_labels_as_it_scores_their_windows(run, capsys):
+    """The series' own rows with a label column, instead of a windows file: the same figures."""
+    flags = pd.read_csv(run / "flags.csv")
+    t = pd.to_datetime(flags["timestamp"])
+    windows = pd.read_csv(run / "labels.csv", parse_dates=["start", "end"])
+    on = np.zeros(len(t), dtype=int)
+    for s, e in zip(windows["start"], windows["end"], strict=True):
+        on[(t >= s) & (t <= e)] = 1
+    flags[["timestamp", "value"]].assign(anomaly=on).to_csv(run / "points.csv", index=False)
+    capsys.readouterr()
+    code, by_points, err = evaluate_cli(capsys, run / "flags.csv", "--labels", run / "points.csv")
+    assert code == 0 and err == ""
+    code, by_windows, _ = evaluate_cli(capsys, run / "flags.csv", "--labels", run / "labels.csv")
+    assert by_points.splitlines()[1:] == by_windows.splitlines()[1:]  # all but the line naming the labels file
