@@ -452,5 +452,7 @@ def test_a_slow_meter_is_stale_in_the_report_only_after_ten_of_its_intervals(slo
     m.run_to_end()
     try:
         assert _Run(Snapshot.of(m), ReportOptions()).worst_state == {"m1": "normal", "m2": "normal", "m3": "stale"}
+        # The legend says so too (it said "no data in the last 60s").
+        assert "for 60s or 10 of the entity's usual intervals, whichever is longer" in render(Snapshot.of(m))
     finally:
         m.close()

@@ -39,7 +39,7 @@ import param
 from .. import __version__
 from ..alerts.engine import SEVERITIES, alerts_frame
 from ..config import settings_table
-from ..detect.detectors import STALE_AFTER, stale_limit
+from ..detect.detectors import STALE_AFTER, STALE_INTERVALS, stale_limit
 from ..errors import SbgError
 from ..io.outputs import write_text_atomic
 from .downsample import minmax_indices, with_breaks
@@ -223,7 +223,7 @@ def render(snap: Snapshot, options: ReportOptions | None = None) -> str:
     opts = options or ReportOptions()
     run = _Run(snap, opts)
     ctx = {
-        "snap": snap, "run": run, "opts": opts, "state_colors": STATE_COLORS,
+        "snap": snap, "run": run, "opts": opts, "state_colors": STATE_COLORS, "stale_intervals": STALE_INTERVALS,
         "sections": {k: v for k, v in SECTIONS.items() if k != "health" or snap.health is not None},
         "severities": SEVERITIES[::-1], "css": Markup((_TEMPLATES / "report.css").read_text(encoding="utf-8")),
     }

@@ -63,10 +63,11 @@ class SettingsPanel(pn.viewable.Viewer):
         monitor's settings.
         """
         if not self.session.read_only:
-            # A number that may be unset ("from the data") is a box that can be left empty, not a slider.
-            optional = {n: pn.widgets.FloatInput for n in names
-                        if isinstance(obj.param[n], param.Number) and obj.param[n].allow_None}
-            pane = pn.Param(obj, parameters=names, widgets=optional, show_name=False, sizing_mode="stretch_width")
+            # A number that may be unset ("from the data") is a box that can be left empty, not a slider; so is
+            # one far smaller than its range (a tail probability of 0.001 on a 0-1 slider read "0").
+            boxes = {n: pn.widgets.FloatInput for n in names
+                     if isinstance(obj.param[n], param.Number) and (obj.param[n].allow_None or _tiny(obj, n))}
+            pane = pn.Param(obj, parameters=names, widgets=boxes, show_name=False, sizing_mode="stretch_width")
             self._panes.append(pane)
             return pane
         rows = "".join(f"<tr><th>{html.escape(n)}</th><td>{html.escape(str(getattr(obj, n)))}</td></tr>"
@@ -88,3 +89,12 @@ class SettingsPanel(pn.viewable.Viewer):
                     pane.object.param.unwatch(watcher)
                     pane._internal_callbacks.remove(watcher)
         self._panes = []
+
+
+def _tiny(obj, name) -> bool:
+    """Whether a bounded number is under a hundredth of its slider's range (the slider would show it as 0)."""
+    lo, hi = obj.param[name].bounds or (None, None)
+    value = getattr(obj, name)
+    if lo is None or hi is None or value is None or isinstance(obj.param[name], param.Integer):
+        return False
+    return 0 < abs(value) < (hi - lo) / 100
