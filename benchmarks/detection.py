@@ -1,6 +1,6 @@
 """Detection quality on labelled data: sbg's defaults beside baselines and peers, in one run.
 
-    python benchmarks/detection.py [--corpus skab|skab-uni|bundled|all] [--only NAME ...]
+    python benchmarks/detection.py [--corpus skab|skab-uni|kpi|bundled|all] [--only NAME ...]
                                    [--sbg-settings FILE.yaml] [--json PATH]
 
 Corpora
@@ -16,6 +16,14 @@ Corpora
   univariate logger writes them: it checks the univariate detectors (no
   ``joint``) and the settings that depend on the sampling interval, away
   from 1 Hz. Written to a temporary folder, removed at exit.
+* **Server KPIs** (real 5-minute server metrics with labelled anomalies of a
+  few rows, 17,568 rows each: the sample series of the Donut detector, MIT
+  licence), read in place from ``$SBG_KPI`` (default
+  ``~/.cache/sbg-bench/kpi``) when present: clone
+  https://github.com/NetManAIOps/donut and point ``SBG_KPI`` at its
+  ``sample_data``. Scored with the labels as given and with NAB's windows.
+  A second real slow corpus, so a setting for slow series is never judged
+  on SKAB alone.
 * **The bundled labelled samples** in ``data/``: the battery fleet, the
   site power meter and the machine monitor (with its known-good baseline
   for sbg).
@@ -64,6 +72,7 @@ from sbg.io.datasets import DATA_DIR  # noqa: E402
 from sbg.stream.monitor import Monitor  # noqa: E402
 
 SKAB = Path(os.environ.get("SBG_SKAB", ROOT.parent / "shared" / "data" / "skab"))
+KPI = Path(os.environ.get("SBG_KPI", Path.home() / ".cache" / "sbg-bench" / "kpi"))
 ADTK_ENV = Path.home() / ".cache" / "sbg-bench" / "adtk-env"
 BUNDLED = {
     "battery_fleet": ("battery_fleet.csv.gz", "battery_fleet_labels.csv", None),
@@ -142,6 +151,60 @@ def skab_univariate_cases(step_s=300):
             windows.append(moved.assign(entity=path.stem))
     return [Case(f"SKAB one signal at a time, {step_s // 60} min apart", paths,
                  pd.concat(windows, ignore_index=True), skip_rows=400, train_rows=400)]
+
+
+def kpi_cases():
+    """Real 5-minute server KPIs with point labels (``timestamp,value,label``, epoch seconds).
+
+    Two cases over the same rows: the labels as given (short ranges, a few
+    rows each), and NAB's convention of windows, where the labelled ranges
+    share 10 % of the series and each is centred on its range, so an early or
+    a late flag near a short label still counts as NAB would count it.
+    """
+    import atexit
+    import shutil
+
+    files = sorted(KPI.glob("*.csv"))
+    if not files:
+        return []
+    folder = Path(tempfile.mkdtemp(prefix="sbg-kpi-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    paths, given, nab = [], [], []
+    for f in files:
+        df = pd.read_csv(f)
+        stamps = pd.to_datetime(df["timestamp"], unit="s")
+        path = folder / f"kpi_{f.stem}.csv"
+        pd.DataFrame({"timestamp": stamps, "value": df["value"]}).to_csv(path, index=False)
+        paths.append(path)
+        own = load_labels(f, entity=path.stem)  # each run of labelled rows, as sbg evaluate reads it
+        if not len(own):
+            continue
+        given.append(own[["entity", "start", "end"]])
+        starts = np.searchsorted(stamps, own["start"])
+        ends = np.searchsorted(stamps, own["end"])
+        half = max(int(0.10 * len(df) / len(starts)) // 2, 1)
+        nab.append(pd.DataFrame({"entity": path.stem,
+                                 "start": stamps[np.maximum((starts + ends) // 2 - half, 0)].to_numpy(),
+                                 "end": stamps[np.minimum((starts + ends) // 2 + half, len(df) - 1)].to_numpy()}))
+    merge = lambda parts: _merge_windows(pd.concat(parts, ignore_index=True))  # noqa: E731
+    return [Case("server KPIs, labels as given", paths, merge(given)),
+            Case("server KPIs, NAB windows (10 % of each series)", paths, merge(nab))]
+
+
+def _merge_windows(windows):
+    """Overlapping windows of an entity as one (NAB's windows never overlap)."""
+    out = []
+    for entity, w in windows.sort_values(["entity", "start"]).groupby("entity", sort=False):
+        start, end = None, None
+        for s, e in zip(w["start"], w["end"], strict=True):
+            if start is not None and s <= end:
+                end = max(end, e)
+                continue
+            if start is not None:
+                out.append((entity, start, end))
+            start, end = s, e
+        out.append((entity, start, end))
+    return pd.DataFrame(out, columns=["entity", "start", "end"])
 
 
 def bundled_cases():
@@ -314,7 +377,7 @@ def run_case(case, settings, only):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", choices=["skab", "skab-uni", "bundled", "all"], default="all")
+    ap.add_argument("--corpus", choices=["skab", "skab-uni", "kpi", "bundled", "all"], default="all")
     ap.add_argument("--only", action="append", help="methods whose name contains this (repeatable)")
     ap.add_argument("--sbg-settings", help="YAML settings for sbg instead of the defaults")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "detection.json"))
@@ -328,6 +391,11 @@ def main(argv=None):
         cases += found
     if args.corpus in ("skab-uni", "all"):
         cases += skab_univariate_cases()
+    if args.corpus in ("kpi", "all"):
+        found = kpi_cases()
+        if not found:
+            print(f"server KPIs: no CSV files in {KPI} (set SBG_KPI; see the module docstring); skipped")
+        cases += found
     if args.corpus in ("bundled", "all"):
         cases += bundled_cases()
     import river
