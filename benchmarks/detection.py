@@ -383,21 +383,19 @@ def main(argv=None):
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "detection.json"))
     args = ap.parse_args(argv)
     settings = Settings.from_yaml(args.sbg_settings) if args.sbg_settings else Settings()
+    corpora = {  # each corpus's cases, and what to say when its files are not here
+        "skab": (skab_cases, f"SKAB: not found at {SKAB} (set SBG_SKAB); skipped"),
+        "skab-uni": (skab_univariate_cases, None),
+        "kpi": (kpi_cases, f"server KPIs: no CSV files in {KPI} (set SBG_KPI; see the module docstring); skipped"),
+        "bundled": (bundled_cases, None),
+    }
     cases = []
-    if args.corpus in ("skab", "all"):
-        found = skab_cases()
-        if not found:
-            print(f"SKAB: not found at {SKAB} (set SBG_SKAB); skipped")
-        cases += found
-    if args.corpus in ("skab-uni", "all"):
-        cases += skab_univariate_cases()
-    if args.corpus in ("kpi", "all"):
-        found = kpi_cases()
-        if not found:
-            print(f"server KPIs: no CSV files in {KPI} (set SBG_KPI; see the module docstring); skipped")
-        cases += found
-    if args.corpus in ("bundled", "all"):
-        cases += bundled_cases()
+    for name, (load, missing) in corpora.items():
+        if args.corpus in (name, "all"):
+            found = load()
+            if not found and missing:
+                print(missing)
+            cases += found
     import river
 
     print(f"sbg settings: {settings.origin}; river {river.__version__}; adtk 0.6.2 in {ADTK_ENV} (pandas 2.2)")
