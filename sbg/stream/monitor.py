@@ -57,7 +57,7 @@ def _firing_on(entities: np.ndarray, pairs: set, signal: str) -> np.ndarray:
 
 
 class Monitor:
-    # One class of ~500 lines: it owns the run's state (replay position, pipeline state, alerts,
+    # One class of ~600 lines: it owns the run's state (replay position, pipeline state, alerts,
     # history, metrics) and its checkpoint, which must be written together in one transaction.
     """Replay one or more files through the pipeline, keeping history, metrics and alerts.
 
