@@ -320,7 +320,7 @@ def main(argv=None):
     if "row" in todo:
         r = results["row"] = bench_row_at_a_time(args.row_rows, args.repeat)
         print(f"row at a time       {r['rows']:>9,} rows: sbg {r['sbg_rows_s']:>10,.0f} rows/s, "
-              f"river  {r['river_rows_s']:>10,.0f} rows/s  -> {r['ratio']:.2f}x river (target >= 3x)")
+              f"river  {r['river_rows_s']:>10,.0f} rows/s  -> {r['ratio']:.2f}x river (target >= 5x)")
     if "detect" in todo:
         r = results["detect"] = bench_detect(args.rows, args.repeat)
         print(f"sbg detect          {r['rows']:>9,} rows ({r['file_mb']:.0f} MB): sbg {r['sbg_s']:.2f} s, "
