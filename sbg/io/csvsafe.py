@@ -78,10 +78,11 @@ def neutralise_table(table: pa.Table) -> pa.Table:
     cols = []
     for col in table.columns:
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            risky = pc.and_(pc.match_substring_regex(col, _DANGEROUS_RE),
-                            pc.invert(pc.match_substring_regex(col, _NUMBER_RE)))
-            risky = pc.fill_null(risky, False)
-            if pc.any(risky).as_py():
-                col = pc.if_else(risky, pc.binary_join_element_wise("'", col, ""), col)
+            # Most columns have no cell with a dangerous first character: the number test is then not needed.
+            dangerous = pc.fill_null(pc.match_substring_regex(col, _DANGEROUS_RE), False)
+            if pc.any(dangerous).as_py():
+                risky = pc.fill_null(pc.and_(dangerous, pc.invert(pc.match_substring_regex(col, _NUMBER_RE))), False)
+                if pc.any(risky).as_py():
+                    col = pc.if_else(risky, pc.binary_join_element_wise("'", col, ""), col)
         cols.append(col)
     return pa.Table.from_arrays(cols, names=[neutralise_cell(n) for n in table.column_names])
