@@ -376,6 +376,26 @@ def test_a_daily_routine_is_left_out_once_two_earlier_days_showed_it():
     assert flagged[288 * 6 + 48] and flagged[288 * 7 + 48]
 
 
+def test_a_weekly_routine_is_left_out_with_a_weekly_period_not_a_daily_one():
+    # A 5-minute metric with a burst every Monday at 09:00 (a weekly batch job), and one on a Tuesday.
+    rng = np.random.default_rng(5)
+    t = pd.date_range("2024-01-01", periods=288 * 35, freq="5min")  # 2024-01-01 is a Monday; five weeks
+    v = rng.normal(0, 1, len(t))
+    routine = (t.day_of_week == 0) & (t.hour == 9) & (t.minute == 0)
+    v[routine] += 12
+    tuesday = 288 * 22 + 108  # 09:00 on the Tuesday of the fourth week
+    v[tuesday] += 12
+    df = pd.DataFrame({"timestamp": t, "entity": "srv", "v": v})
+    mondays = np.flatnonzero(routine)
+    daily = (Surprise(daily=True).score(df)["v"] >= 0.5).to_numpy()
+    assert daily[mondays[1:]].all()  # seen once a week: no daily routine, every Monday is news
+    weekly = (Surprise(daily=True, daily_period="7D").score(df)["v"] >= 0.5).to_numpy()
+    assert weekly[mondays[1]] and not weekly[mondays[2:]].any()  # two earlier Mondays make it the routine
+    assert weekly[tuesday]  # the same burst on another weekday is still news
+    with pytest.raises(ValueError, match="daily_period must be a positive duration"):
+        Surprise(daily=True, daily_period="weekly").check()
+
+
 def test_the_daily_routine_is_chunk_invariant_and_carried_in_the_checkpoint():
     import json
 

@@ -435,16 +435,23 @@ class Surprise(Detector):
         "Leave out a surprise no larger than daily_ratio times one the signal showed at the same time of day "
         "(within daily_slot either side) on at least two earlier days: a daily routine such as a 04:00 "
         "backup or a morning start-up, not news. Needs days of data; a shorter run is judged as without it."))
-    daily_slot = param.String(default="30min", doc="Slot of the day the daily routine is kept in (a duration).")
+    daily_period = param.String(default="1D", doc=(
+        "The routine's period (a duration): 1D, the same time of day; 7D, the same time of the same weekday, "
+        "for a routine that keeps to weekdays or to one day a week (two earlier weeks must show it)."))
+    daily_slot = param.String(default="30min", doc="Slot of the period the routine is kept in (a duration).")
     daily_ratio = param.Number(default=2.0, bounds=(0, None),
-                               doc="How much larger than the routine a surprise at that time of day must be.")
-    daily_memory = param.String(default="7D", doc="Time over which a remembered daily routine fades (a duration).")
+                               doc="How much larger than the routine a surprise at that time must be.")
+    daily_memory = param.String(default=None, allow_None=True, doc=(
+        "Time over which a remembered routine fades (a duration); unset: seven periods (7 days for a "
+        "daily routine, 7 weeks for a weekly one)."))
 
     def check(self):
         """Refuse a false-alarm budget that is not a positive duration when the settings load."""
         check_duration("false_alarm_every", self.false_alarm_every, "10D or 12h")
+        check_duration("daily_period", self.daily_period, "1D or 7D")
         check_duration("daily_slot", self.daily_slot, "30min")
-        check_duration("daily_memory", self.daily_memory, "7D")
+        if self.daily_memory is not None:
+            check_duration("daily_memory", self.daily_memory, "7D")
 
     def describe(self, signal, value):
         return f"{signal} = {value:.6g}, unusual for this signal"
@@ -489,7 +496,8 @@ class Surprise(Detector):
             shared = (p < self.shared_tail).sum(axis=1) >= 2
             score[shared] = np.minimum(score[shared], UNDER_FLAG)
         if self.daily:
-            routine = features.daily(chunk, raw, self.daily_slot, self.daily_memory, self.tail_key())
+            memory = self.daily_memory or 7 * pd.Timedelta(self.daily_period)
+            routine = features.daily(chunk, raw, self.daily_slot, memory, self.tail_key(), self.daily_period)
             usual = (routine > 0) & (raw <= self.daily_ratio * routine)
             score[usual] = np.minimum(score[usual], UNDER_FLAG)
         return score

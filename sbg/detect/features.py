@@ -242,12 +242,13 @@ class Features:
 
         return self._get(chunk, key, lambda: EWSpread(self.k, span, min_periods), run)
 
-    def daily(self, chunk, raw, slot, memory, source):
-        """The routine surprise at each row's time of day (:class:`DailyMemory`), fed the surprises ``raw``
-        of the state ``source`` names (0 where no routine is known)."""
-        slot_ns, memory_days = pd.Timedelta(slot).value, pd.Timedelta(memory) / pd.Timedelta("1D")
-        key = ("daily", slot_ns, memory_days, *source)
-        return self._get(chunk, key, lambda: DailyMemory(self.k, slot_ns, memory_days),
+    def daily(self, chunk, raw, slot, memory, source, period="1D"):
+        """The routine surprise at each row's time of the ``period`` (a day or a week; :class:`DailyMemory`),
+        fed the surprises ``raw`` of the state ``source`` names (0 where no routine is known)."""
+        slot_ns, period_ns = pd.Timedelta(slot).value, pd.Timedelta(period).value
+        memory_days = pd.Timedelta(memory) / pd.Timedelta("1D")
+        key = ("daily", slot_ns, memory_days, period_ns, *source)
+        return self._get(chunk, key, lambda: DailyMemory(self.k, slot_ns, memory_days, period_ns),
                          lambda s: s.update(chunk.codes, chunk.ts, raw))
 
     def lag(self, chunk):

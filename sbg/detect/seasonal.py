@@ -1,4 +1,4 @@
-"""What a signal usually does at this time of day: the daily memory behind the surprise detector.
+"""What a signal usually does at this time of day (or of the week): the routine memory behind the surprise detector.
 
 Server metrics, meters and plants have a daily routine: a backup at 04:00,
 a shift change at 16:00, a load that starts every morning. Each of these is
@@ -12,11 +12,15 @@ neighbours, so a routine that drifts by a few minutes still counts) has
 been seen at this time of day on at least two earlier days: it is the
 series' routine, not news. One earlier anomaly at this time is not enough.
 
+The period is a day by default; with ``period_ns`` of a week the slots are
+of the week (Monday 09:00 is not Sunday 09:00), for a routine that keeps
+to weekdays or to one day a week: a "day" above is then a week.
+
 Time of day is read in the data's own clock (UTC for zone-aware
-timestamps). Nothing is remembered before a signal's first full day, so a
-run shorter than a day, or a fault on its first days, is judged as before.
-State: four arrays of ``slots`` numbers per entity and signal, whatever the
-length of the run.
+timestamps). Nothing is remembered before a signal's first full period, so
+a run shorter than a period, or a fault in its first periods, is judged as
+before. State: four arrays of ``slots`` numbers per entity and signal,
+whatever the length of the run.
 
 >>> import numpy as np
 >>> day = 86_400 * 10**9
@@ -59,14 +63,15 @@ def _top_two(a, b, v):
 
 
 @njit(cache=True, nogil=True)
-def _daily_kernel(codes, ts, raw, slot_ns, nslots, memory_days, best, best_day, second, second_day, cur, cur_day,
-                  out):
+def _daily_kernel(codes, ts, raw, period_ns, slot_ns, nslots, memory_days, best, best_day, second, second_day, cur,
+                  cur_day, out):
+    # A "day" here is one period (a day, or a week): memory_days counts periods.
     n, k = raw.shape
     for i in range(n):
         e = codes[i]
         t = ts[i]
-        day = t // _DAY_NS
-        s = (t - day * _DAY_NS) // slot_ns
+        day = t // period_ns
+        s = (t - day * period_ns) // slot_ns
         for c in range(k):
             r = raw[i, c]
             if not r > 0.0:
@@ -113,15 +118,18 @@ class DailyMemory:
     ncols : int
         Signals (columns of the surprise matrix :meth:`update` takes).
     slot_ns : int
-        Length of a slot of the day, in nanoseconds (a divisor of a day is best).
+        Length of a slot of the period, in nanoseconds (a divisor of a day is best).
     memory_days : float
-        Time constant, in days, over which a remembered daily maximum fades.
+        Time constant, in days, over which a remembered maximum fades.
+    period_ns : int
+        The routine's period, in nanoseconds: a day (the default), or a week.
     """
 
-    def __init__(self, ncols, slot_ns: int = 30 * 60 * 10**9, memory_days: float = 7.0):
+    def __init__(self, ncols, slot_ns: int = 30 * 60 * 10**9, memory_days: float = 7.0, period_ns: int = _DAY_NS):
         self.k = int(ncols)
-        self.slot_ns = max(min(int(slot_ns), _DAY_NS), 1)
-        self.nslots = -(-_DAY_NS // self.slot_ns)
+        self.period_ns = max(int(period_ns), 1)
+        self.slot_ns = max(min(int(slot_ns), self.period_ns), 1)
+        self.nslots = -(-self.period_ns // self.slot_ns)
         self.memory_days = float(memory_days)
         shape = (0, self.k, self.nslots)
         self.best, self.second, self.cur = np.zeros(shape), np.zeros(shape), np.zeros(shape)
@@ -137,7 +145,7 @@ class DailyMemory:
         _grow_state(self, codes, {"best": 0.0, "second": 0.0, "cur": 0.0, "best_day": _NO_DAY,
                                   "second_day": _NO_DAY, "cur_day": _NO_DAY})
         out = np.zeros(raw.shape)
-        _daily_kernel(codes, np.ascontiguousarray(ts, dtype=np.int64), raw, self.slot_ns, self.nslots,
-                      self.memory_days, self.best, self.best_day, self.second, self.second_day, self.cur,
+        _daily_kernel(codes, np.ascontiguousarray(ts, dtype=np.int64), raw, self.period_ns, self.slot_ns,
+                      self.nslots, self.memory_days * _DAY_NS / self.period_ns, self.best, self.best_day, self.second, self.second_day, self.cur,
                       self.cur_day, out)
         return out
