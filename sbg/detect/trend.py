@@ -89,7 +89,7 @@ def _order_stat(a, n, r, work):
     loop (each value is stored on both sides and only the index of its own side moves), into the rows
     of ``work`` (5 x n); the last few values are put in order by insertion. On noisy slopes a branch
     per value is a coin flip the processor mispredicts half the time (with Hoare's partition the trend
-    kernel took 2.7 s on benchmarks/run.py's 2M rows; with this, 1.65 s, for the same results).
+    kernel took 2.7 s on benchmarks/run.py's 2M rows; with this, 1.46 s, for the same results).
 
     >>> a, work = np.array([5.0, 1.0, 4.0, 2.0, 3.0, 2.0]), np.empty((5, 6))
     >>> [_order_stat(a, 6, r, work) for r in range(6)], a.tolist()
@@ -101,7 +101,7 @@ def _order_stat(a, n, r, work):
     src = a
     side = 0
     while True:
-        if n <= 32:
+        if n <= 8:
             # Few left: a selection by insertion into order.
             buf = work[4]
             for i in range(n):
