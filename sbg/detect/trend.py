@@ -63,12 +63,46 @@ def _sen_slope(tt, yy, m, z, slopes, work):
     """Theil-Sen slope through ``m`` points and Sen's interval for it: ``(slope, low, high)``."""
     npairs = _pair_slopes(tt, yy, m, slopes)
     half = npairs // 2
-    upper = _order_stat(slopes, npairs, half, work)
-    slope = upper if npairs % 2 == 1 else 0.5 * (_order_stat(slopes, npairs, half - 1, work) + upper)
     lo_rank, hi_rank = _sen_ranks(m, npairs, z)
-    lo = -np.inf if lo_rank < 0 else _order_stat(slopes, npairs, lo_rank, work)
-    hi = np.inf if hi_rank >= npairs else _order_stat(slopes, npairs, hi_rank, work)
+    # One partition of all the pairs serves the four order statistics; each is then selected in its side.
+    low, high = work[5], work[6]
+    pivot, nl, ng = _partition(slopes, npairs, low, high)
+    upper = _in_sides(low, nl, high, ng, npairs, pivot, half, work)
+    slope = upper if npairs % 2 == 1 else 0.5 * (_in_sides(low, nl, high, ng, npairs, pivot, half - 1, work) + upper)
+    lo = -np.inf if lo_rank < 0 else _in_sides(low, nl, high, ng, npairs, pivot, lo_rank, work)
+    hi = np.inf if hi_rank >= npairs else _in_sides(low, nl, high, ng, npairs, pivot, hi_rank, work)
     return slope, lo, hi
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _partition(src, n, low, high):
+    """``src[:n]`` split around a median of three: the values below it into ``low``, above it into ``high``.
+
+    Returns ``(pivot, below, above)``. Each value is stored on both sides and only its own side's index
+    moves: no branch per value. The pivot is one of the values, so each side is shorter than ``n``.
+    """
+    x0, x1, x2 = src[0], src[n // 2], src[n - 1]
+    pivot = max(min(x0, x1), min(max(x0, x1), x2))
+    nl = 0
+    ng = 0
+    for i in range(n):
+        v = src[i]
+        low[nl] = v
+        high[ng] = v
+        nl += v < pivot
+        ng += v > pivot
+    return pivot, nl, ng
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _in_sides(low, nl, high, ng, n, pivot, r, work):
+    """The ``r``-th smallest of values partitioned into ``low`` (``nl`` below ``pivot``), the pivot's ties
+    and ``high`` (``ng`` above it)."""
+    if r < nl:
+        return _order_stat(low, nl, r, work)
+    if r < n - ng:
+        return pivot
+    return _order_stat(high, ng, r - (n - ng), work)
 
 
 @njit(cache=True, nogil=True)
@@ -85,11 +119,12 @@ def _sen_end(tt, yy, m, z, slopes, work, upper):
 def _order_stat(a, n, r, work):
     """The ``r``-th smallest of ``a[:n]`` (0-based); ``a`` is left as it was.
 
-    Quickselect with a three-way partition around a median of three, written without a branch in its
-    loop (each value is stored on both sides and only the index of its own side moves), into the rows
-    of ``work`` (5 x n); the last few values are put in order by insertion. On noisy slopes a branch
-    per value is a coin flip the processor mispredicts half the time (with Hoare's partition the trend
-    kernel took 2.7 s on benchmarks/run.py's 2M rows; with this, 1.46 s, for the same results).
+    Quickselect with a three-way partition around a median of three without a branch per value
+    (:func:`_partition`), into rows 0 to 4 of ``work`` (each ``n`` long); the last few values are put
+    in order by insertion. On noisy slopes a branch per value is a coin flip the processor mispredicts
+    half the time: with Hoare's partition the trend kernel took 2.7 s on benchmarks/run.py's 2M rows;
+    with this, and one partition shared by the four order statistics of a fit (:func:`_sen_slope`),
+    1.31 s, for the same results.
 
     >>> a, work = np.array([5.0, 1.0, 4.0, 2.0, 3.0, 2.0]), np.empty((5, 6))
     >>> [_order_stat(a, 6, r, work) for r in range(6)], a.tolist()
@@ -112,17 +147,8 @@ def _order_stat(a, n, r, work):
                     j -= 1
                 buf[j] = v
             return buf[r]
-        x0, x1, x2 = src[0], src[n // 2], src[n - 1]
-        pivot = max(min(x0, x1), min(max(x0, x1), x2))
         low, high = work[2 * side], work[2 * side + 1]
-        nl = 0
-        ng = 0
-        for i in range(n):
-            v = src[i]
-            low[nl] = v
-            high[ng] = v
-            nl += v < pivot
-            ng += v > pivot
+        pivot, nl, ng = _partition(src, n, low, high)
         if r < nl:
             src, n = low, nl
         elif r < n - ng:
@@ -184,7 +210,7 @@ def _trend_kernel(codes, ts, X, active, slot_ns, nbins, min_bins, z, memory_s, s
     ct = np.empty(nbins)
     cy = np.empty(nbins)
     slopes = np.empty(nbins * (nbins - 1) // 2)
-    work = np.empty((5, nbins * (nbins - 1) // 2))
+    work = np.empty((7, nbins * (nbins - 1) // 2))
     secs = slot_ns * 1e-9
     recent = nbins // 2
     for i in range(n):
