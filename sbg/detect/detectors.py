@@ -369,14 +369,15 @@ class Limits(Detector):
             scale = 0.05 * max(abs(v) for v in (lo, hi) if v is not None)
             if lo is not None and hi is not None:
                 scale = max(0.05 * (hi - lo), 1e-12)
-            excess = np.zeros(len(x))
             with np.errstate(invalid="ignore"):
-                if hi is not None:
-                    excess = np.where(x > hi, x - hi, excess)
-                if lo is not None:
-                    excess = np.where(x < lo, lo - x, excess)
-            outside = (excess > 0) & armed[:, j]
-            out[:, j] = np.where(outside, 0.5 + 0.5 * (1 - np.exp(-excess / max(scale, 1e-12))), 0.0)
+                above = x > hi if hi is not None else np.zeros(len(x), dtype=bool)
+                below = x < lo if lo is not None else np.zeros(len(x), dtype=bool)
+            rows = np.flatnonzero((above | below) & armed[:, j])  # usually none: score only those
+            if len(rows):
+                xo = x[rows]
+                excess = np.where(above[rows], xo - (hi if hi is not None else 0.0),
+                                  (lo if lo is not None else 0.0) - xo)
+                out[rows, j] = 0.5 + 0.5 * (1 - np.exp(-excess / max(scale, 1e-12)))
         return out
 
 
