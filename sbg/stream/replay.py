@@ -41,6 +41,8 @@ SPEEDS = ("1x", "10x", "100x", "1000x", "max")
 
 #: ``speed="auto"`` replays about this many of the data's timestamps per wall second.
 AUTO_STEPS_PER_SECOND = 100
+#: Bytes of a file :func:`auto_speed` reads to find its interval (some thousands of rows).
+PEEK_BYTES = 256 * 1024
 
 
 def parse_speed(speed) -> float:
@@ -73,7 +75,9 @@ def auto_speed(sources, steps_per_second: float = AUTO_STEPS_PER_SECOND) -> str:
     A 1 Hz log replays at 100x, as before; a 5-minute logger at 10000x (33 of its rows a second, where
     100x showed one row every 3 s); an hourly one at 1e6x. The interval is the median step between
     the distinct timestamps of each source's first block (the rows of several entities stamped alike
-    are one step), the smallest over the sources. A source with fewer than two timestamps, or one that
+    are one step), the smallest over the sources. The block is read by a second reader of the file,
+    with its schema and a small block (:data:`PEEK_BYTES`): the source itself is not touched, and a
+    large file costs no more than its first rows. A source with fewer than two timestamps, or one that
     is followed as it grows, says nothing: 100x.
 
     >>> import pathlib, tempfile
@@ -87,7 +91,7 @@ def auto_speed(sources, steps_per_second: float = AUTO_STEPS_PER_SECOND) -> str:
     for source in sources:
         if getattr(source, "follows", False):
             continue
-        batches = source.batches()
+        batches = Source(source.path, block_bytes=PEEK_BYTES, schema=source.schema).batches()
         try:
             batch = next(batches, None)
         finally:
