@@ -298,6 +298,17 @@ def test_top_anomalies_show_the_most_extreme_value_among_tied_peak_scores(tmp_pa
     assert row["most extreme value"] == "58" and row["its time"] == "08:00:52" and row["from"] == "08:00:50"
 
 
+def test_a_one_row_anomaly_lasts_one_row_in_the_report(tmp_path):
+    snap = tied_peak_snapshot(tmp_path, with_mean=True)
+    history = snap.history.copy()
+    history.loc[51:57, ["temperature_c__score", "anomaly_score"]] = 0.0
+    history["is_anomaly"] = history["anomaly_score"] >= 0.5
+    table = re.search(r'<table class="anomalies">.*?</table>', render(dataclasses.replace(snap, history=history)),
+                      re.S).group(0)
+    row = dict(zip(re.findall(r"<th[^>]*>(.*?)</th>", table), re.findall(r"<td[^>]*>(.*?)</td>", table), strict=True))
+    assert row["rows flagged"] == "1" and row["lasting"] == "one row"
+
+
 # ----------------------------------------------------------------------------- downsampling
 
 
